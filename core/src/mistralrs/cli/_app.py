@@ -1,0 +1,134 @@
+"""The ``mistralrs`` command line: ``mistralrs plugins list|resolve|system``.
+
+Exit status: 0 on success, 1 when the requested feature set is invalid, a
+configuration is malformed or a strict-mode plugin is broken, 2 on usage
+errors. Errors print as one message with its fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from mistralrs._errors import MistralrsError, SelectionError, SystemProfileError
+from mistralrs._version import __version__
+from mistralrs.cli import _render
+from mistralrs.plugins import PluginManager
+from mistralrs.resolution import Resolution, read_selection, resolve
+from mistralrs.system import PROFILE_NAMES, SystemSnapshot, load_system
+
+__all__ = ["cli", "main"]
+
+
+class _Failure(click.ClickException):
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MistralrsError as exc:
+            raise _Failure(str(exc)) from None
+
+
+class _SystemParam(click.ParamType):
+    name = "FILE_OR_NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> SystemSnapshot:
+        if isinstance(value, SystemSnapshot):
+            return value
+        try:
+            return load_system(value)
+        except SystemProfileError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_system_option = click.option(
+    "--system", "system", type=_SystemParam(), default=None,
+    help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) or a JSON file from `plugins system --json`.")
+_features_option = click.option(
+    "--features", default=None, metavar="FEATURES",
+    help="Explicit selection, e.g. 'cuda cudnn flash-attn' ('auto' or 'none' also work); overrides MISTRALRS_FEATURES.")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON with a versioned schema.")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mistralrs")
+def cli() -> None:
+    """mistralrs: pluggable hardware backends for LLM inference."""
+
+
+@cli.group(cls=_Group)
+def plugins() -> None:
+    """Inspect installed backend plugins and the features they provide."""
+
+
+def _resolve(features: str | None, system: SystemSnapshot | None) -> tuple[PluginManager, Resolution]:
+    manager = PluginManager(environ=os.environ)
+    snapshot = system if system is not None else manager.probe_system()
+    selection = read_selection(features, os.environ)
+    return manager, resolve(manager.features, manager.broken, selection, snapshot, os.environ)
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@plugins.command("list")
+@_system_option
+@_features_option
+@_json_option
+def list_command(system: SystemSnapshot | None, features: str | None, as_json: bool) -> None:
+    """List every installed feature with its status (active, available, unavailable, broken) and why."""
+    manager, resolution = _resolve(features, system)
+    if as_json:
+        _print_json(_render.list_json(resolution, manager))
+    else:
+        click.echo(_render.list_text(resolution, manager))
+
+
+@plugins.command("resolve")
+@_features_option
+@_system_option
+@_json_option
+def resolve_command(features: str | None, system: SystemSnapshot | None, as_json: bool) -> None:
+    """Show the active feature set and why, or every rule the selection breaks with its fix."""
+    try:
+        _, resolution = _resolve(features, system)
+    except SelectionError as exc:
+        if not as_json:
+            raise
+        _print_json({"schema": _render.RESOLVE_SCHEMA, "mistralrs": __version__, "selection": {"source": exc.source},
+                     "active": [], "features": [],
+                     "errors": [{"feature": v.feature, "rule": v.rule, "message": v.message, "fix": v.fix}
+                                for v in exc.violations]})
+        sys.exit(1)
+    if as_json:
+        _print_json(_render.resolve_json(resolution))
+    else:
+        click.echo(_render.resolve_text(resolution))
+
+
+@plugins.command("system")
+@_system_option
+@_json_option
+def system_command(system: SystemSnapshot | None, as_json: bool) -> None:
+    """Show the system snapshot resolution uses (save it with --json to evaluate this machine elsewhere)."""
+    snapshot = system if system is not None else PluginManager(environ=os.environ).probe_system()
+    if as_json:
+        click.echo(snapshot.dumps())
+    else:
+        click.echo(_render.system_text(snapshot))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="mistralrs")

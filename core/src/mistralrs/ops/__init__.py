@@ -1,0 +1,23 @@
+"""The op contract backends implement: devices, attention, matmul, collectives."""
+
+from mistralrs.ops._contract import (
+    AttentionBackend,
+    CallSpec,
+    CheckResult,
+    CollectiveBackend,
+    Communicator,
+    Device,
+    MatmulBackend,
+    Support,
+)
+
+__all__ = [
+    "AttentionBackend",
+    "CallSpec",
+    "CheckResult",
+    "CollectiveBackend",
+    "Communicator",
+    "Device",
+    "MatmulBackend",
+    "Support",
+]

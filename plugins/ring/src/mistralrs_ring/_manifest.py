@@ -1,0 +1,19 @@
+"""The ring feature manifest (data only)."""
+
+from __future__ import annotations
+
+from mistralrs import AutoCondition, EnvVar, FeatureManifest
+
+__all__ = ["RING"]
+
+RING = FeatureManifest(
+    name="ring",
+    summary="Multi-GPU/node (TCP ring)",
+    distribution="mistralrs-ring",
+    excludes=("nccl",),
+    auto=AutoCondition(env_set=("RING_CONFIG",)),
+    priority=20,
+    provides=("collectives",),
+    env_vars=(EnvVar("RING_CONFIG", "path to this process's ring JSON configuration"),),
+    recommended_for=("multi-node",),
+)
