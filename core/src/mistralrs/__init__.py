@@ -25,19 +25,23 @@ from mistralrs.features import (
     LibraryRequirement,
     ModuleRequirement,
 )
-from mistralrs.ops import (
-    AttentionBackend,
-    CallSpec,
-    CheckResult,
-    CollectiveBackend,
-    Communicator,
-    Device,
-    MatmulBackend,
-    Support,
-)
 from mistralrs.plugins import BrokenPlugin, InstalledFeature, PluginInfo, PluginManager
 from mistralrs.resolution import FeatureStatus, Resolution, Selection, read_selection, resolve
 from mistralrs.system import GPU, SystemSnapshot, load_system, probe_system
+
+# The op contract is needed only when a runtime binds backends; importing it lazily keeps
+# `mistralrs plugins list` start-up short (see benchmarks/startup.py).
+_LAZY = {name: "mistralrs.ops" for name in (
+    "AttentionBackend", "CallSpec", "CheckResult", "CollectiveBackend", "Communicator", "Device", "MatmulBackend", "Support")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mistralrs' has no attribute {name!r}")
+
 
 __all__ = [
     "GPU",

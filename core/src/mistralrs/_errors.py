@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "ConfigError",
+    "FallbackError",
     "ManifestError",
     "MistralrsError",
     "PluginAPIVersionError",
     "PluginError",
     "SelectionError",
     "SystemProfileError",
+    "UnsupportedCallError",
     "Violation",
 ]
 
@@ -68,3 +70,11 @@ class SelectionError(MistralrsError):
         lines = [f"the features selected by {source} cannot be enabled here:"]
         lines += [f"  - {v}" for v in self.violations]
         super().__init__("\n".join(lines))
+
+
+class UnsupportedCallError(MistralrsError):
+    """No bound backend supports an op call; the message lists each backend's reason."""
+
+
+class FallbackError(UnsupportedCallError):
+    """MISTRALRS_NO_FALLBACK=1 and the preferred backend refused a call that a lower one would take."""

@@ -99,10 +99,15 @@ def list_command(system: SystemSnapshot | None, features: str | None, as_json: b
 @_features_option
 @_system_option
 @_json_option
-def resolve_command(features: str | None, system: SystemSnapshot | None, as_json: bool) -> None:
+@click.option("--explain", is_flag=True,
+              help="Also bind the ops (imports torch) and show, per op, the winning backend, the runners-up and why "
+                   "each other was skipped.")
+@click.option("--paged-attn", is_flag=True, help="With --explain: opt in to paged attention where it is opt-in.")
+def resolve_command(features: str | None, system: SystemSnapshot | None, as_json: bool, explain: bool,
+                    paged_attn: bool) -> None:
     """Show the active feature set and why, or every rule the selection breaks with its fix."""
     try:
-        _, resolution = _resolve(features, system)
+        manager, resolution = _resolve(features, system)
     except SelectionError as exc:
         if not as_json:
             raise
@@ -111,10 +116,70 @@ def resolve_command(features: str | None, system: SystemSnapshot | None, as_json
                      "errors": [{"feature": v.feature, "rule": v.rule, "message": v.message, "fix": v.fix}
                                 for v in exc.violations]})
         sys.exit(1)
+    explanation = None
+    if explain:
+        from mistralrs.runtime import Runtime
+
+        if system is not None:
+            raise _Failure("--explain binds backends on this machine; it cannot be combined with --system")
+        explanation = Runtime(resolution, manager, paged_attention=paged_attn or None, environ=os.environ).explain()
     if as_json:
-        _print_json(_render.resolve_json(resolution))
+        _print_json({**_render.resolve_json(resolution), **({"explain": explanation} if explanation else {})})
     else:
         click.echo(_render.resolve_text(resolution))
+        if explanation:
+            from mistralrs.runtime import explain_text
+
+            click.echo("\nexplain:\n" + explain_text(explanation))
+
+
+def _doctor(system: SystemSnapshot | None, features: str | None, as_json: bool, verify: bool, paged_attn: bool) -> None:
+    from mistralrs.doctor import run_doctor
+
+    progress = _progress if sys.stderr.isatty() and not as_json else (lambda _: None)
+    report = run_doctor(features=features, system=system, verify=verify, paged_attention=paged_attn or None,
+                        progress=progress)
+    if progress is _progress:
+        click.echo("\r\033[K", err=True, nl=False)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        click.echo(report.to_text())
+    sys.exit(report.exit_code)
+
+
+def _progress(message: str) -> None:
+    click.echo(f"\r\033[K{message}", err=True, nl=False)
+
+
+_doctor_options = [
+    _system_option, _features_option, _json_option,
+    click.option("--verify/--no-verify", default=True, help="Run each bound backend against a float64 reference (default on)."),
+    click.option("--paged-attn", is_flag=True, help="Opt in to paged attention where it is opt-in (metal, cpu)."),
+]
+
+
+def _with_options(function: Any) -> Any:
+    for option in reversed(_doctor_options):
+        function = option(function)
+    return function
+
+
+@plugins.command("doctor")
+@_with_options
+def plugins_doctor_command(system: SystemSnapshot | None, features: str | None, as_json: bool, verify: bool,
+                           paged_attn: bool) -> None:
+    """Diagnose this machine: system, accelerators, libraries, plugins, features, configuration,
+    recommendation, and verification of every bound backend. Exit 1 when anything is an error."""
+    _doctor(system, features, as_json, verify, paged_attn)
+
+
+@cli.command("doctor")
+@_with_options
+def doctor_command(system: SystemSnapshot | None, features: str | None, as_json: bool, verify: bool,
+                   paged_attn: bool) -> None:
+    """Alias of `mistralrs plugins doctor`."""
+    _doctor(system, features, as_json, verify, paged_attn)
 
 
 @plugins.command("system")

@@ -2,12 +2,19 @@
 
 It ships the "cpu" feature, always active at the lowest priority, so the
 framework works with no plugin installed ("Generic CPU: no features needed").
+Its backends (mistralrs.generic) import torch only when a runtime binds them.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mistralrs._hookspecs import hookimpl
 from mistralrs.features import OPS, FeatureManifest
+
+if TYPE_CHECKING:
+    from mistralrs.ops import AttentionBackend, CollectiveBackend, Device, MatmulBackend
+    from mistralrs.system import SystemSnapshot
 
 __all__ = ["GENERIC_CPU", "PLUGIN_NAME"]
 
@@ -18,6 +25,7 @@ GENERIC_CPU = FeatureManifest(
     distribution="mistralrs",
     provides=OPS,
     priority=-1000,
+    paged_attention="opt-in",
     recommended_for=("generic-cpu",),
 )
 
@@ -25,3 +33,31 @@ GENERIC_CPU = FeatureManifest(
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (GENERIC_CPU,)
+
+
+@hookimpl
+def mistralrs_devices(active: frozenset[str], system: SystemSnapshot) -> tuple[Device, ...]:
+    from mistralrs.ops import Device
+
+    return (Device("cpu", system.cpu.model, GENERIC_CPU.name, system.memory_total),)
+
+
+@hookimpl
+def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBackend, ...]:
+    from mistralrs.generic import GenericAttention
+
+    return (GenericAttention(),)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
+    from mistralrs.generic import GenericMatmul
+
+    return (GenericMatmul(),)
+
+
+@hookimpl
+def mistralrs_collective_backends(active: frozenset[str]) -> tuple[CollectiveBackend, ...]:
+    from mistralrs.generic import SingleProcessCollectives
+
+    return (SingleProcessCollectives(),)

@@ -10,7 +10,6 @@ and every other plugin keeps working.
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,11 +23,14 @@ from mistralrs._settings import env_flag, env_list
 from mistralrs._version import PLUGIN_API_VERSION, __version__, supports_api_version
 from mistralrs.features import FeatureManifest
 from mistralrs.plugins import _builtin
+from mistralrs._distributions import PluginEntryPoint, plugin_entry_points
 from mistralrs.system import SystemSnapshot, probe_system
 
 __all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "InstalledFeature", "PluginInfo", "PluginManager"]
 
 ENTRY_POINT_GROUP = "mistralrs.plugins"
+#: PluginEntryPoint from discovery, or an importlib.metadata.EntryPoint (tests pass fake ones).
+EntryPointLike = Any
 _HOOK_NAMES = tuple(name for name in vars(_hookspecs) if name.startswith("mistralrs_"))
 
 
@@ -70,14 +72,15 @@ class PluginManager:
 
     ``entry_points`` replaces discovery (tests pass fake ones); ``environ``
     supplies MISTRALRS_DISABLE_PLUGINS, MISTRALRS_PLUGIN_AUTOLOAD and
-    MISTRALRS_STRICT_PLUGINS. Strict mode raises PluginError on the first
-    broken plugin; otherwise broken plugins are listed in :attr:`broken`.
+    MISTRALRS_STRICT_PLUGINS. Strict mode (``strict`` overrides the variable)
+    raises PluginError on the first broken plugin; otherwise broken plugins are
+    listed in :attr:`broken`.
     """
 
-    def __init__(self, entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
-                 environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, entry_points: Iterable[EntryPointLike] | None = None,
+                 environ: Mapping[str, str] = os.environ, *, strict: bool | None = None) -> None:
         self._environ = environ
-        self._strict = env_flag(environ, "MISTRALRS_STRICT_PLUGINS")
+        self._strict = env_flag(environ, "MISTRALRS_STRICT_PLUGINS") if strict is None else strict
         self._pm = pluggy.PluginManager(_hookspecs.PROJECT)
         self._pm.add_hookspecs(_hookspecs)
         self._info: dict[str, PluginInfo] = {}
@@ -89,7 +92,7 @@ class PluginManager:
         self._add(builtin, lambda: _builtin)
         if env_flag(environ, "MISTRALRS_PLUGIN_AUTOLOAD", default=True):
             disabled = set(env_list(environ, "MISTRALRS_DISABLE_PLUGINS"))
-            found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
+            found = plugin_entry_points(ENTRY_POINT_GROUP) if entry_points is None else entry_points
             for entry_point in _unique(found):
                 info = _describe(entry_point)
                 if info.name in disabled:
@@ -142,6 +145,26 @@ class PluginManager:
                 continue
             results.append((info, result))
         return results
+
+    def collect(self, hook: str, kind: type, active: frozenset[str], **kwargs: Any) -> list[Any]:
+        """Items of type ``kind`` that every plugin returns from a list hook, in plugin order.
+
+        A plugin whose result is not a sequence of ``kind``, or that returns a backend of a
+        feature that is not active or not its own, breaks the contract and is quarantined.
+        """
+        def valid(result: Any) -> bool:
+            return isinstance(result, (list, tuple)) and all(isinstance(item, kind) for item in result)
+
+        items = []
+        for info, result in self.call_each(hook, valid, active=active, **kwargs):
+            own = {f.manifest.name for f in self.features if f.plugin == info}
+            stray = [i for i in result if getattr(i, "feature", None) not in own & active]
+            if stray:
+                self._quarantine(info, f"hook {hook}", f"returned {type(stray[0]).__name__} for feature "
+                                 f"{getattr(stray[0], 'feature', None)!r}, which is not an active feature of this plugin")
+                continue
+            items += result
+        return items
 
     def _call_each(self, hook: str, **kwargs: Any) -> list[Any]:
         return [r for _, r in self.call_each(hook, lambda r: isinstance(r, Mapping), **kwargs)]
@@ -223,7 +246,7 @@ class PluginManager:
                               f"(MISTRALRS_STRICT_PLUGINS=1 makes this fatal): {broken.fix}")
 
 
-def _unique(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[importlib.metadata.EntryPoint]:
+def _unique(entry_points: Iterable[EntryPointLike]) -> list[EntryPointLike]:
     # The same distribution can be visible twice on sys.path (an editable and a regular install).
     seen: set[tuple[str, str]] = set()
     unique = []
@@ -234,7 +257,9 @@ def _unique(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[impor
     return unique
 
 
-def _describe(entry_point: importlib.metadata.EntryPoint) -> PluginInfo:
+def _describe(entry_point: EntryPointLike) -> PluginInfo:
+    if isinstance(entry_point, PluginEntryPoint):
+        return PluginInfo(entry_point.name, entry_point.distribution, entry_point.version, entry_point.value)
     dist = getattr(entry_point, "dist", None)
     name = dist.metadata["Name"] if dist is not None else "unknown distribution"
     version = dist.version if dist is not None else "unknown"

@@ -8,18 +8,17 @@ modules manifests name. Plugins add facts through ``mistralrs_probe_system``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mistralrs.features import ModuleRequirement
+from mistralrs._distributions import distribution_version
 from mistralrs.system._nvml import NVMLError, query_nvml
 from mistralrs.system._snapshot import CPU, GPU, SystemSnapshot, TorchBuild
 
@@ -135,6 +134,8 @@ def _vendor(model: str) -> str:
 
 
 def _sysctl(name: str) -> str:
+    import subprocess  # macOS only; keeps the Linux start-up lean
+
     try:
         return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -195,12 +196,7 @@ def _read(path: Path) -> str:
 
 
 def _first_installed(distributions: Iterable[str]) -> str | None:
-    for name in distributions:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    return next((v for v in map(distribution_version, distributions) if v is not None), None)
 
 
 def _module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:

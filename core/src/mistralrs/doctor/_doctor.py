@@ -1,0 +1,100 @@
+"""``mistralrs doctor``: every section, verification of each bound backend, one exit status."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+from mistralrs._errors import ConfigError, SelectionError
+from mistralrs._settings import env_flag
+from mistralrs.doctor._configuration import environment_checks, foreign_distribution_checks
+from mistralrs.doctor._report import DoctorReport
+from mistralrs.doctor._sections import (
+    accelerator_checks,
+    feature_checks,
+    library_checks,
+    plugin_checks,
+    recommendation_checks,
+    system_checks,
+)
+from mistralrs.ops import CheckResult
+from mistralrs.plugins import PluginManager
+from mistralrs.resolution import Resolution, read_selection, resolve
+from mistralrs.system import SystemSnapshot
+
+__all__ = ["run_doctor"]
+
+
+def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = None, verify: bool = True,
+               paged_attention: bool | None = None, environ: Mapping[str, str] | None = None,
+               manager: PluginManager | None = None, progress: Callable[[str], None] = lambda _: None) -> DoctorReport:
+    """Diagnose this machine (or ``system``): verification runs only on this machine and when ``verify``."""
+    environ = os.environ if environ is None else environ
+    configuration: list[CheckResult] = []
+    try:
+        strict = env_flag(environ, "MISTRALRS_STRICT_PLUGINS")
+    except ConfigError as exc:
+        strict = False
+        configuration.append(CheckResult("environment", "error", str(exc)))
+    manager = manager or PluginManager(environ=environ, strict=False)
+    here = system is None
+    snapshot = manager.probe_system() if here else system
+    assert snapshot is not None
+    configuration += environment_checks(environ, manager) + foreign_distribution_checks()
+    resolution: Resolution | None = None
+    feature_problems: list[CheckResult] = []
+    try:
+        selection = read_selection(features, environ)
+        configuration.append(CheckResult("selection", "info", selection.source))
+        resolution = resolve(manager.features, manager.broken, selection, snapshot, environ)
+    except SelectionError as exc:
+        feature_problems = [CheckResult(v.feature, "error", v.message, v.fix) for v in exc.violations]
+    except ConfigError as exc:
+        configuration.append(CheckResult("configuration", "error", str(exc)))
+    runtime, verifications, note, confirmed = None, [], "", []
+    if resolution is None:
+        note = "skipped: fix the errors above first"
+    elif not here:
+        note = f"skipped: --system {snapshot.source} describes another machine"
+    elif not verify:
+        note = "skipped (--no-verify)"
+    else:
+        from mistralrs.doctor._confirm import confirm_with_torch
+        from mistralrs.doctor._verify import verify_runtime
+        from mistralrs.runtime import Runtime
+
+        confirmed = confirm_with_torch(snapshot)
+        try:
+            runtime = Runtime(resolution, manager, paged_attention=paged_attention, environ=environ)
+        except ConfigError as exc:
+            configuration.append(CheckResult("configuration", "error", str(exc)))
+            note = "skipped: fix the errors above first"
+        else:
+            configuration += [CheckResult("device", "info", f"{runtime.device.torch_device} ({runtime.device.name}, "
+                                          f"from {runtime.device.feature})"),
+                              CheckResult("paged attention", "info", "on" if runtime.paged_attention_enabled else
+                                          "off (opt-in here: --paged-attn or MISTRALRS_PAGED_ATTN=1)")]
+            verifications = verify_runtime(runtime, progress)
+    if resolution is not None:
+        active = frozenset(resolution.active)
+        for info, checks in manager.call_each("mistralrs_doctor_checks", _is_check_list, active=active, system=snapshot):
+            configuration += [CheckResult(c.name, c.status, c.message, c.fix, info.name) for c in checks]
+    bound = None
+    if runtime is not None:
+        bound = {"attention": {b.feature for b in runtime.attention_backends},
+                 "matmul": {b.feature for b in runtime.matmul_backends},
+                 "collectives": {b.feature for b in runtime.collective_backends}}
+    sections = {
+        "system": tuple(system_checks(snapshot, confirmed)),
+        "accelerators": tuple(accelerator_checks(snapshot)),
+        "libraries": tuple(library_checks(snapshot, manager)),
+        "plugins": tuple(plugin_checks(manager, strict)),  # after hooks ran: late quarantines show too
+        "features": tuple(feature_problems + (feature_checks(resolution, bound) if resolution else [])),
+        "configuration": tuple(configuration),
+        "recommendation": tuple(recommendation_checks(resolution) if resolution else ()),
+    }
+    return DoctorReport(snapshot.source, sections, tuple(verifications), note)
+
+
+def _is_check_list(result: object) -> bool:
+    return isinstance(result, (list, tuple)) and all(isinstance(c, CheckResult) for c in result)

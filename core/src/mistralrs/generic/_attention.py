@@ -1,0 +1,78 @@
+"""Reference attention on the CPU with plain torch: SDPA for dense, a gather for paged."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mistralrs.ops import CallSpec, Support
+
+__all__ = ["GenericAttention", "bottom_right_causal_mask", "dense_attention", "gather_paged_kv"]
+
+_DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def bottom_right_causal_mask(q_len: int, k_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(q_len, k_len) bool mask, True where allowed: query i sees keys up to k_len - q_len + i (flash-attn's alignment)."""
+    rows = torch.arange(q_len, device=device)[:, None]
+    cols = torch.arange(k_len, device=device)[None, :]
+    return cols <= rows + (k_len - q_len)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                    mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v over (batch, heads, seq, head size), grouped-query heads allowed."""
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    if causal and (mask is not None or q_len != k_len):
+        # SDPA's is_causal aligns top-left; the op contract aligns bottom-right.
+        allowed = bottom_right_causal_mask(q_len, k_len, q.device)
+        if mask is None:
+            mask = allowed
+        elif mask.dtype == torch.bool:
+            mask = mask & allowed
+        else:
+            mask = mask.masked_fill(~allowed, float("-inf"))
+        causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                          scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]),
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def gather_paged_kv(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
+    """(blocks, block size, kv heads, D) cache + (batch, max blocks) table -> (batch, kv heads, max blocks * block size, D)."""
+    batch, max_blocks = block_table.shape
+    gathered = cache[block_table.clamp(min=0).long()]  # (batch, max blocks, block size, kv heads, D)
+    return gathered.reshape(batch, max_blocks * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
+
+
+class GenericAttention:
+    """The generic CPU attention backend: correct for every layout the contract allows, not fast."""
+
+    name = "generic-attention"
+    feature = "cpu"
+    priority = -1000
+
+    def supports(self, call: CallSpec) -> Support:
+        if call.device != "cpu":
+            return Support(False, f"runs on the CPU only, not {call.device}")
+        if call.dtype not in _DTYPES:
+            return Support(False, f"dtype {call.dtype} is not one of {', '.join(_DTYPES)}")
+        return Support(True)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                  mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+        return dense_attention(q, k, v, causal=causal, mask=mask, scale=scale)
+
+    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                        seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+        k = gather_paged_kv(k_cache, block_table)
+        v = gather_paged_kv(v_cache, block_table)
+        q_len, k_len = q.shape[-2], k.shape[-2]
+        positions = torch.arange(k_len, device=q.device)
+        lens = seq_lens.to(device=q.device, dtype=torch.long)[:, None, None]  # (batch, 1, 1)
+        rows = torch.arange(q_len, device=q.device)[None, :, None]
+        # Key j is valid below the sequence's length and, causally, up to len - q_len + row.
+        allowed = (positions[None, None, :] < lens) & (positions[None, None, :] <= lens - q_len + rows)
+        return dense_attention(q, k, v, mask=allowed[:, None, :, :], scale=scale)
