@@ -55,7 +55,7 @@ def _int8_case(gen: torch.Generator) -> tuple[tuple[Any, ...], dict[str, Any], C
     x = torch.randn(3, 32, generator=gen)
     w = torch.randint(-127, 128, (24, 32), generator=gen, dtype=torch.int8)
     scale = torch.rand(24, generator=gen) * 0.01 + 0.001
-    return (x, w, scale, torch.randn(24, generator=gen)), {}, ref.int8_linear_reference, {}
+    return (x, w, scale, torch.randn(24, generator=gen)), {}, ref.int8_linear_reference, {"extra": {"in_features": 32}}
 
 
 def _cases(op: str, gen: torch.Generator) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], Callable[..., np.ndarray], dict[str, Any]]]:

@@ -73,6 +73,8 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
         notes = tuple(note for vendor, note in m.cpu_vendor_notes.items() if vendor == system.cpu.vendor)
         status = "active" if name in active else "unavailable" if name in unavailable else "available"
         statuses.append(FeatureStatus(name, status, feature.plugin, m, tuple(reasons.get(name, ())), notes))
+    # Shown grouped by distribution (the built-in "mistralrs" first), highest priority first within one.
+    statuses.sort(key=lambda f: (f.plugin.distribution, -f.manifest.priority if f.manifest else 0))
     for plugin in broken:
         for name in plugin.features or ("",):
             statuses.append(FeatureStatus(name, "broken", plugin.plugin, None, (f"{plugin.error}: {plugin.fix}",)))

@@ -77,10 +77,11 @@ class Runtime:
             "linear": Dispatcher("linear", self.matmul_backends, "linear", no_fallback),
             "int8_linear": Dispatcher("int8_linear", self.matmul_backends, "int8_linear", no_fallback),
         }
-        self._attention = self._dispatchers["attention"]
-        self._paged = self._dispatchers["paged_attention"]
-        self._linear = self._dispatchers["linear"]
-        self._int8 = self._dispatchers["int8_linear"]
+        # The caches themselves are attributes: one attribute load fewer per call.
+        self._attention, self._attention_cache = self._dispatchers["attention"], self._dispatchers["attention"].cache
+        self._paged, self._paged_cache = self._dispatchers["paged_attention"], self._dispatchers["paged_attention"].cache
+        self._linear, self._linear_cache = self._dispatchers["linear"], self._dispatchers["linear"].cache
+        self._int8, self._int8_cache = self._dispatchers["int8_linear"], self._dispatchers["int8_linear"].cache
         self._communicator: Communicator | None = None
 
     @classmethod
@@ -100,7 +101,7 @@ class Runtime:
                   mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
         """Dense attention over (batch, heads, seq, head size); causal masks align bottom-right."""
         key = (q.dtype, q.device, q.shape[-1], q.shape[1] == k.shape[1], causal, None if mask is None else mask.dtype)
-        function = self._attention.cache.get(key)
+        function = self._attention_cache.get(key)
         if function is None:
             function = self._attention.bind(key, CallSpec("attention", _dtype(q.dtype), q.device.type, q.shape[-1],
                                                           _mask_kind(causal, mask), {"gqa": q.shape[1] != k.shape[1]}))
@@ -113,7 +114,7 @@ class Runtime:
             raise UnsupportedCallError(
                 f"paged attention is opt-in on {self.device.feature}: pass --paged-attn or set MISTRALRS_PAGED_ATTN=1")
         key = (q.dtype, q.device, q.shape[-1], k_cache.shape[1], q.shape[1] == k_cache.shape[2])
-        function = self._paged.cache.get(key)
+        function = self._paged_cache.get(key)
         if function is None:
             function = self._paged.bind(key, CallSpec("paged_attention", _dtype(q.dtype), q.device.type, q.shape[-1],
                                                       "causal", {"block_size": k_cache.shape[1],
@@ -123,7 +124,7 @@ class Runtime:
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x @ weight.T + bias, weight of shape (out, in)."""
         key = (x.dtype, x.device)
-        function = self._linear.cache.get(key)
+        function = self._linear_cache.get(key)
         if function is None:
             function = self._linear.bind(key, CallSpec("linear", _dtype(x.dtype), x.device.type))
         return function(x, weight, bias)
@@ -131,10 +132,11 @@ class Runtime:
     def int8_linear(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
         """x @ (weight * scale[:, None]).T + bias for an int8 weight (out, in) with one scale per output channel."""
-        key = (x.dtype, x.device)
-        function = self._int8.cache.get(key)
+        key = (x.dtype, x.device, weight.shape[1])
+        function = self._int8_cache.get(key)
         if function is None:
-            function = self._int8.bind(key, CallSpec("int8_linear", _dtype(x.dtype), x.device.type))
+            function = self._int8.bind(key, CallSpec("int8_linear", _dtype(x.dtype), x.device.type,
+                                                     extra={"in_features": weight.shape[1]}))
         return function(x, weight, scale, bias)
 
     # -- devices and collectives ------------------------------------------------------------------

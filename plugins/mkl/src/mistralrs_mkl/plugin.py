@@ -1,11 +1,43 @@
-"""Entry point of mistralrs-mkl: registers the mkl feature. Imports no torch."""
+"""Entry point of mistralrs-mkl: registers the mkl feature. Imports no torch until a runtime binds it."""
 
 from __future__ import annotations
 
-from mistralrs import FeatureManifest, hookimpl
+import os
+import sys
+
+from mistralrs import CheckResult, FeatureManifest, MatmulBackend, SystemSnapshot, hookimpl
 from mistralrs_mkl._manifest import MKL
 
 
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (MKL,)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
+    if MKL.name not in active:
+        return ()
+    from mistralrs_mkl._backend import MKLMatmul
+
+    return (MKLMatmul(os.environ),)
+
+
+@hookimpl
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> tuple[CheckResult, ...]:
+    if MKL.name not in active:
+        return ()
+    threads = [f"{name}={os.environ[name]}" for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS") if name in os.environ]
+    checks = [CheckResult("mkl threads", "info", ", ".join(threads) if threads else
+                          "MKL_NUM_THREADS and OMP_NUM_THREADS unset: one thread per available core")]
+    # The BLAS proof needs torch; report it only when doctor already imported torch (verification on),
+    # so `doctor --no-verify` stays light.
+    if "torch" in sys.modules:
+        from mistralrs_mkl._blas import blas_info
+
+        info = blas_info()
+        checks.append(CheckResult("mkl blas", "ok", f"torch's BLAS is MKL {info.mkl_version} "
+                                  f"(CPU capability {info.cpu_capability})") if info.is_mkl else
+                      CheckResult("mkl blas", "error", f"torch's BLAS is {info.blas}, not MKL",
+                                  "MKL not found: install Intel oneAPI or standalone MKL, with a torch built with MKL"))
+    return tuple(checks)

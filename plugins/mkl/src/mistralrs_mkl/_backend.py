@@ -1,0 +1,64 @@
+"""The mkl matmul backend: torch's MKL GEMM for dense linear, torch's int8 weight kernel for int8 linear."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from mistralrs.ops import CallSpec, Support
+from mistralrs_mkl._blas import blas_info
+from mistralrs_mkl._threads import configure_threads
+
+__all__ = ["MKLMatmul"]
+
+_LINEAR = ("float32", "float64", "bfloat16")
+_INT8 = ("float32", "bfloat16", "float16")
+
+
+class MKLMatmul:
+    """Dense and weight-only int8 linear on the CPU through MKL (and oneDNN for bfloat16).
+
+    It proves at construction that torch's BLAS is MKL; if not, it refuses every
+    call with that reason, so the runtime's fallback to the generic backend is
+    visible rather than silent.
+    """
+
+    name = "mkl-matmul"
+    feature = "mkl"
+    priority = 100
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.blas = blas_info()
+        self.threads, self.threads_from = configure_threads(environ)
+        self._refusal = "" if self.blas.is_mkl else (
+            f"torch's BLAS is {self.blas.blas}, not MKL: MKL not found: install Intel oneAPI or standalone MKL, "
+            "with a torch built with MKL")
+
+    def supports(self, call: CallSpec) -> Support:
+        if self._refusal:
+            return Support(False, self._refusal)
+        if call.device != "cpu":
+            return Support(False, f"runs on the CPU only, not {call.device}")
+        if call.op == "int8_linear":
+            if call.dtype not in _INT8:
+                return Support(False, f"int8 linear takes activations of {', '.join(_INT8)}, not {call.dtype}")
+            in_features = call.extra.get("in_features", 0)
+            # torch's int8 kernel crashes or returns wrong sums for bfloat16 when K is not a multiple of 8.
+            if call.dtype == "bfloat16" and in_features % 8:
+                return Support(False, f"bfloat16 int8 linear needs in_features divisible by 8, got {in_features}")
+            return Support(True)
+        if call.dtype not in _LINEAR:
+            return Support(False, f"linear takes {', '.join(_LINEAR)}, not {call.dtype}")
+        return Support(True)
+
+    # torch's own function: fp32/fp64 GEMM is MKL's (BLAS_INFO=mkl), bfloat16 goes through oneDNN.
+    linear = staticmethod(F.linear)
+
+    def int8_linear(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch._weight_int8pack_mm(rows, weight.contiguous(), scale.to(x.dtype))
+        out = out.reshape(*x.shape[:-1], weight.shape[0])
+        return out if bias is None else out + bias
