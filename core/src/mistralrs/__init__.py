@@ -7,12 +7,14 @@ resolves which features are active. Importing it imports no torch.
 
 from mistralrs._errors import (
     ConfigError,
+    FallbackError,
     ManifestError,
     MistralrsError,
     PluginAPIVersionError,
     PluginError,
     SelectionError,
     SystemProfileError,
+    UnsupportedCallError,
     Violation,
 )
 from mistralrs._hookspecs import hookimpl, hookspec
@@ -33,6 +35,7 @@ from mistralrs.system import GPU, SystemSnapshot, load_system, probe_system
 # `mistralrs plugins list` start-up short (see benchmarks/startup.py).
 _LAZY = {name: "mistralrs.ops" for name in (
     "AttentionBackend", "CallSpec", "CheckResult", "CollectiveBackend", "Communicator", "Device", "MatmulBackend", "Support")}
+_LAZY["Runtime"] = "mistralrs.runtime"  # imports torch
 
 
 def __getattr__(name: str) -> object:
@@ -56,6 +59,7 @@ __all__ = [
     "ConfigError",
     "Device",
     "EnvVar",
+    "FallbackError",
     "FeatureManifest",
     "FeatureStatus",
     "GPURequirement",
@@ -70,11 +74,13 @@ __all__ = [
     "PluginInfo",
     "PluginManager",
     "Resolution",
+    "Runtime",
     "Selection",
     "SelectionError",
     "Support",
     "SystemProfileError",
     "SystemSnapshot",
+    "UnsupportedCallError",
     "Violation",
     "__version__",
     "hookimpl",

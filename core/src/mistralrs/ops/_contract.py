@@ -2,7 +2,11 @@
 
 These are typing contracts only (no torch import here). A backend declares the
 calls it can run through ``supports``, which answers with a reason when it
-cannot, so the runtime can fall through to the next backend visibly.
+cannot, so the runtime can fall through to the next backend visibly. Backends
+are tried in order of their ``priority`` (higher first; the generic CPU
+backend is -1000). A backend may also define ``kernel_for(call) -> callable |
+None`` to hand the runtime a kernel specialised for one call signature at bind
+time (None: use the op's method), so its hot path needs no branching.
 """
 
 from __future__ import annotations

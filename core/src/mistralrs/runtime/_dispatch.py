@@ -66,7 +66,9 @@ class Dispatcher:
                     f"take it; MISTRALRS_NO_FALLBACK=1 forbids that: change the call (dtype, head size, device) "
                     f"or unset MISTRALRS_NO_FALLBACK")
             self.bindings.append(binding)
-            function = getattr(backend, self.method)
+            # A backend may specialise per call signature at bind time (kernel_for), so the hot path never branches.
+            specialise = getattr(backend, "kernel_for", None)
+            function = (specialise(call) if specialise is not None else None) or getattr(backend, self.method)
             self.cache[key] = function
             return function
         reasons = "; ".join(f"{name} ({feature}): {reason}" for name, feature, reason in skipped) or "no backend is bound"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,11 @@ _LINEAR = ("float32", "float64", "bfloat16")
 _INT8 = ("float32", "bfloat16", "float16")
 
 
+def _bf16_linear_in_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return out.to(torch.bfloat16)
+
+
 class MKLMatmul:
     """Dense and weight-only int8 linear on the CPU through MKL (and oneDNN for bfloat16).
 
@@ -29,8 +34,11 @@ class MKLMatmul:
     feature = "mkl"
     priority = 100
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], cpu_flags: Collection[str] = ()) -> None:
         self.blas = blas_info()
+        # Without AVX512-BF16 or AMX, bfloat16 GEMM is emulated and about 4x slower than fp32 MKL GEMM
+        # (benchmarks/cpu_gemm.py), so bfloat16 linear runs in fp32 and rounds once at the end.
+        self.native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags))
         self.threads, self.threads_from = configure_threads(environ)
         self._refusal = "" if self.blas.is_mkl else (
             f"torch's BLAS is {self.blas.blas}, not MKL: MKL not found: install Intel oneAPI or standalone MKL, "
@@ -53,8 +61,13 @@ class MKLMatmul:
             return Support(False, f"linear takes {', '.join(_LINEAR)}, not {call.dtype}")
         return Support(True)
 
-    # torch's own function: fp32/fp64 GEMM is MKL's (BLAS_INFO=mkl), bfloat16 goes through oneDNN.
+    # torch's own function: fp32/fp64 GEMM is MKL's (BLAS_INFO=mkl), native bfloat16 goes through oneDNN.
     linear = staticmethod(F.linear)
+
+    def kernel_for(self, call: CallSpec) -> Callable[..., torch.Tensor] | None:
+        if call.op == "linear" and call.dtype == "bfloat16" and not self.native_bf16:
+            return _bf16_linear_in_fp32
+        return None
 
     def int8_linear(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                     bias: torch.Tensor | None = None) -> torch.Tensor:

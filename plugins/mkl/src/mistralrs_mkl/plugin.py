@@ -18,9 +18,10 @@ def mistralrs_features() -> tuple[FeatureManifest, ...]:
 def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
     if MKL.name not in active:
         return ()
+    from mistralrs.system import probe_system
     from mistralrs_mkl._backend import MKLMatmul
 
-    return (MKLMatmul(os.environ),)
+    return (MKLMatmul(os.environ, probe_system().cpu.flags),)
 
 
 @hookimpl
