@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import click
+
     from mistralrs.features import FeatureManifest
     from mistralrs.ops import AttentionBackend, CheckResult, CollectiveBackend, Device, MatmulBackend
     from mistralrs.system import SystemSnapshot
@@ -89,4 +91,25 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> S
 
     Called by ``mistralrs doctor``. A check that fails returns a CheckResult with
     status "error" or "warning" and a fix; it must not raise for bad user input.
+    """
+
+
+@hookspec
+def mistralrs_cli_commands() -> Sequence[click.Command] | None:
+    """Return click commands this plugin adds to the ``mistralrs`` CLI (``mistralrs ring configs``).
+
+    Called only when the CLI looks up a command that is not built in, or lists
+    commands for --help. A name that clashes with a built-in command is ignored.
+    """
+
+
+@hookspec
+def mistralrs_launch_environment(feature: str, rank: int, world_size: int, master_addr: str, master_port: int,
+                                 workdir: str) -> Mapping[str, str] | None:
+    """Return extra environment variables for one rank started by ``mistralrs launch --backend FEATURE``.
+
+    Called once per rank, before it starts, only on the plugin that ships
+    ``feature``; the launcher already sets RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR and MASTER_PORT. ``workdir`` is a private folder for files such
+    as per-rank configuration; it lives until the launch ends.
     """

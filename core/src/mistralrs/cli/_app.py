@@ -39,6 +39,24 @@ class _Group(click.Group):
             raise _Failure(str(exc)) from None
 
 
+class _RootGroup(_Group):
+    """The top-level group: built-in commands, then commands plugins add (mistralrs_cli_commands)."""
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        manager = PluginManager(environ=os.environ, strict=False)
+        commands: dict[str, click.Command] = {}
+        valid = lambda r: isinstance(r, (list, tuple)) and all(isinstance(c, click.Command) for c in r)  # noqa: E731
+        for _, result in manager.call_each("mistralrs_cli_commands", valid):
+            commands.update({c.name: c for c in result if c.name and c.name not in self.commands})
+        return commands
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._plugin_commands().get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._plugin_commands()])
+
+
 class _SystemParam(click.ParamType):
     name = "FILE_OR_NAME"
 
@@ -60,7 +78,7 @@ _features_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON with a versioned schema.")
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mistralrs")
 def cli() -> None:
     """mistralrs: pluggable hardware backends for LLM inference."""
