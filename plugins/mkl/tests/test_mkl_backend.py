@@ -15,7 +15,7 @@ from mistralrs.ops import CallSpec
 from mistralrs.runtime import Runtime
 from mistralrs_mkl import _backend
 from mistralrs_mkl._backend import MKLMatmul
-from mistralrs_mkl._blas import BlasInfo, blas_info
+from mistralrs.system import BlasInfo, blas_info
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch here is not built with MKL")
 

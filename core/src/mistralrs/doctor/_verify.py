@@ -12,7 +12,7 @@ import torch
 from mistralrs.doctor import _reference as ref
 from mistralrs.doctor._report import Verification
 from mistralrs.ops import CallSpec
-from mistralrs.runtime import Runtime
+from mistralrs.runtime import Runtime, kernel
 
 __all__ = ["TOLERANCE", "verify_runtime"]
 
@@ -77,7 +77,8 @@ def _cast(arg: Any, dtype: torch.dtype, device: str) -> Any:
 
 
 def _run(function: Callable[..., torch.Tensor], args: tuple[Any, ...], kwargs: dict[str, Any],
-         reference: Callable[..., np.ndarray], dtype: str, device: str) -> tuple[float, float]:
+         reference: Callable[..., np.ndarray], dtype: str, device: str) -> tuple[float | None, float, str]:
+    """(relative max error, or None when the output cannot be compared; seconds; why not comparable)."""
     torch_dtype = getattr(torch, dtype)
     cast = tuple(_cast(a, torch_dtype, device) for a in args)
     start = time.perf_counter()
@@ -90,9 +91,10 @@ def _run(function: Callable[..., torch.Tensor], args: tuple[Any, ...], kwargs: d
                            else a.cpu().numpy() if isinstance(a, torch.Tensor) else a for a in cast), **kwargs)
     got = out.detach().cpu().double().numpy()
     if got.shape != expected.shape:
-        return float("inf"), seconds
-    error = np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max()))
-    return float(error if np.isfinite(error) else np.inf), seconds
+        return None, seconds, f"output shape {tuple(got.shape)} differs from the reference's {tuple(expected.shape)}"
+    if not np.isfinite(got).all():
+        return None, seconds, "output contains NaN or infinity"
+    return float(np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max()))), seconds, ""
 
 
 def verify_runtime(runtime: Runtime, progress: Callable[[str], None] = lambda _: None) -> list[Verification]:
@@ -113,15 +115,17 @@ def verify_runtime(runtime: Runtime, progress: Callable[[str], None] = lambda _:
                         tried = True
                         progress(f"verifying {op} on {backend.name} ({dtype}, {device})")
                         try:
-                            error, seconds = _run(getattr(backend, dispatcher.method), args, kwargs, reference, dtype, device)
+                            error, seconds, problem = _run(kernel(backend, dispatcher.method, call), args, kwargs,
+                                                           reference, dtype, device)
                         except Exception as exc:  # noqa: BLE001 - a crashing backend is a failed verification
                             results.append(Verification(op, backend.name, backend.feature, dtype, device, "failed",
                                                         detail=f"raised {type(exc).__name__}: {exc}"))
                             break
                         tolerance = TOLERANCE[dtype]
+                        good = error is not None and error <= tolerance
                         results.append(Verification(op, backend.name, backend.feature, dtype, device,
-                                                    "verified" if error <= tolerance else "failed", error, tolerance,
-                                                    seconds, "" if error <= tolerance else "result differs from the float64 reference"))
+                                                    "verified" if good else "failed", error, tolerance, seconds,
+                                                    "" if good else problem or "result differs from the float64 reference"))
                         break
                 if tried:
                     break

@@ -119,7 +119,8 @@ class FeatureManifest:
     requires: tuple[str, ...] = ()
     auto_enables: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
-    platforms: tuple[str, ...] = PLATFORMS
+    #: Operating systems it runs on; empty means every platform (ring, the generic CPU).
+    platforms: tuple[str, ...] = ()
     cpu_archs: tuple[str, ...] = ()
     gpu: GPURequirement | None = None
     libraries: tuple[LibraryRequirement, ...] = ()
@@ -136,9 +137,9 @@ class FeatureManifest:
     #: Hardware classes (see ``mistralrs.system.HARDWARE_CLASSES``) this feature is recommended for.
     recommended_for: tuple[str, ...] = ()
     #: Notes keyed by CPU vendor ("amd": "works on AMD but Intel-optimized").
-    cpu_vendor_notes: Mapping[str, str] = field(default_factory=dict)
+    cpu_vendor_notes: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: How to get a feature this one requires when no installed plugin provides it.
-    install_hints: Mapping[str, str] = field(default_factory=dict)
+    install_hints: Mapping[str, str] = field(default_factory=dict, hash=False)
     api_version: str = PLUGIN_API_VERSION
 
     def __post_init__(self) -> None:
@@ -150,8 +151,8 @@ class FeatureManifest:
             names = getattr(self, attr)
             _check(_is_str_tuple(names), f"feature {self.name!r}: {attr} must be a tuple of feature names")
             _check(self.name not in names, f"feature {self.name!r} lists itself in {attr}")
-        _check(_is_str_tuple(self.platforms) and bool(self.platforms) and set(self.platforms) <= set(PLATFORMS),
-               f"feature {self.name!r}: platforms {self.platforms!r} must be a non-empty tuple from {PLATFORMS}")
+        _check(_is_str_tuple(self.platforms) and set(self.platforms) <= set(PLATFORMS),
+               f"feature {self.name!r}: platforms {self.platforms!r} must be a tuple from {PLATFORMS} (empty: all)")
         _check(_is_str_tuple(self.provides) and set(self.provides) <= set(OPS),
                f"feature {self.name!r}: provides {self.provides!r} must be a tuple from {OPS}")
         _check(self.paged_attention in ("", "default", "opt-in"),
@@ -168,8 +169,8 @@ class FeatureManifest:
 
     @property
     def platform_label(self) -> str:
-        """The platforms in words: "Linux, Windows"."""
-        return ", ".join(PLATFORM_LABELS[p] for p in self.platforms)
+        """The platforms in words: "Linux, Windows" ("all" when unrestricted)."""
+        return ", ".join(PLATFORM_LABELS[p] for p in self.platforms) or "all"
 
     def env_var_names(self) -> tuple[str, ...]:
         """Every variable this feature reads or is switched by."""

@@ -1,16 +1,28 @@
 """The generic CPU backend: reference implementations of every op in plain torch."""
 
-from mistralrs.generic._attention import GenericAttention, bottom_right_causal_mask, dense_attention, gather_paged_kv
+from mistralrs.generic._attention import (
+    TORCH_DTYPES,
+    GenericAttention,
+    TorchAttention,
+    bottom_right_causal_mask,
+    dense_attention,
+    gather_paged_kv,
+    paged_attention,
+)
 from mistralrs.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
-from mistralrs.generic._matmul import GenericMatmul, dequantize_int8
+from mistralrs.generic._matmul import GenericMatmul, TorchMatmul, dequantize_int8
 
 __all__ = [
+    "TORCH_DTYPES",
     "GenericAttention",
     "GenericMatmul",
     "SingleProcessCollectives",
     "SingleProcessCommunicator",
+    "TorchAttention",
+    "TorchMatmul",
     "bottom_right_causal_mask",
     "dense_attention",
     "dequantize_int8",
     "gather_paged_kv",
+    "paged_attention",
 ]

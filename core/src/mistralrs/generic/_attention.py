@@ -9,9 +9,11 @@ import torch.nn.functional as F
 
 from mistralrs.ops import CallSpec, Support
 
-__all__ = ["GenericAttention", "bottom_right_causal_mask", "dense_attention", "gather_paged_kv"]
+__all__ = ["TORCH_DTYPES", "GenericAttention", "TorchAttention", "bottom_right_causal_mask", "dense_attention",
+           "gather_paged_kv", "paged_attention"]
 
-_DTYPES = ("float32", "float64", "bfloat16", "float16")
+#: The floating dtypes plain torch runs every op in.
+TORCH_DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 def bottom_right_causal_mask(q_len: int, k_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -47,18 +49,22 @@ def gather_paged_kv(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Ten
     return gathered.reshape(batch, max_blocks * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
 
 
-class GenericAttention:
-    """The generic CPU attention backend: correct for every layout the contract allows, not fast."""
+class TorchAttention:
+    """Attention in plain torch on one device type: SDPA for dense, a gather for paged.
 
-    name = "generic-attention"
-    feature = "cpu"
-    priority = -1000
+    The generic CPU backend is one instance; device plugins (metal, cuda) make
+    their own with their device type, dtypes and priority.
+    """
+
+    def __init__(self, name: str, feature: str, priority: int, device_type: str, dtypes: tuple[str, ...]) -> None:
+        self.name, self.feature, self.priority = name, feature, priority
+        self.device_type, self.dtypes = device_type, dtypes
 
     def supports(self, call: CallSpec) -> Support:
-        if call.device != "cpu":
-            return Support(False, f"runs on the CPU only, not {call.device}")
-        if call.dtype not in _DTYPES:
-            return Support(False, f"dtype {call.dtype} is not one of {', '.join(_DTYPES)}")
+        if call.device != self.device_type:
+            return Support(False, f"runs on {self.device_type} only, not {call.device}")
+        if call.dtype not in self.dtypes:
+            return Support(False, f"dtype {call.dtype} is not one of {', '.join(self.dtypes)}")
         return Support(True)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -67,12 +73,29 @@ class GenericAttention:
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                         seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-        k = gather_paged_kv(k_cache, block_table)
-        v = gather_paged_kv(v_cache, block_table)
-        q_len, k_len = q.shape[-2], k.shape[-2]
-        positions = torch.arange(k_len, device=q.device)
-        lens = seq_lens.to(device=q.device, dtype=torch.long)[:, None, None]  # (batch, 1, 1)
-        rows = torch.arange(q_len, device=q.device)[None, :, None]
-        # Key j is valid below the sequence's length and, causally, up to len - q_len + row.
-        allowed = (positions[None, None, :] < lens) & (positions[None, None, :] <= lens - q_len + rows)
-        return dense_attention(q, k, v, mask=allowed[:, None, :, :], scale=scale)
+        return paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                    seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+    """q (batch, heads, q len, D) against a paged cache, bottom-right causal within each sequence's length."""
+    k = gather_paged_kv(k_cache, block_table)
+    v = gather_paged_kv(v_cache, block_table)
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    positions = torch.arange(k_len, device=q.device)
+    lens = seq_lens.to(device=q.device, dtype=torch.long)[:, None, None]  # (batch, 1, 1)
+    rows = torch.arange(q_len, device=q.device)[None, :, None]
+    # Key j is valid below the sequence's length and, causally, up to len - q_len + row.
+    valid = positions[None, None, :] < lens
+    allowed = valid & (positions[None, None, :] <= lens - q_len + rows)
+    # Slots past a sequence's end hold whatever the allocator left there (even NaN); a masked
+    # score times a NaN value is still NaN, so those slots are zeroed, not just masked.
+    k, v = (torch.where(valid[:, :, :, None], t, 0) for t in (k, v))
+    return dense_attention(q, k, v, mask=allowed[:, None, :, :], scale=scale)
+
+
+class GenericAttention(TorchAttention):
+    """The generic CPU attention backend: correct for every layout the contract allows, not fast."""
+
+    def __init__(self) -> None:
+        super().__init__("generic-attention", "cpu", -1000, "cpu", TORCH_DTYPES)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mistralrs.generic._attention import TORCH_DTYPES
 from mistralrs.ops import CallSpec, Support
 
-__all__ = ["GenericMatmul", "dequantize_int8"]
-
-_DTYPES = ("float32", "float64", "bfloat16", "float16")
+__all__ = ["GenericMatmul", "TorchMatmul", "dequantize_int8"]
 
 
 def dequantize_int8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -17,18 +16,18 @@ def dequantize_int8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
     return weight.to(dtype) * scale.to(dtype)[:, None]
 
 
-class GenericMatmul:
-    """The generic CPU matmul backend."""
+class TorchMatmul:
+    """Linear and weight-only int8 linear in plain torch on one device type (int8 by dequantising)."""
 
-    name = "generic-matmul"
-    feature = "cpu"
-    priority = -1000
+    def __init__(self, name: str, feature: str, priority: int, device_type: str, dtypes: tuple[str, ...]) -> None:
+        self.name, self.feature, self.priority = name, feature, priority
+        self.device_type, self.dtypes = device_type, dtypes
 
     def supports(self, call: CallSpec) -> Support:
-        if call.device != "cpu":
-            return Support(False, f"runs on the CPU only, not {call.device}")
-        if call.dtype not in _DTYPES:
-            return Support(False, f"dtype {call.dtype} is not one of {', '.join(_DTYPES)}")
+        if call.device != self.device_type:
+            return Support(False, f"runs on {self.device_type} only, not {call.device}")
+        if call.dtype not in self.dtypes:
+            return Support(False, f"dtype {call.dtype} is not one of {', '.join(self.dtypes)}")
         return Support(True)
 
     # torch's own function, not a wrapper: the runtime calls it with no extra Python frame.
@@ -37,3 +36,10 @@ class GenericMatmul:
     def int8_linear(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(x, dequantize_int8(weight, scale, x.dtype), bias)
+
+
+class GenericMatmul(TorchMatmul):
+    """The generic CPU matmul backend."""
+
+    def __init__(self) -> None:
+        super().__init__("generic-matmul", "cpu", -1000, "cpu", TORCH_DTYPES)

@@ -10,6 +10,7 @@ and every other plugin keeps working.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,7 +180,9 @@ class PluginManager:
         plugin = self._guarded(info, "import", load)
         if plugin is None:
             return
-        unknown = [a for a in dir(plugin) if a.startswith("mistralrs_") and a not in _HOOK_NAMES]
+        # Functions only: a plugin may well import its own `mistralrs_something` package.
+        unknown = [a for a in dir(plugin) if a.startswith("mistralrs_") and a not in _HOOK_NAMES
+                   and inspect.isroutine(getattr(plugin, a, None))]
         if unknown:
             hint = difflib.get_close_matches(unknown[0], _HOOK_NAMES, n=1)
             self._quarantine(info, "register", f"unknown hook {unknown[0]!r}"
@@ -189,7 +192,7 @@ class PluginManager:
             return
         self._info[info.name] = info
         impls = [i for i in self._impls("mistralrs_features") if i.plugin_name == info.name]
-        manifests = self._guarded(info, "hook mistralrs_features", lambda: [m for i in impls for m in i.function()])
+        manifests = self._guarded(info, "hook mistralrs_features", lambda: [m for i in impls for m in (i.function() or ())])
         if manifests is not None:
             self._accept_features(info, manifests)
 

@@ -46,7 +46,7 @@ class Resolution:
 
     @property
     def active(self) -> tuple[str, ...]:
-        """Names of the active features, highest priority first."""
+        """Names of the active features, in the order of :attr:`features` (by distribution, then priority)."""
         return tuple(f.name for f in self.features if f.status == "active")
 
     def status(self, name: str) -> FeatureStatus:

@@ -38,7 +38,7 @@ def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Proble
     """Platform, CPU, GPU, library and module rules that fail on ``system`` (empty when all hold)."""
     problems = []
     remove = f"remove the {m.name} feature"
-    if system.os not in m.platforms:
+    if m.platforms and system.os not in m.platforms:
         where = PLATFORM_LABELS.get(system.os, system.os)
         text = f"{m.name} is {m.platform_label}-only" if len(m.platforms) == 1 else \
             f"{m.name} runs on {m.platform_label}, not {where}"

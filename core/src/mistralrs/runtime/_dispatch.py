@@ -15,7 +15,13 @@ from typing import Any
 from mistralrs._errors import FallbackError, UnsupportedCallError
 from mistralrs.ops import CallSpec
 
-__all__ = ["Binding", "Dispatcher"]
+__all__ = ["Binding", "Dispatcher", "kernel"]
+
+
+def kernel(backend: Any, method: str, call: CallSpec) -> Callable[..., Any]:
+    """What the runtime calls for ``call`` on ``backend``: its kernel_for(call) if it specialises, else its method."""
+    specialise = getattr(backend, "kernel_for", None)
+    return (specialise(call) if specialise is not None else None) or getattr(backend, method)
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,7 @@ class Dispatcher:
                     f"take it; MISTRALRS_NO_FALLBACK=1 forbids that: change the call (dtype, head size, device) "
                     f"or unset MISTRALRS_NO_FALLBACK")
             self.bindings.append(binding)
-            # A backend may specialise per call signature at bind time (kernel_for), so the hot path never branches.
-            specialise = getattr(backend, "kernel_for", None)
-            function = (specialise(call) if specialise is not None else None) or getattr(backend, self.method)
+            function = kernel(backend, self.method, call)
             self.cache[key] = function
             return function
         reasons = "; ".join(f"{name} ({feature}): {reason}" for name, feature, reason in skipped) or "no backend is bound"

@@ -41,6 +41,9 @@ def load_safetensors(path: str | PathLike[str], device: str = "cpu", *, names: I
                 tensors[name] = file.get_tensor(name)
             else:
                 view = file.get_slice(name)
-                index = (slice(None),) * part.dim + (slice(part.start, part.stop),)
+                rank = len(view.get_shape())
+                if not -rank <= part.dim < rank:
+                    raise ConfigError(f"slice of {name!r} along dim {part.dim}: the tensor has {rank} dimensions")
+                index = (slice(None),) * (part.dim % rank) + (slice(part.start, part.stop),)
                 tensors[name] = view[index]
     return tensors

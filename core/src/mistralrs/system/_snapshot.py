@@ -43,6 +43,13 @@ class GPU:
     memory_free: int | None = None
     uuid: str = ""
 
+    def __post_init__(self) -> None:
+        cc = self.compute_capability
+        if cc is not None and not (isinstance(cc, tuple) and len(cc) == 2 and all(type(v) is int for v in cc)):
+            raise ValueError(f"GPU {self.index}: compute_capability {cc!r} must be [major, minor] integers, e.g. [9, 0]")
+        if type(self.index) is not int or not isinstance(self.name, str) or type(self.memory_total) is not int:
+            raise ValueError(f"GPU {self.index!r}: index and memory_total must be integers and name a string")
+
     @property
     def cc_label(self) -> str:
         """The compute capability as "8.6" ("n/a" for non-NVIDIA GPUs)."""
@@ -82,8 +89,8 @@ class SystemSnapshot:
     memory_total: int = 0
     torch: TorchBuild | None = None
     gpus: tuple[GPU, ...] = ()
-    libraries: Mapping[str, str] = field(default_factory=dict)
-    modules: Mapping[str, str] = field(default_factory=dict)
+    libraries: Mapping[str, str] = field(default_factory=dict, hash=False)
+    modules: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: Facts a deep probe could not confirm, or notes a probe wants shown ("NVML: driver not loaded").
     notes: tuple[str, ...] = ()
     deep: bool = False
@@ -123,7 +130,8 @@ class SystemSnapshot:
             torch_data = values.pop("torch", None)
             torch = TorchBuild(**torch_data) if torch_data else None
             gpus = tuple(
-                GPU(**{**g, "compute_capability": tuple(g["compute_capability"]) if g.get("compute_capability") else None})
+                GPU(**{**g, "compute_capability": tuple(g["compute_capability"])
+                       if isinstance(g.get("compute_capability"), list) else g.get("compute_capability")})
                 for g in values.pop("gpus", ()))
             values["notes"] = tuple(values.get("notes", ()))
             values["source"] = source or values.get("source", "")

@@ -1,11 +1,20 @@
-"""Entry point of mistralrs-accelerate: registers the accelerate feature. Imports no torch."""
+"""Entry point of mistralrs-accelerate: registers the accelerate feature. Imports no torch until a runtime binds it."""
 
 from __future__ import annotations
 
-from mistralrs import FeatureManifest, hookimpl
+from mistralrs import FeatureManifest, MatmulBackend, hookimpl
 from mistralrs_accelerate._manifest import ACCELERATE
 
 
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (ACCELERATE,)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
+    if ACCELERATE.name not in active:
+        return ()
+    from mistralrs_accelerate._backend import AccelerateMatmul
+
+    return (AccelerateMatmul(),)

@@ -1,11 +1,61 @@
-"""Entry point of mistralrs-metal: registers the metal feature. Imports no torch."""
+"""Entry point of mistralrs-metal: registers the metal feature. Imports no torch until a runtime binds it."""
 
 from __future__ import annotations
 
-from mistralrs import FeatureManifest, hookimpl
+import sys
+
+from mistralrs import (
+    AttentionBackend,
+    CheckResult,
+    Device,
+    FeatureManifest,
+    MatmulBackend,
+    SystemSnapshot,
+    hookimpl,
+)
 from mistralrs_metal._manifest import METAL
 
 
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (METAL,)
+
+
+@hookimpl
+def mistralrs_devices(active: frozenset[str], system: SystemSnapshot) -> tuple[Device, ...]:
+    if METAL.name not in active:
+        return ()
+    from mistralrs_metal._backend import mps_devices
+
+    return mps_devices(system)
+
+
+@hookimpl
+def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBackend, ...]:
+    if METAL.name not in active:
+        return ()
+    from mistralrs_metal._backend import mps_attention
+
+    return (mps_attention(),)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
+    if METAL.name not in active:
+        return ()
+    from mistralrs_metal._backend import mps_matmul
+
+    return (mps_matmul(),)
+
+
+@hookimpl
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> tuple[CheckResult, ...]:
+    if METAL.name not in active or "torch" not in sys.modules:
+        return ()  # MPS can only be asked through torch; doctor imports it when it verifies
+    import torch
+
+    if torch.backends.mps.is_available():
+        return (CheckResult("mps", "ok", "torch MPS is available"),)
+    reason = "torch was built without MPS" if not torch.backends.mps.is_built() else "this Mac has no usable Metal GPU"
+    return (CheckResult("mps", "error", f"metal is active but {reason}",
+                        "install torch for macOS (pip install torch) on macOS 12.3+ with Apple Silicon or an AMD GPU"),)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mistralrs.ops import CallSpec, Support
-from mistralrs_mkl._blas import blas_info
+from mistralrs.system import blas_info
 from mistralrs_mkl._threads import configure_threads
 
 __all__ = ["MKLMatmul"]

@@ -34,7 +34,7 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> t
     # The BLAS proof needs torch; report it only when doctor already imported torch (verification on),
     # so `doctor --no-verify` stays light.
     if "torch" in sys.modules:
-        from mistralrs_mkl._blas import blas_info
+        from mistralrs.system import blas_info
 
         info = blas_info()
         checks.append(CheckResult("mkl blas", "ok", f"torch's BLAS is MKL {info.mkl_version} "

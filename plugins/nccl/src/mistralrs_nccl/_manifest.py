@@ -19,6 +19,7 @@ NCCL = FeatureManifest(
                                   fix="install the NCCL wheel matching torch's CUDA (pip install nvidia-nccl-cu12, or -cu13)"),),
     disabled_by=("MISTRALRS_NO_NCCL",),
     auto=AutoCondition(min_gpus=2),
+    install_hints={"cuda": "pip install mistralrs-cuda"},
     priority=10,
     provides=("collectives",),
     env_vars=(EnvVar("MISTRALRS_MN_LOCAL_WORLD_SIZE", "number of GPUs to use (defaults to all; a power of two)"),

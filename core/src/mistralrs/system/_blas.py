@@ -1,18 +1,19 @@
-"""Proof that torch's CPU BLAS is MKL, read from torch's build configuration (imports torch)."""
+"""torch's CPU BLAS as its build configuration reports it (a deep probe: imports torch when called).
+
+BLAS plugins (mkl, accelerate) prove with it that torch's GEMM is theirs before they claim a call.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-import torch
-
 __all__ = ["BlasInfo", "blas_info"]
 
 
 @dataclass(frozen=True)
 class BlasInfo:
-    """What torch reports about its BLAS: whether it is MKL, MKL's version, and the CPU capability in use."""
+    """What torch reports about its BLAS: its name (BLAS_INFO), whether it is MKL, MKL's version, the CPU capability."""
 
     is_mkl: bool
     blas: str
@@ -21,6 +22,9 @@ class BlasInfo:
 
 
 def blas_info() -> BlasInfo:
+    """Read torch's build configuration (imports torch)."""
+    import torch
+
     config = torch.__config__.show()
     blas = re.search(r"BLAS_INFO=([^,\s]+)", config)
     version = re.search(r"Math Kernel Library Version ([0-9.]+)", config)
