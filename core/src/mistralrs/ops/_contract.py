@@ -6,7 +6,10 @@ cannot, so the runtime can fall through to the next backend visibly. Backends
 are tried in order of their ``priority`` (higher first; the generic CPU
 backend is -1000). A backend may also define ``kernel_for(call) -> callable |
 None`` to hand the runtime a kernel specialised for one call signature at bind
-time (None: use the op's method), so its hot path needs no branching.
+time (None: use the op's method), so its hot path needs no branching. A
+backend that does not implement one of its protocol's ops at all (say, paged
+attention) sets that method to None: it is then no candidate for that op, and
+the next backend taking the call is not a fallback.
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ class Dispatcher:
 
     def __init__(self, op: str, backends: Sequence[Any], method: str, no_fallback: bool) -> None:
         self.op = op
-        self.backends = tuple(backends)
+        # A backend that does not implement this op at all sets the method to None: it is not a
+        # candidate, so passing it over is not a fallback.
+        self.backends = tuple(b for b in backends if callable(getattr(b, method, None)))
         self.method = method
         self.no_fallback = no_fallback
         self.cache: dict[Hashable, Callable[..., Any]] = {}
