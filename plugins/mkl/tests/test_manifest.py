@@ -1,92 +1,21 @@
-"""The mistralrs-mkl manifests against the seed's feature table, its entry point, and its import cost."""
+"""The mistralrs-mkl plugin contract (mistralrs.testing) and the rules of its own manifests.
+
+The seed table's rows for every feature are checked together in tests/test_seed_table.py.
+"""
 
 from __future__ import annotations
 
-import importlib.metadata
-import subprocess
-import sys
-
 import pytest
 
-from mistralrs import PLUGIN_API_VERSION, PluginManager
-from mistralrs._version import supports_api_version
+from mistralrs.testing import CONTRACT_CHECKS, PluginUnderTest
 from mistralrs_mkl import MKL
-from mistralrs_mkl import plugin
 
-DISTRIBUTION = "mistralrs-mkl"
-ENTRY_POINT = "mkl"
-MODULE = "mistralrs_mkl.plugin"
-
-NAMES = {
-    "mkl": MKL,
-}
-
-#: manifest, platforms, requires, auto-enables, excludes, GPU vendor (the seed's feature table)
-SEED_ROWS = [
-    (MKL, ("linux", "windows"), (), (), (), None),
-]
+PLUGIN = PluginUnderTest(entry_point="mkl", distribution="mistralrs-mkl", manifests=(MKL,))
 
 
-@pytest.mark.parametrize(("manifest", "platforms", "requires", "auto_enables", "excludes", "gpu"), SEED_ROWS,
-                         ids=[row[0].name for row in SEED_ROWS])
-def test_manifest_matches_the_seed_row(manifest, platforms, requires, auto_enables, excludes, gpu) -> None:
-    assert tuple(sorted(manifest.platforms)) == platforms
-    assert manifest.requires == requires
-    assert manifest.auto_enables == auto_enables
-    assert manifest.excludes == excludes
-    assert (manifest.gpu.vendor if manifest.gpu else None) == gpu
-    assert set(manifest.auto_enables) <= set(manifest.requires)
-
-
-@pytest.mark.parametrize("manifest", [row[0] for row in SEED_ROWS], ids=[row[0].name for row in SEED_ROWS])
-def test_manifest_identity(manifest) -> None:
-    assert NAMES[manifest.name] is manifest
-    assert manifest.distribution == DISTRIBUTION
-    assert manifest.summary
-    assert manifest.provides
-    assert manifest.recommended_for
-    assert manifest.api_version == PLUGIN_API_VERSION
-    assert supports_api_version(manifest.api_version)
-
-
-def test_exclusions_are_declared_on_both_sides() -> None:
-    installed = {f.manifest.name: f.manifest for f in PluginManager(environ={}).features}
-    for manifest, *_ in SEED_ROWS:
-        for other in manifest.excludes:
-            assert manifest.name in installed[other].excludes, (manifest.name, other)
-
-
-def test_every_named_feature_exists() -> None:
-    installed = {f.manifest.name for f in PluginManager(environ={}).features}
-    for manifest, *_ in SEED_ROWS:
-        assert set(manifest.requires) | set(manifest.auto_enables) | set(manifest.excludes) <= installed
-
-
-def test_the_hook_returns_exactly_these_manifests() -> None:
-    assert tuple(plugin.mistralrs_features()) == tuple(row[0] for row in SEED_ROWS)
-
-
-def test_the_entry_point_is_registered_by_this_distribution() -> None:
-    (entry_point,) = [e for e in importlib.metadata.entry_points(group="mistralrs.plugins") if e.name == ENTRY_POINT]
-    assert entry_point.value == MODULE
-    assert entry_point.dist is not None and entry_point.dist.metadata["Name"] == DISTRIBUTION
-
-
-def test_discovery_loads_this_plugin_healthy() -> None:
-    manager = PluginManager(environ={})
-    assert manager.broken == ()
-    owners = {f.manifest.name: f.plugin for f in manager.features}
-    for manifest, *_ in SEED_ROWS:
-        assert (owners[manifest.name].name, owners[manifest.name].distribution) == (ENTRY_POINT, DISTRIBUTION)
-
-
-def test_importing_the_entry_point_imports_no_torch() -> None:
-    code = (f"import sys, {MODULE}\n"
-            f"{MODULE}.mistralrs_features()\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy'))\n"
-            "assert not heavy, heavy\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
+@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
+def test_plugin_contract(check) -> None:
+    check(PLUGIN)
 
 
 def test_mkl_needs_x86_64_and_the_mkl_library() -> None:

@@ -1,7 +1,6 @@
 """The generic CPU backend: reference implementations of every op in plain torch."""
 
 from mistralrs.generic._attention import (
-    TORCH_DTYPES,
     GenericAttention,
     TorchAttention,
     bottom_right_causal_mask,
@@ -9,6 +8,7 @@ from mistralrs.generic._attention import (
     gather_paged_kv,
     paged_attention,
 )
+from mistralrs.generic._base import TORCH_DTYPES, TorchBackend
 from mistralrs.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
 from mistralrs.generic._matmul import GenericMatmul, TorchMatmul, dequantize_int8
 
@@ -19,6 +19,7 @@ __all__ = [
     "SingleProcessCollectives",
     "SingleProcessCommunicator",
     "TorchAttention",
+    "TorchBackend",
     "TorchMatmul",
     "bottom_right_causal_mask",
     "dense_attention",

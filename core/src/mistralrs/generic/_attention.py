@@ -7,13 +7,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mistralrs.ops import CallSpec, Support
+from mistralrs.generic._base import TORCH_DTYPES, TorchBackend
 
-__all__ = ["TORCH_DTYPES", "GenericAttention", "TorchAttention", "bottom_right_causal_mask", "dense_attention",
+__all__ = ["GenericAttention", "TorchAttention", "bottom_right_causal_mask", "dense_attention",
            "gather_paged_kv", "paged_attention"]
 
-#: The floating dtypes plain torch runs every op in.
-TORCH_DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 def bottom_right_causal_mask(q_len: int, k_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -49,23 +47,12 @@ def gather_paged_kv(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Ten
     return gathered.reshape(batch, max_blocks * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
 
 
-class TorchAttention:
+class TorchAttention(TorchBackend):
     """Attention in plain torch on one device type: SDPA for dense, a gather for paged.
 
     The generic CPU backend is one instance; device plugins (metal, cuda) make
     their own with their device type, dtypes and priority.
     """
-
-    def __init__(self, name: str, feature: str, priority: int, device_type: str, dtypes: tuple[str, ...]) -> None:
-        self.name, self.feature, self.priority = name, feature, priority
-        self.device_type, self.dtypes = device_type, dtypes
-
-    def supports(self, call: CallSpec) -> Support:
-        if call.device != self.device_type:
-            return Support(False, f"runs on {self.device_type} only, not {call.device}")
-        if call.dtype not in self.dtypes:
-            return Support(False, f"dtype {call.dtype} is not one of {', '.join(self.dtypes)}")
-        return Support(True)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                   mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mistralrs.generic._attention import TORCH_DTYPES
-from mistralrs.ops import CallSpec, Support
+from mistralrs.generic._base import TORCH_DTYPES, TorchBackend
 
 __all__ = ["GenericMatmul", "TorchMatmul", "dequantize_int8"]
 
@@ -16,19 +15,8 @@ def dequantize_int8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
     return weight.to(dtype) * scale.to(dtype)[:, None]
 
 
-class TorchMatmul:
+class TorchMatmul(TorchBackend):
     """Linear and weight-only int8 linear in plain torch on one device type (int8 by dequantising)."""
-
-    def __init__(self, name: str, feature: str, priority: int, device_type: str, dtypes: tuple[str, ...]) -> None:
-        self.name, self.feature, self.priority = name, feature, priority
-        self.device_type, self.dtypes = device_type, dtypes
-
-    def supports(self, call: CallSpec) -> Support:
-        if call.device != self.device_type:
-            return Support(False, f"runs on {self.device_type} only, not {call.device}")
-        if call.dtype not in self.dtypes:
-            return Support(False, f"dtype {call.dtype} is not one of {', '.join(self.dtypes)}")
-        return Support(True)
 
     # torch's own function, not a wrapper: the runtime calls it with no extra Python frame.
     linear = staticmethod(F.linear)

@@ -1,0 +1,39 @@
+"""The mistralrs-cuda plugin contract (mistralrs.testing) and the rules of its own manifests.
+
+The seed table's rows for every feature are checked together in tests/test_seed_table.py.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+from mistralrs.testing import CONTRACT_CHECKS, PluginUnderTest
+from mistralrs_cuda import CUDA, CUDNN
+
+PLUGIN = PluginUnderTest(entry_point="cuda", distribution="mistralrs-cuda", manifests=(CUDA, CUDNN))
+
+
+@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
+def test_plugin_contract(check) -> None:
+    check(PLUGIN)
+
+
+def test_the_seed_package_table_holds() -> None:
+    # pip install mistralrs-cuda brings in mistralrs-flash-attn (the seed's Python package table).
+    requirements = [r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("mistralrs-cuda") or []]
+    for dependency in ["mistralrs-flash-attn"]:
+        assert any(r.startswith(dependency + "==") for r in requirements), requirements
+
+
+def test_cuda_needs_an_nvidia_gpu_and_a_cuda_build_of_torch() -> None:
+    assert CUDA.gpu.min_count == 1
+    assert "cuda" in {lib.name for lib in CUDA.libraries}
+    assert "device" in CUDA.provides
+    assert CUDA.paged_attention == "default"
+
+
+def test_cudnn_needs_the_cudnn_library() -> None:
+    assert "cudnn" in {lib.name for lib in CUDNN.libraries}
+    assert any("cuDNN" in lib.missing for lib in CUDNN.libraries)

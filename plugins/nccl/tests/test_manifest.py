@@ -1,0 +1,32 @@
+"""The mistralrs-nccl plugin contract (mistralrs.testing) and the rules of its own manifests.
+
+The seed table's rows for every feature are checked together in tests/test_seed_table.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mistralrs.testing import CONTRACT_CHECKS, PluginUnderTest
+from mistralrs_nccl import NCCL
+
+PLUGIN = PluginUnderTest(entry_point="nccl", distribution="mistralrs-nccl", manifests=(NCCL,))
+
+
+@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
+def test_plugin_contract(check) -> None:
+    check(PLUGIN)
+
+
+def test_nccl_is_switched_off_by_mistralrs_no_nccl() -> None:
+    assert NCCL.disabled_by == ("MISTRALRS_NO_NCCL",)
+
+
+def test_nccl_reads_the_seed_environment_variables() -> None:
+    assert {"MISTRALRS_MN_LOCAL_WORLD_SIZE", "MISTRALRS_NO_NCCL"} <= set(NCCL.env_var_names())
+
+
+def test_auto_mode_turns_nccl_on_only_with_two_or_more_gpus() -> None:
+    assert NCCL.auto.min_gpus == 2
+    assert "nccl" in {lib.name for lib in NCCL.libraries}
+    assert NCCL.provides == ("collectives",)
