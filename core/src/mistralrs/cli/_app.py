@@ -136,10 +136,10 @@ def resolve_command(features: str | None, system: SystemSnapshot | None, as_json
         sys.exit(1)
     explanation = None
     if explain:
-        from mistralrs.runtime import Runtime
-
         if system is not None:
             raise _Failure("--explain binds backends on this machine; it cannot be combined with --system")
+        from mistralrs.runtime import Runtime
+
         explanation = Runtime(resolution, manager, paged_attention=paged_attn or None, environ=os.environ).explain()
     if as_json:
         _print_json({**_render.resolve_json(resolution), **({"explain": explanation} if explanation else {})})

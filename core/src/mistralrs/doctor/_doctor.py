@@ -96,5 +96,10 @@ def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = N
     return DoctorReport(snapshot.source, sections, tuple(verifications), note)
 
 
+_STATUSES = ("ok", "info", "warning", "error")
+
+
 def _is_check_list(result: object) -> bool:
-    return isinstance(result, (list, tuple)) and all(isinstance(c, CheckResult) for c in result)
+    return isinstance(result, (list, tuple)) and all(
+        isinstance(c, CheckResult) and c.status in _STATUSES
+        and all(isinstance(v, str) for v in (c.name, c.message, c.fix, c.plugin)) for c in result)

@@ -30,6 +30,10 @@ def load_safetensors(path: str | PathLike[str], device: str = "cpu", *, names: I
     with safe_open(str(path), framework="pt", device=device) as file:
         available = list(file.keys())
         wanted = list(names) if names is not None else available
+        unused = [n for n in slices if n not in wanted] if names is not None else []
+        if unused:
+            raise ConfigError(f"{path}: a slice is given for {unused[0]!r}, which is not among the tensors to load: "
+                              "add it to names, or drop its slice")
         missing = [n for n in [*wanted, *slices] if n not in available]
         if missing:
             raise ConfigError(f"{path} has no tensor {missing[0]!r}: it holds {', '.join(available[:8])}"

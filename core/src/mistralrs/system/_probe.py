@@ -75,6 +75,7 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
         libraries=libraries,
         modules=_module_versions(modules),
         notes=tuple(notes),
+        local=True,
     )
 
 

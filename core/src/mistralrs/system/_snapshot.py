@@ -93,7 +93,9 @@ class SystemSnapshot:
     modules: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: Facts a deep probe could not confirm, or notes a probe wants shown ("NVML: driver not loaded").
     notes: tuple[str, ...] = ()
-    deep: bool = False
+    #: True only for a snapshot probed on this machine in this process; loaded ones describe another machine,
+    #: so checks that ask live libraries (torch, MPS) must not judge them.
+    local: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "libraries", MappingProxyType(dict(self.libraries)))
@@ -108,8 +110,8 @@ class SystemSnapshot:
         return replace(self, libraries={**self.libraries, **libraries}, notes=self.notes + notes)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict carrying :data:`SCHEMA`."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        """A JSON-ready dict carrying :data:`SCHEMA` (without ``local``: it is not a fact about the machine)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "local"}  # a process fact
         data.update(cpu=asdict(self.cpu), torch=asdict(self.torch) if self.torch else None,
                     gpus=[asdict(g) for g in self.gpus], libraries=dict(self.libraries), modules=dict(self.modules))
         return {"schema": SCHEMA, **data}
@@ -135,6 +137,7 @@ class SystemSnapshot:
                 for g in values.pop("gpus", ()))
             values["notes"] = tuple(values.get("notes", ()))
             values["source"] = source or values.get("source", "")
+            values.pop("local", None)  # loaded snapshots were not probed here and now
             return cls(**values, cpu=cpu, torch=torch, gpus=gpus)
         except (TypeError, KeyError, ValueError) as exc:
             raise SystemProfileError(f"{where}: malformed snapshot ({exc}): "

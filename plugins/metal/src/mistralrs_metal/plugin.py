@@ -50,8 +50,10 @@ def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ..
 
 @hookimpl
 def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> tuple[CheckResult, ...]:
-    if METAL.name not in active or "torch" not in sys.modules:
-        return ()  # MPS can only be asked through torch; doctor imports it when it verifies
+    if METAL.name not in active or not system.local or "torch" not in sys.modules:
+        # MPS can only be asked through torch (doctor imports it when it verifies), and only here:
+        # a loaded profile describes another machine.
+        return ()
     import torch
 
     if torch.backends.mps.is_available():

@@ -32,8 +32,8 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> t
     checks = [CheckResult("mkl threads", "info", ", ".join(threads) if threads else
                           "MKL_NUM_THREADS and OMP_NUM_THREADS unset: one thread per available core")]
     # The BLAS proof needs torch; report it only when doctor already imported torch (verification on),
-    # so `doctor --no-verify` stays light.
-    if "torch" in sys.modules:
+    # so `doctor --no-verify` stays light, and only for this machine, not a loaded profile.
+    if system.local and "torch" in sys.modules:
         from mistralrs.system import blas_info
 
         info = blas_info()
