@@ -16,7 +16,7 @@ CORE_ENV_VARS = {
     "MISTRALRS_PLUGIN_AUTOLOAD": "0 loads only the built-in generic CPU plugin",
     "MISTRALRS_STRICT_PLUGINS": "1 makes any broken plugin a fatal error (for CI)",
     "MISTRALRS_NO_FALLBACK": "1 turns a fallback to a lower-priority backend into an error",
-    "MISTRALRS_PAGED_ATTN": "1 opts in to paged attention where it is opt-in (metal)",
+    "MISTRALRS_PAGED_ATTN": "1 opts in to paged attention where it is opt-in (metal, cpu); on by default with cuda",
 }
 
 _TRUE = ("1", "true", "yes", "on")

@@ -200,6 +200,23 @@ def doctor_command(system: SystemSnapshot | None, features: str | None, as_json:
     _doctor(system, features, as_json, verify, paged_attn)
 
 
+@plugins.command("matrix")
+@click.option("--markdown", is_flag=True, help="Print the Markdown table (the only format for now).")
+def matrix_command(markdown: bool) -> None:
+    """The support matrix of the installed features: platforms, hardware, ops, requirements and exclusions."""
+    from mistralrs.reference import support_matrix_markdown
+
+    click.echo(support_matrix_markdown(PluginManager(environ=os.environ).features), nl=False)
+
+
+@plugins.command("reference")
+def reference_command() -> None:
+    """The features reference (docs/features.md) for the installed features, as Markdown."""
+    from mistralrs.reference import features_reference_markdown
+
+    click.echo(features_reference_markdown(PluginManager(environ=os.environ).features), nl=False)
+
+
 @plugins.command("system")
 @_system_option
 @_json_option
