@@ -1,4 +1,4 @@
-"""The mistralrs-cuda plugin contract (mistralrs.testing) and the rules of its own manifests.
+"""The mistralrs-cuda plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import pytest
-
-from mistralrs.testing import CONTRACT_CHECKS, PluginUnderTest
 from mistralrs_cuda import CUDA, CUDNN
 
-PLUGIN = PluginUnderTest(entry_point="cuda", distribution="mistralrs-cuda", manifests=(CUDA, CUDNN))
 
-
-@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
-def test_plugin_contract(check) -> None:
-    check(PLUGIN)
+def test_conformance_kit(mistralrs_kit) -> None:
+    # The plugin contract, then every backend of its features that can run here against the float64 reference.
+    mistralrs_kit("cuda")
 
 
 def test_the_seed_package_table_holds() -> None:

@@ -1,4 +1,4 @@
-"""The mistralrs-flash-attn plugin contract (mistralrs.testing) and the rules of its own manifests.
+"""The mistralrs-flash-attn plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import pytest
-
-from mistralrs.testing import CONTRACT_CHECKS, PluginUnderTest
 from mistralrs_flash_attn import FLASH_ATTN, FLASH_ATTN_V3, INSTALL_FLASH_ATTN_3
 
-PLUGIN = PluginUnderTest(entry_point="flash_attn", distribution="mistralrs-flash-attn", manifests=(FLASH_ATTN, FLASH_ATTN_V3))
 
-
-@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
-def test_plugin_contract(check) -> None:
-    check(PLUGIN)
+def test_conformance_kit(mistralrs_kit) -> None:
+    # The plugin contract, then every backend of its features that can run here against the float64 reference.
+    mistralrs_kit("flash_attn")
 
 
 def test_flash_attn_needs_ampere_or_newer() -> None:

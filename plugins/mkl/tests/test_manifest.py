@@ -1,21 +1,16 @@
-"""The mistralrs-mkl plugin contract (mistralrs.testing) and the rules of its own manifests.
+"""The mistralrs-mkl plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
 
 from __future__ import annotations
 
-import pytest
-
-from mistralrs.testing import CONTRACT_CHECKS, PluginUnderTest
 from mistralrs_mkl import MKL
 
-PLUGIN = PluginUnderTest(entry_point="mkl", distribution="mistralrs-mkl", manifests=(MKL,))
 
-
-@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
-def test_plugin_contract(check) -> None:
-    check(PLUGIN)
+def test_conformance_kit(mistralrs_kit) -> None:
+    # The plugin contract, then every backend of its features that can run here against the float64 reference.
+    mistralrs_kit("mkl")
 
 
 def test_mkl_needs_x86_64_and_the_mkl_library() -> None:

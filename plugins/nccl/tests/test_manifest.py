@@ -1,21 +1,16 @@
-"""The mistralrs-nccl plugin contract (mistralrs.testing) and the rules of its own manifests.
+"""The mistralrs-nccl plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
 
 from __future__ import annotations
 
-import pytest
-
-from mistralrs.testing import CONTRACT_CHECKS, PluginUnderTest
 from mistralrs_nccl import NCCL
 
-PLUGIN = PluginUnderTest(entry_point="nccl", distribution="mistralrs-nccl", manifests=(NCCL,))
 
-
-@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
-def test_plugin_contract(check) -> None:
-    check(PLUGIN)
+def test_conformance_kit(mistralrs_kit) -> None:
+    # The plugin contract, then every backend of its features that can run here against the float64 reference.
+    mistralrs_kit("nccl")
 
 
 def test_nccl_is_switched_off_by_mistralrs_no_nccl() -> None:

@@ -200,6 +200,28 @@ def doctor_command(system: SystemSnapshot | None, features: str | None, as_json:
     _doctor(system, features, as_json, verify, paged_attn)
 
 
+@plugins.command("test")
+@click.argument("name")
+@_json_option
+def test_command(name: str, as_json: bool) -> None:
+    """Run the conformance kit on the installed plugin NAME (its entry-point name, as `plugins list` shows).
+
+    Checks the plugin contract, then runs every backend of its active features on the kit's cases: each call it
+    claims must match the float64 reference, each call it refuses must say why. Exit 1 when anything fails."""
+    from mistralrs.testing import run_kit
+
+    results = run_kit(name, os.environ)
+    if as_json:
+        _print_json({"schema": "mistralrs.plugins.test/1", "plugin": name,
+                     "results": [{"check": r.check, "status": r.status, "detail": r.detail} for r in results]})
+    else:
+        for r in results:
+            click.echo(f"{r.status.upper():8s} {r.check}" + (f": {r.detail}" if r.detail else ""))
+        counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+        click.echo(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    sys.exit(1 if any(r.status == "failed" for r in results) else 0)
+
+
 @plugins.command("matrix")
 @click.option("--markdown", is_flag=True, help="Print the Markdown table (the only format for now).")
 def matrix_command(markdown: bool) -> None:

@@ -25,11 +25,12 @@ def _dtypes(device: str) -> tuple[str, ...]:
     return ("float32", "bfloat16") if device == "cpu" else ("bfloat16", "float16", "float32")
 
 
-def _attention_case(gen: torch.Generator) -> tuple[tuple[Any, ...], dict[str, Any], Callable[..., np.ndarray], dict[str, Any]]:
-    q = torch.randn(2, 4, 3, _HEAD, generator=gen)
-    k = torch.randn(2, 2, 7, _HEAD, generator=gen)
-    v = torch.randn(2, 2, 7, _HEAD, generator=gen)
-    return (q, k, v), {"causal": True}, ref.attention_reference, {"head_size": _HEAD, "mask": "causal", "extra": {"gqa": True}}
+def _attention_case(gen: torch.Generator, q_len: int = 3, k_len: int = 7) -> tuple[tuple[Any, ...], dict[str, Any], Callable[..., np.ndarray], dict[str, Any]]:
+    q = torch.randn(2, 4, q_len, _HEAD, generator=gen)
+    k = torch.randn(2, 2, k_len, _HEAD, generator=gen)
+    v = torch.randn(2, 2, k_len, _HEAD, generator=gen)
+    return (q, k, v), {"causal": True}, ref.attention_reference, {
+        "head_size": _HEAD, "mask": "causal", "extra": {"gqa": True, "aligned": q_len == k_len}}
 
 
 def _paged_case(gen: torch.Generator, block_size: int) -> tuple[tuple[Any, ...], dict[str, Any], Callable[..., np.ndarray], dict[str, Any]]:
@@ -60,7 +61,10 @@ def _int8_case(gen: torch.Generator) -> tuple[tuple[Any, ...], dict[str, Any], C
 
 def _cases(op: str, gen: torch.Generator) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], Callable[..., np.ndarray], dict[str, Any]]]:
     if op == "attention":
+        # Bottom-right causal with a shorter query first; then query and keys of one length, for
+        # kernels whose causal mask is top-left and so refuse the first (torch's flash and cuDNN).
         yield _attention_case(gen)
+        yield _attention_case(gen, 5, 5)
     elif op == "paged_attention":
         for block_size in (16, 256):
             yield _paged_case(gen, block_size)

@@ -100,11 +100,17 @@ class Runtime:
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                   mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
         """Dense attention over (batch, heads, seq, head size); causal masks align bottom-right."""
-        key = (q.dtype, q.device, q.shape[-1], q.shape[1] == k.shape[1], causal, None if mask is None else mask.dtype)
+        q_shape, k_shape = q.shape, k.shape
+        # "aligned" (q_len == k_len) is part of the signature: kernels whose causal mask is
+        # top-left (torch's flash and cuDNN SDPA) are right only when both alignments agree.
+        key = (q.dtype, q.device, q_shape[-1], q_shape[1] == k_shape[1], q_shape[-2] == k_shape[-2], causal,
+               None if mask is None else mask.dtype)
         function = self._attention_cache.get(key)
         if function is None:
-            function = self._attention.bind(key, CallSpec("attention", _dtype(q.dtype), q.device.type, q.shape[-1],
-                                                          _mask_kind(causal, mask), {"gqa": q.shape[1] != k.shape[1]}))
+            function = self._attention.bind(key, CallSpec("attention", _dtype(q.dtype), q.device.type, q_shape[-1],
+                                                          _mask_kind(causal, mask),
+                                                          {"gqa": q_shape[1] != k_shape[1],
+                                                           "aligned": q_shape[-2] == k_shape[-2]}))
         return function(q, k, v, causal=causal, mask=mask, scale=scale)
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
