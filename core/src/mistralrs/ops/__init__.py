@@ -9,6 +9,7 @@ from mistralrs.ops._contract import (
     Device,
     MatmulBackend,
     Support,
+    conforms,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Device",
     "MatmulBackend",
     "Support",
+    "conforms",
 ]

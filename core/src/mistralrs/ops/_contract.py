@@ -30,6 +30,7 @@ __all__ = [
     "Device",
     "MatmulBackend",
     "Support",
+    "conforms",
 ]
 
 
@@ -133,3 +134,21 @@ class CollectiveBackend(Protocol):
     priority: int
 
     def communicator(self, environ: Mapping[str, str]) -> Communicator: ...
+
+
+#: Per backend protocol: the attributes every backend has, and its op methods (None: op not implemented).
+_SHAPES: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    AttentionBackend: (("name", "feature", "priority", "supports"), ("attention", "paged_attention")),
+    MatmulBackend: (("name", "feature", "priority", "supports"), ("linear", "int8_linear")),
+    CollectiveBackend: (("name", "feature", "priority"), ("communicator",)),
+}
+
+
+def conforms(item: object, kind: type) -> bool:
+    """Whether ``item`` is a ``kind``: backends need every attribute and at least one op method, the others may be None."""
+    if kind not in _SHAPES:
+        return isinstance(item, kind)
+    required, ops = _SHAPES[kind]
+    methods = [getattr(item, op, None) for op in ops]
+    return (all(hasattr(item, a) for a in required) and callable(getattr(item, "supports", len))
+            and all(m is None or callable(m) for m in methods) and any(callable(m) for m in methods))

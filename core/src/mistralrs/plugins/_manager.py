@@ -153,8 +153,10 @@ class PluginManager:
         A plugin whose result is not a sequence of ``kind``, or that returns a backend of a
         feature that is not active or not its own, breaks the contract and is quarantined.
         """
+        from mistralrs.ops import conforms
+
         def valid(result: Any) -> bool:
-            return isinstance(result, (list, tuple)) and all(isinstance(item, kind) for item in result)
+            return isinstance(result, (list, tuple)) and all(conforms(item, kind) for item in result)
 
         items = []
         for info, result in self.call_each(hook, valid, active=active, **kwargs):
