@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +38,8 @@ class PluginEntryPoint:
 
 
 def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "_", name).lower()
+    # PEP 503 normalisation without the regex engine (start-up matters here).
+    return name.lower().replace("-", "_").replace(".", "_")
 
 
 @lru_cache(maxsize=1)

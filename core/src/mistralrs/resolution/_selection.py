@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mistralrs._errors import ConfigError
@@ -29,17 +28,17 @@ class Selection:
 
 
 def read_selection(cli_features: str | None = None, environ: Mapping[str, str] = os.environ,
-                   cwd: Path | None = None) -> Selection:
+                   cwd: str | os.PathLike[str] | None = None) -> Selection:
     """The selection in force, from the first source that sets one."""
     if cli_features is not None and cli_features.strip():
         return _parse(cli_features, "--features")
     env_value = environ.get("MISTRALRS_FEATURES", "")
     if env_value.strip():
         return _parse(env_value, "MISTRALRS_FEATURES")
-    folder = cwd or Path.cwd()
+    folder = os.fspath(cwd) if cwd is not None else os.getcwd()
     for file, table in (("mistralrs.toml", ()), ("pyproject.toml", ("tool", "mistralrs"))):
-        path = folder / file
-        if path.is_file():
+        path = os.path.join(folder, file)
+        if os.path.isfile(path):
             value = _config_features(path, table)
             if value is not None:
                 return value
@@ -62,9 +61,9 @@ def _parse(value: str | list[Any], source: str) -> Selection:
     return Selection(mode="explicit", features=tuple(dict.fromkeys(names)), source=source)
 
 
-def _config_features(path: Path, table: tuple[str, ...]) -> Selection | None:
+def _config_features(path: str, table: tuple[str, ...]) -> Selection | None:
     data = _load_toml(path)
-    where = f"{path.name}" + (f" [{'.'.join(table)}]" if table else "")
+    where = os.path.basename(path) + (f" [{'.'.join(table)}]" if table else "")
     for key in table:
         data = data.get(key)
         if data is None:
@@ -81,13 +80,14 @@ def _config_features(path: Path, table: tuple[str, ...]) -> Selection | None:
     return _parse(value, where)
 
 
-def _load_toml(path: Path) -> dict[str, Any]:
+def _load_toml(path: str) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:
         import tomli as tomllib
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as file:
+            return tomllib.loads(file.read())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -1,8 +1,7 @@
 """System snapshots: facts about a host, probed here or loaded from a profile."""
 
-from mistralrs.system._blas import BlasInfo, blas_info
 from mistralrs.system._hardware import HARDWARE_CLASSES, hardware_classes
-from mistralrs.system._probe import probe_system, visible_device_filter
+from mistralrs.system._probe import installed_version, probe_system, visible_device_filter
 from mistralrs.system._profiles import PROFILE_NAMES, load_system
 from mistralrs.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, TorchBuild
 
@@ -17,7 +16,17 @@ __all__ = [
     "TorchBuild",
     "blas_info",
     "hardware_classes",
+    "installed_version",
     "load_system",
     "probe_system",
     "visible_device_filter",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The BLAS probe is a deep one (it imports torch when called); its module loads on first use.
+    if name in ("BlasInfo", "blas_info"):
+        from mistralrs.system import _blas
+
+        return getattr(_blas, name)
+    raise AttributeError(f"module 'mistralrs.system' has no attribute {name!r}")

@@ -7,9 +7,10 @@ seven calls used here are bound directly; a missing driver is one failed dlopen.
 
 from __future__ import annotations
 
-import ctypes
+import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["NVMLDevice", "NVMLError", "query_nvml"]
 
@@ -30,11 +31,16 @@ class NVMLDevice:
     memory_free: int
 
 
-class _Memory(ctypes.Structure):
-    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+#: Where a loaded NVIDIA kernel driver shows itself on Linux (containers get /dev/nvidiactl passed in).
+_LINUX_DRIVER_MARKERS = ("/proc/driver/nvidia", "/dev/nvidiactl")
 
 
-def _library() -> ctypes.CDLL:
+def _library() -> Any:
+    if sys.platform.startswith("linux") and not any(map(os.path.exists, _LINUX_DRIVER_MARKERS)):
+        # No driver: skip importing ctypes and a dlopen search (start-up matters).
+        raise NVMLError("no NVIDIA driver loaded (/proc/driver/nvidia and /dev/nvidiactl are absent)")
+    import ctypes
+
     name = "nvml.dll" if sys.platform == "win32" else "libnvidia-ml.so.1"
     try:
         return ctypes.CDLL(name)
@@ -45,6 +51,10 @@ def _library() -> ctypes.CDLL:
 def query_nvml() -> tuple[str, str, list[NVMLDevice]]:
     """(driver version, CUDA driver API version, devices); raises NVMLError when NVML is unusable."""
     lib = _library()
+    import ctypes
+
+    class _Memory(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
 
     def call(function: str, *args: object) -> None:
         code = getattr(lib, function)(*args)

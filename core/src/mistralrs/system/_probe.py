@@ -12,17 +12,15 @@ import importlib.util
 import os
 import platform
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from mistralrs.features import ModuleRequirement
 from mistralrs._distributions import distribution_version
 from mistralrs.system._nvml import NVMLError, query_nvml
 from mistralrs.system._snapshot import CPU, GPU, SystemSnapshot, TorchBuild
 
-__all__ = ["probe_system"]
+__all__ = ["installed_version", "probe_system", "visible_device_filter"]
 
 # Wheels that carry a library torch loads, newest CUDA line first.
 _LIBRARY_DISTRIBUTIONS = {
@@ -48,7 +46,7 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
         version = _first_installed(distributions)
         if version is not None and (library != "cudnn" or (torch is not None and torch.cudnn)):
             libraries[library] = version
-    if shutil.which("nvcc"):
+    if _on_path("nvcc"):
         libraries["nvcc"] = ""
     gpus: list[GPU] = []
     nvidia, driver, nvml_note = _nvidia_gpus(environ)
@@ -57,7 +55,7 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
     if nvml_note:
         notes.append(nvml_note)
     if os_name == "macos":
-        if Path("/System/Library/Frameworks/Accelerate.framework").exists():
+        if os.path.exists("/System/Library/Frameworks/Accelerate.framework"):
             libraries["accelerate"] = platform.mac_ver()[0]
         if arch == "arm64" and torch is not None:
             libraries["mps"] = torch.version
@@ -111,7 +109,8 @@ def _cpu(os_name: str) -> CPU:
 def _linux_cpu(cores: int) -> CPU:
     fields: dict[str, str] = {}
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            text = file.read()
     except OSError:
         text = ""
     for line in text.split("\n\n", 1)[0].splitlines():
@@ -170,15 +169,15 @@ def _torch_build() -> TorchBuild | None:
     spec = importlib.util.find_spec("torch")
     if spec is None or not spec.submodule_search_locations:
         return None
-    root = Path(next(iter(spec.submodule_search_locations)))
-    version_py = _read(root / "version.py")
+    root = next(iter(spec.submodule_search_locations))
+    version_py = _read(os.path.join(root, "version.py"))
 
     def assigned(name: str) -> str | None:
         match = re.search(rf"^{name}\s*(?::[^=]*)?=\s*'([^']*)'", version_py, re.M)
         return match.group(1) if match else None
 
-    config = _read(root / "include/ATen/Config.h")
-    cuda_config = _read(root / "include/ATen/cuda/CUDAConfig.h")
+    config = _read(os.path.join(root, "include", "ATen", "Config.h"))
+    cuda_config = _read(os.path.join(root, "include", "ATen", "cuda", "CUDAConfig.h"))
     return TorchBuild(
         version=assigned("__version__") or _first_installed(("torch",)) or "unknown",
         cuda=assigned("cuda"),
@@ -189,11 +188,24 @@ def _torch_build() -> TorchBuild | None:
     )
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     try:
-        return path.read_text(errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read()
     except OSError:
         return ""
+
+
+def _on_path(program: str) -> bool:
+    # shutil.which without importing shutil (and the compression modules it pulls in).
+    names = [program + ext for ext in os.environ.get("PATHEXT", ".EXE").split(";")] if sys.platform == "win32" else [program]
+    return any(os.access(os.path.join(folder, name), os.X_OK) and not os.path.isdir(os.path.join(folder, name))
+               for folder in os.environ.get("PATH", "").split(os.pathsep) if folder for name in names)
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, None when absent: for cheap probes (no importlib.metadata)."""
+    return distribution_version(distribution)
 
 
 def _first_installed(distributions: Iterable[str]) -> str | None:

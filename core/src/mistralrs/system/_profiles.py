@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import difflib
 import json
-from pathlib import Path
+import os
 
 from mistralrs._errors import SystemProfileError
 from mistralrs.system._snapshot import SystemSnapshot
 
 __all__ = ["PROFILE_NAMES", "load_system"]
 
-_PROFILES = Path(__file__).with_name("profiles")
+_PROFILES = os.path.join(os.path.dirname(__file__), "profiles")
 #: The profiles shipped with mistralrs, usable as ``--system NAME``.
-PROFILE_NAMES = tuple(sorted(p.stem for p in _PROFILES.glob("*.json")))
+PROFILE_NAMES = tuple(sorted(name[:-5] for name in os.listdir(_PROFILES) if name.endswith(".json")))
 
 
 def load_system(name_or_path: str) -> SystemSnapshot:
     """Load a named profile or a JSON file written by ``mistralrs plugins system --json``."""
-    path = Path(name_or_path)
+    path = name_or_path
     if name_or_path in PROFILE_NAMES:
-        path, source = _PROFILES / f"{name_or_path}.json", name_or_path
-    elif path.is_file():
-        source = str(path)
+        path, source = os.path.join(_PROFILES, f"{name_or_path}.json"), name_or_path
+    elif os.path.isfile(path):
+        source = path
     else:
         close = difflib.get_close_matches(name_or_path, PROFILE_NAMES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -30,7 +30,8 @@ def load_system(name_or_path: str) -> SystemSnapshot:
             f"--system {name_or_path!r} is neither a profile nor a file: {hint}"
             f"use one of {', '.join(PROFILE_NAMES)}, or a file written by `mistralrs plugins system --json`")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as file:
+            data = json.loads(file.read())
     except (OSError, UnicodeDecodeError) as exc:
         raise SystemProfileError(f"cannot read system snapshot {source}: {exc}") from None
     except json.JSONDecodeError as exc:

@@ -6,7 +6,6 @@ profile or a file), so every rule can be evaluated for hardware that is not here
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
@@ -145,4 +144,6 @@ class SystemSnapshot:
 
     def dumps(self) -> str:
         """The snapshot as indented JSON text."""
+        import json
+
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
