@@ -5,8 +5,6 @@ The seed table's rows for every feature are checked together in tests/test_seed_
 
 from __future__ import annotations
 
-import importlib.metadata
-
 from mistralrs_flash_attn import FLASH_ATTN, FLASH_ATTN_V3, INSTALL_FLASH_ATTN_3
 
 

@@ -18,7 +18,7 @@ def _probe_call(op: str, runtime: Runtime) -> CallSpec:
     device = runtime.device.torch_device.split(":")[0]
     dtype = "float32" if device == "cpu" else "bfloat16"
     mask = {"attention": "causal", "paged_attention": "causal"}.get(op, "none")
-    extra = {"block_size": 16, "gqa": False} if op == "paged_attention" else {"gqa": False}
+    extra = {"block_size": 16, "gqa": False} if op == "paged_attention" else {"gqa": False, "aligned": True}
     return CallSpec(op, dtype, device, 128 if op in ("attention", "paged_attention") else 0, mask, extra)
 
 

@@ -1,0 +1,54 @@
+"""The GPU facts FlashAttention support decisions need, from torch or from a snapshot (no torch import here).
+
+mistralrs-cuda keeps its own richer copy (with cuDNN); this distribution does not
+import it, because mistralrs-cuda depends on mistralrs-flash-attn, not the reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mistralrs.system import SystemSnapshot
+
+__all__ = ["GPUFacts"]
+
+
+@dataclass(frozen=True)
+class GPUFacts:
+    """Lowest compute capability among the visible NVIDIA GPUs (a call may land on any), or why there is none."""
+
+    capability: tuple[int, int] | None = None
+    gpu: str = ""
+    unusable: str = ""
+
+    @property
+    def cc_label(self) -> str:
+        return f"{self.capability[0]}.{self.capability[1]}" if self.capability else "none"
+
+    @classmethod
+    def from_snapshot(cls, system: SystemSnapshot) -> GPUFacts:
+        gpus = [g for g in system.gpus_of("nvidia") if g.compute_capability is not None]
+        if "cuda" not in system.libraries:
+            return cls(unusable="torch is a CPU build (no CUDA)")
+        if not gpus:
+            return cls(unusable="no NVIDIA GPU is visible")
+        lowest = min(gpus, key=lambda g: g.compute_capability)  # type: ignore[arg-type, return-value]
+        return cls(lowest.compute_capability, lowest.name)
+
+    @classmethod
+    def from_torch(cls) -> GPUFacts:
+        """This machine as torch sees it (imports torch; creates no CUDA context)."""
+        import torch
+
+        if torch.version.cuda is None:
+            return cls(unusable="torch is a CPU build (no CUDA)")
+        if not torch.cuda.is_available():
+            try:
+                torch.cuda.init()
+            except Exception as exc:  # noqa: BLE001 - the failure is the reason to report
+                return cls(unusable=f"torch cannot initialise CUDA: {str(exc).strip().splitlines()[0]}")
+            return cls(unusable="torch reports no usable CUDA device")
+        gpus = [(torch.cuda.get_device_capability(i), torch.cuda.get_device_name(i))
+                for i in range(torch.cuda.device_count())]
+        capability, name = min(gpus)
+        return cls((int(capability[0]), int(capability[1])), name)
