@@ -6,6 +6,7 @@ resolves which features are active. Importing it imports no torch.
 """
 
 from mistralrs._errors import (
+    CollectiveError,
     ConfigError,
     FallbackError,
     ManifestError,
@@ -55,6 +56,7 @@ __all__ = [
     "CallSpec",
     "CheckResult",
     "CollectiveBackend",
+    "CollectiveError",
     "Communicator",
     "ConfigError",
     "Device",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "CollectiveError",
     "ConfigError",
     "FallbackError",
     "ManifestError",
@@ -78,3 +79,19 @@ class UnsupportedCallError(MistralrsError):
 
 class FallbackError(UnsupportedCallError):
     """MISTRALRS_NO_FALLBACK=1 and the preferred backend refused a call that a lower one would take."""
+
+
+class CollectiveError(MistralrsError):
+    """A collective could not complete: a peer died, froze or never joined within the timeout.
+
+    ``rank`` is the rank that raised it, ``peers`` the ranks found unresponsive
+    (empty when that could not be told) and ``timeout`` the timeout in seconds
+    that was in force.
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None, peers: Sequence[int] = (),
+                 timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.peers = tuple(peers)
+        self.timeout = timeout

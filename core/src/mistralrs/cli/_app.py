@@ -17,6 +17,7 @@ import click
 from mistralrs._errors import MistralrsError, SelectionError, SystemProfileError
 from mistralrs._version import __version__
 from mistralrs.cli import _render
+from mistralrs.cli._launch import launch_command
 from mistralrs.plugins import PluginManager
 from mistralrs.resolution import Resolution, read_selection, resolve
 from mistralrs.system import PROFILE_NAMES, SystemSnapshot, load_system
@@ -249,6 +250,9 @@ def system_command(system: SystemSnapshot | None, as_json: bool) -> None:
         click.echo(snapshot.dumps())
     else:
         click.echo(_render.system_text(snapshot))
+
+
+cli.add_command(launch_command)
 
 
 def main() -> None:

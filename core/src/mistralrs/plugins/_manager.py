@@ -19,7 +19,7 @@ from typing import Any
 import pluggy
 
 from mistralrs import _hookspecs
-from mistralrs._errors import PluginError
+from mistralrs._errors import MistralrsError, PluginError
 from mistralrs._settings import env_flag, env_list
 from mistralrs._version import PLUGIN_API_VERSION, __version__, supports_api_version
 from mistralrs.features import FeatureManifest
@@ -146,6 +146,32 @@ class PluginManager:
                 continue
             results.append((info, result))
         return results
+
+    def call_plugin(self, plugin: str, hook: str, check: Callable[[Any], bool], **kwargs: Any) -> Any:
+        """Call one hook on one healthy plugin only (``mistralrs_launch_environment`` on the feature's owner).
+
+        Returns its result, or None when it has no such hook, returned None, or broke and was quarantined.
+        A MistralrsError it raises on purpose (bad user input, such as an impossible world size) propagates
+        with its message and fix; any other failure, or a result failing ``check``, quarantines the plugin.
+        """
+        for impl in self._impls(hook):
+            if impl.plugin_name != plugin or plugin not in self._info:
+                continue
+            info = self._info[plugin]
+            try:
+                result = impl.function(**kwargs)
+            except (KeyboardInterrupt, MistralrsError):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin must not end the program
+                self._quarantine(info, f"hook {hook}", f"{type(exc).__name__}: {exc}")
+                return None
+            if result is None or info.name not in self._info:
+                return None
+            if not check(result):
+                self._quarantine(info, f"hook {hook}", f"returned {type(result).__name__}, which breaks the hook's contract")
+                return None
+            return result
+        return None
 
     def collect(self, hook: str, kind: type, active: frozenset[str], **kwargs: Any) -> list[Any]:
         """Items of type ``kind`` that every plugin returns from a list hook, in plugin order.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mistralrs import AutoCondition, EnvVar, FeatureManifest, GPURequirement, LibraryRequirement
+from mistralrs.parallel._variables import COLLECTIVE_ENV_VARS
 
 __all__ = ["NCCL"]
 
@@ -19,10 +20,10 @@ NCCL = FeatureManifest(
                                   fix="install the NCCL wheel matching torch's CUDA (pip install nvidia-nccl-cu12, or -cu13)"),),
     disabled_by=("MISTRALRS_NO_NCCL",),
     auto=AutoCondition(min_gpus=2),
-    install_hints={"cuda": "pip install mistralrs-cuda"},
     priority=10,
     provides=("collectives",),
     env_vars=(EnvVar("MISTRALRS_MN_LOCAL_WORLD_SIZE", "number of GPUs to use (defaults to all; a power of two)"),
-              EnvVar("MISTRALRS_NO_NCCL", "1 disables NCCL and uses device mapping instead")),
+              EnvVar("MISTRALRS_NO_NCCL", "1 disables NCCL and uses device mapping instead"),
+              *COLLECTIVE_ENV_VARS),
     recommended_for=("multi-gpu-nvidia",),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mistralrs import AutoCondition, EnvVar, FeatureManifest
+from mistralrs.parallel._variables import COLLECTIVE_ENV_VARS
 
 __all__ = ["RING"]
 
@@ -14,6 +15,6 @@ RING = FeatureManifest(
     auto=AutoCondition(env_set=("RING_CONFIG",)),
     priority=20,
     provides=("collectives",),
-    env_vars=(EnvVar("RING_CONFIG", "path to this process's ring JSON configuration"),),
+    env_vars=(EnvVar("RING_CONFIG", "path to this process's ring JSON configuration"), *COLLECTIVE_ENV_VARS),
     recommended_for=("multi-node",),
 )
