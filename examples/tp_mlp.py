@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from mistralrs import Runtime
-from mistralrs.parallel import ParallelMLP, load_replicated, rank_device, tp_communicator
+from mistralrs.parallel import ParallelMLP, load_replicated, rank_device
 
 HIDDEN, INTERMEDIATE, TOKENS = 64, 256, 8
 
@@ -62,7 +62,7 @@ def main() -> None:
     weights = args.weights or Path(tempfile.gettempdir()) / f"mistralrs-tp-mlp-{args.seed}.safetensors"
 
     runtime = Runtime.create()
-    comm = tp_communicator(runtime)
+    comm = runtime.communicator()
     if comm.rank == 0 and not weights.exists():
         write_weights(weights, args.seed)
     comm.barrier()  # the other ranks read the file only once rank 0 has written it

@@ -34,7 +34,6 @@ from mistralrs.parallel import (
     load_replicated,
     shard_range,
     tensor_shapes,
-    tp_communicator,
 )
 
 HIDDEN, INTERMEDIATE, TOKENS = 48, 128, 5
@@ -259,9 +258,9 @@ def test_launched_ranks_without_a_collective_feature_are_refused() -> None:
     launched = {"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     runtime = Runtime.create(environ={**launched, "MISTRALRS_FEATURES": "none"})
     with pytest.raises(ConfigError) as raised:
-        tp_communicator(runtime)
+        runtime.communicator()
     assert "WORLD_SIZE=4" in str(raised.value) and "nccl, ring" in str(raised.value)
-    assert tp_communicator(Runtime.create(environ={"MISTRALRS_FEATURES": "none"})).world_size == 1
+    assert Runtime.create(environ={"MISTRALRS_FEATURES": "none"}).communicator().world_size == 1
 
 
 # -- real ranks over ring --------------------------------------------------------------------------------
@@ -270,7 +269,7 @@ WORKER = """
 import json, sys, torch
 import mistralrs.runtime._loading as loading
 from mistralrs import Runtime
-from mistralrs.parallel import ParallelMLP, load_replicated, tp_communicator
+from mistralrs.parallel import ParallelMLP, load_replicated
 
 weights, x_path, out_dir = sys.argv[1:4]
 log, real = [], loading.safe_open
@@ -292,7 +291,7 @@ class File:  # records every read through safetensors' API
 
 loading.safe_open = File
 runtime = Runtime.create()
-comm = tp_communicator(runtime)
+comm = runtime.communicator()
 mlp = ParallelMLP.from_safetensors(runtime, comm, weights, "mlp.", device="cpu")
 norm = load_replicated(weights, "norm.weight", comm, "cpu")
 out = mlp(torch.load(x_path))

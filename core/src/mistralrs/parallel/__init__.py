@@ -24,7 +24,7 @@ _LAZY = {
     **dict.fromkeys(("DeviceMap", "auto_device_map", "device_mapping_mode", "parse_device_map", "plan_device_map"),
                     "_device_map"),
     **dict.fromkeys(("ColumnParallelLinear", "ParallelMLP", "RowParallelLinear", "load_replicated", "load_shard",
-                     "rank_device", "shard_range", "tensor_shapes", "tp_communicator"), "_tensor_parallel"),
+                     "rank_device", "shard_range", "tensor_shapes"), "_tensor_parallel"),
 }
 
 __all__ = sorted(_LAZY)

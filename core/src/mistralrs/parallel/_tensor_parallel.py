@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from mistralrs._errors import ConfigError, UnsupportedCallError
 from mistralrs.ops import Communicator
-from mistralrs.parallel._rendezvous import torchrun_rendezvous
 from mistralrs.runtime._loading import TensorSlice, load_safetensors
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "rank_device",
     "shard_range",
     "tensor_shapes",
-    "tp_communicator",
 ]
 
 Path = str | PathLike[str]
@@ -63,24 +61,6 @@ def shard_range(size: int, rank: int, world_size: int, *, what: str = "dimension
                           f"that divides {size}")
     per = size // world_size
     return rank * per, (rank + 1) * per
-
-
-def tp_communicator(runtime: Any) -> Communicator:
-    """The runtime's communicator, refusing a world of one where the launcher started several ranks.
-
-    Without this check, N ranks started by a launcher with no collective feature active would each
-    compute the whole model alone and silently disagree about nothing.
-    """
-    communicator = runtime.communicator()
-    launched = torchrun_rendezvous(runtime.environ)
-    if communicator.world_size == 1 and launched is not None and launched.world_size > 1:
-        collective = sorted(f.name for f in runtime.resolution.features
-                            if f.manifest is not None and "collectives" in f.manifest.provides and f.name != "cpu")
-        raise ConfigError(f"WORLD_SIZE={launched.world_size} says this is rank {launched.rank} of a job, but no "
-                          f"active feature provides collectives, so this rank would run alone: select one of "
-                          f"{', '.join(collective) or 'the installed collective features (none installed)'} "
-                          "(MISTRALRS_FEATURES, or `mistralrs launch --backend FEATURE`)")
-    return communicator
 
 
 def rank_device(runtime: Any, communicator: Communicator) -> str:

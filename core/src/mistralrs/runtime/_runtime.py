@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from mistralrs._errors import UnsupportedCallError
+from mistralrs._errors import ConfigError, UnsupportedCallError
 from mistralrs._settings import env_flag
 from mistralrs.ops import AttentionBackend, CallSpec, CollectiveBackend, Communicator, Device, MatmulBackend
+from mistralrs.parallel._rendezvous import torchrun_rendezvous
 from mistralrs.plugins import PluginManager
 from mistralrs.resolution import Resolution, read_selection, resolve
 from mistralrs.runtime._dispatch import Binding, Dispatcher
@@ -159,7 +160,18 @@ class Runtime:
     def communicator(self) -> Communicator:
         """This process's communicator from the highest-priority collective backend (created once)."""
         if self._communicator is None:
-            self._communicator = self.collective_backends[0].communicator(self.environ)
+            communicator = self.collective_backends[0].communicator(self.environ)
+            launched = torchrun_rendezvous(self.environ)
+            if communicator.world_size == 1 and launched is not None and launched.world_size > 1:
+                # N ranks each running the whole model alone would be the silent failure we promise against.
+                collective = sorted(f.name for f in self.resolution.features
+                                    if f.manifest is not None and "collectives" in f.manifest.provides and f.name != "cpu")
+                raise ConfigError(
+                    f"WORLD_SIZE={launched.world_size} says this is rank {launched.rank} of a job, but no active "
+                    f"feature provides collectives, so this rank would run alone: select one of "
+                    f"{', '.join(collective) or 'the installed collective features (none installed)'} "
+                    "(MISTRALRS_FEATURES, or `mistralrs launch --backend FEATURE`)")
+            self._communicator = communicator
         return self._communicator
 
     # -- explain ------------------------------------------------------------------------------------
