@@ -8,6 +8,9 @@ cannot run here are skipped with their reason.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -18,7 +21,7 @@ from mistralrs.doctor._verify import TOLERANCE
 from mistralrs.ops import AttentionBackend, CallSpec, CollectiveBackend, Device, MatmulBackend
 from mistralrs.plugins import PluginManager
 from mistralrs.plugins._builtin import PLUGIN_NAME as BUILTIN
-from mistralrs.resolution import Selection, resolve
+from mistralrs.resolution import FeatureStatus, Selection, resolve
 from mistralrs.runtime import kernel
 from mistralrs.testing._cases import OpCase, op_cases
 
@@ -73,7 +76,12 @@ def _check_backend(backend: object, kind: str, devices: list[str]) -> list[KitRe
         claimed = refused = failed = 0
         for device in devices:
             kind_of_device = device.split(":")[0]
-            odd = backend.supports(CallSpec(method, "int8", kind_of_device))  # type: ignore[attr-defined]
+            try:
+                odd = backend.supports(CallSpec(method, "int8", kind_of_device))  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - support questions must be answered, never raised
+                results.append(KitResult(f"{name} {method}", "failed", f"supports() raised {type(exc).__name__} for an "
+                                         "int8-activation call instead of refusing it with a reason"))
+                continue
             if odd.ok or not odd.reason:
                 results.append(KitResult(f"{name} {method}", "failed", "claims or refuses without reason an int8 "
                                          "activation call, which no backend can run"))
@@ -99,6 +107,26 @@ def _check_backend(backend: object, kind: str, devices: list[str]) -> list[KitRe
             results.append(KitResult(f"{name} {method}", "passed", f"{claimed} claimed cases match the float64 "
                                      f"reference; {refused} refused, each with a reason"))
     return results
+
+
+def _check_communicator(feature: str, status: FeatureStatus, environ: Mapping[str, str]) -> KitResult:
+    """Two ranks over `mistralrs launch --backend FEATURE`, each checking every collective."""
+    check = f"communicator of {feature} across 2 ranks"
+    if status.status == "unavailable":
+        return KitResult(check, "skipped", f"{feature} cannot run here: {status.reasons[0] if status.reasons else ''}")
+    env = {k: v for k, v in {**os.environ, **environ}.items() if not k.startswith(("MISTRALRS_", "RING_CONFIG"))}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = [sys.executable, "-m", "mistralrs", "launch", "-n", "2", "--backend", feature, "--",
+               sys.executable, "-m", "mistralrs.testing._collective_check"]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
+    except subprocess.TimeoutExpired:
+        return KitResult(check, "failed", "the two ranks did not finish within 180 s")
+    lines = [line for line in done.stdout.splitlines() if "KIT rank" in line]
+    if done.returncode != 0 or len(lines) != 2:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-6:]
+        return KitResult(check, "failed", f"exit status {done.returncode}: " + " | ".join(lines or tail))
+    return KitResult(check, "passed", "all_reduce sum/max, all_gather, broadcast in fp32/fp16/bf16 and barrier agree")
 
 
 def run_kit(entry_point: str, environ: Mapping[str, str] | None = None) -> list[KitResult]:
@@ -145,6 +173,9 @@ def run_kit(entry_point: str, environ: Mapping[str, str] | None = None) -> list[
         if kind in _METHODS:
             for backend in backends:
                 results += _check_backend(backend, kind, devices)
+    for f in mine:
+        if "collectives" in f.manifest.provides:
+            results.append(_check_communicator(f.manifest.name, resolution.status(f.manifest.name), environ))
     late = [b for b in manager.broken if b.plugin.name == entry_point]
     results += [KitResult("hooks", "failed", f"{b.stage}: {b.error}") for b in late]
     return results

@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Mapping
 import torch
 import torch.nn.functional as F
 
+from mistralrs.generic import dequantize_int8
 from mistralrs.ops import CallSpec, Support
 from mistralrs.system import blas_info
 from mistralrs_mkl._threads import configure_threads
@@ -20,6 +21,11 @@ _INT8 = ("float32", "bfloat16", "float16")
 def _bf16_linear_in_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     return out.to(torch.bfloat16)
+
+
+def _int8_linear_dequantised(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                             bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, dequantize_int8(weight, scale, x.dtype), bias)
 
 
 class MKLMatmul:
@@ -67,6 +73,10 @@ class MKLMatmul:
     def kernel_for(self, call: CallSpec) -> Callable[..., torch.Tensor] | None:
         if call.op == "linear" and call.dtype == "bfloat16" and not self.native_bf16:
             return _bf16_linear_in_fp32
+        if call.op == "int8_linear" and call.dtype != "bfloat16":
+            # torch's int8 weight kernel beats dequantise + GEMM only for bfloat16 activations; for fp32 it is
+            # about 6x slower than dequantising once and running MKL's sgemm (benchmarks/cpu_gemm.py).
+            return _int8_linear_dequantised
         return None
 
     def int8_linear(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
