@@ -11,6 +11,7 @@ from mistralrs.generic._attention import (
 from mistralrs.generic._base import TORCH_DTYPES, TorchBackend
 from mistralrs.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
 from mistralrs.generic._matmul import GenericMatmul, TorchMatmul, dequantize_int8
+from mistralrs.generic._sdpa import sdpa_kernel_refusal
 
 __all__ = [
     "TORCH_DTYPES",
@@ -26,4 +27,5 @@ __all__ = [
     "dequantize_int8",
     "gather_paged_kv",
     "paged_attention",
+    "sdpa_kernel_refusal",
 ]

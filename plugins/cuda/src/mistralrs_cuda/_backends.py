@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from mistralrs.generic import TorchAttention, TorchMatmul, dense_attention
+from mistralrs.generic import TorchAttention, TorchMatmul, dense_attention, sdpa_kernel_refusal
 from mistralrs.ops import CallSpec, Support
 from mistralrs_cuda._facts import CudaFacts, cudnn_label
 
@@ -80,32 +80,9 @@ def configure_cudnn(cudnn_active: bool) -> dict[str, bool]:
             "torch.backends.cuda.cudnn_sdp_enabled": cudnn_active}
 
 
-def _probe_tensors(call: CallSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tiny GPU tensors with the call's dtype, head size, head grouping and q/k alignment."""
-    dtype = getattr(torch, call.dtype)
-    kv_heads = 1 if call.extra.get("gqa") else 2
-    q_len, k_len = (128, 128) if call.extra.get("aligned", True) else (16, 128)
-    q = torch.zeros(1, 2, q_len, call.head_size, device="cuda", dtype=dtype)
-    k = torch.zeros(1, kv_heads, k_len, call.head_size, device="cuda", dtype=dtype)
-    return q, k, k.clone()
-
-
 def torch_cudnn_check(call: CallSpec) -> str:
-    """torch's own judgement, at bind time, of whether its cuDNN attention kernel runs a call ("" = yes).
-
-    torch.backends.cuda.can_use_cudnn_attention on tiny GPU tensors shaped like the call knows what
-    static rules cannot (this cuDNN's head-size limits, a build without the kernel); it is asked
-    once per call signature, never per call.
-    """
-    try:
-        q, k, v = _probe_tensors(call)
-        params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, call.mask == "causal", bool(call.extra.get("gqa")))
-        if torch.backends.cuda.can_use_cudnn_attention(params, False):
-            return ""
-    except Exception as exc:  # noqa: BLE001 - not knowing is a refusal with the reason, not a crash
-        return (f"torch {torch.__version__} could not be asked whether its cuDNN attention kernel runs this call "
-                f"({type(exc).__name__}: {exc})")
-    return f"torch {torch.__version__}'s can_use_cudnn_attention refuses this call on this GPU"
+    """torch's own judgement, at bind time, of whether its cuDNN attention kernel runs a call ("" = yes)."""
+    return sdpa_kernel_refusal(call, "cudnn")
 
 
 #: The argument list this module calls the op with (torch 2.5 and later; 2.4's had no attn_bias).

@@ -17,6 +17,7 @@ from types import ModuleType
 
 import torch
 
+from mistralrs.generic import sdpa_kernel_refusal
 from mistralrs.ops import CallSpec, Support
 from mistralrs_flash_attn._gpu import GPUFacts
 
@@ -175,26 +176,9 @@ class FlashAttention3:
         return _first(out).transpose(1, 2)
 
 
-def _probe_tensors(call: CallSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dtype = getattr(torch, call.dtype)
-    kv_heads = 1 if call.extra.get("gqa") else 2
-    q_len, k_len = (128, 128) if call.extra.get("aligned", True) else (16, 128)
-    q = torch.zeros(1, 2, q_len, call.head_size, device="cuda", dtype=dtype)
-    k = torch.zeros(1, kv_heads, k_len, call.head_size, device="cuda", dtype=dtype)
-    return q, k, k.clone()
-
-
 def torch_flash_check(call: CallSpec) -> str:
     """torch's own judgement, at bind time, of whether its flash kernel runs a call ("" = yes)."""
-    try:
-        q, k, v = _probe_tensors(call)
-        params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, call.mask == "causal", bool(call.extra.get("gqa")))
-        if torch.backends.cuda.can_use_flash_attention(params, False):
-            return ""
-    except Exception as exc:  # noqa: BLE001 - not knowing is a refusal with the reason, not a crash
-        return (f"torch {torch.__version__} could not be asked whether its flash attention kernel runs this call "
-                f"({type(exc).__name__}: {exc})")
-    return f"torch {torch.__version__}'s can_use_flash_attention refuses this call on this GPU"
+    return sdpa_kernel_refusal(call, "flash")
 
 
 _flash_packet = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
