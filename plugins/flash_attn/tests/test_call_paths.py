@@ -21,7 +21,7 @@ from mistralrs.doctor import _reference as ref
 from mistralrs.generic import dense_attention, gather_paged_kv
 from mistralrs.ops import CallSpec
 from mistralrs_flash_attn._backends import FlashAttention2
-from mistralrs_flash_attn._gpu import GPUFacts
+from mistralrs.system import GPUFacts
 from mistralrs_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
 HOPPER = GPUFacts((9, 0), "NVIDIA H100 80GB HBM3")

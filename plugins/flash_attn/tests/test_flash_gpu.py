@@ -18,7 +18,7 @@ from mistralrs.ops import CallSpec
 from mistralrs.runtime import Runtime
 from mistralrs_flash_attn import INSTALL_FLASH_ATTN
 from mistralrs_flash_attn._backends import FlashAttention2, TorchFlashAttention, torch_flash_check
-from mistralrs_flash_attn._gpu import GPUFacts
+from mistralrs.system import GPUFacts
 from mistralrs_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
 pytestmark = pytest.mark.gpu

@@ -23,7 +23,7 @@ from mistralrs_flash_attn._backends import (
     TorchFlashAttention,
 )
 from mistralrs_flash_attn._checks import flash_checks
-from mistralrs_flash_attn._gpu import GPUFacts
+from mistralrs.system import GPUFacts
 from mistralrs_flash_attn import plugin
 
 PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100", "apple-m2")

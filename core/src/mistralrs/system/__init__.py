@@ -9,12 +9,14 @@ __all__ = [
     "CPU",
     "BlasInfo",
     "GPU",
+    "GPUFacts",
     "HARDWARE_CLASSES",
     "PROFILE_NAMES",
     "SCHEMA",
     "SystemSnapshot",
     "TorchBuild",
     "blas_info",
+    "cuda_init_error",
     "hardware_classes",
     "installed_version",
     "load_system",
@@ -24,9 +26,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The BLAS probe is a deep one (it imports torch when called); its module loads on first use.
+    # Deep probes (they import torch when called) load on first use: `plugins list` never needs them.
     if name in ("BlasInfo", "blas_info"):
         from mistralrs.system import _blas
 
         return getattr(_blas, name)
+    if name in ("GPUFacts", "cuda_init_error"):
+        from mistralrs.system import _gpu_facts
+
+        return getattr(_gpu_facts, name)
     raise AttributeError(f"module 'mistralrs.system' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mistralrs.system import SystemSnapshot
+from mistralrs.system import GPUFacts, SystemSnapshot
 
 __all__ = ["CudaFacts", "cudnn_version_number", "parse_version"]
 
@@ -47,41 +47,20 @@ def cudnn_label(number: int | None) -> str:
 
 
 @dataclass(frozen=True)
-class CudaFacts:
-    """The GPU facts a backend's ``supports`` needs.
+class CudaFacts(GPUFacts):
+    """The GPU facts of :class:`mistralrs.system.GPUFacts`, plus what cuDNN decisions need."""
 
-    A call names only the device type ("cuda"), not which GPU it lands on, so
-    ``capability`` is the lowest compute capability among the visible GPUs: a
-    backend that accepts a call must be able to run it on every one of them.
-    """
-
-    #: Lowest compute capability among visible NVIDIA GPUs; None when torch can use none.
-    capability: tuple[int, int] | None = None
-    #: The GPU that has that capability, for messages.
-    gpu: str = ""
     #: The cuDNN version torch loads, numbered as torch.backends.cudnn.version() does; None without cuDNN.
     cudnn: int | None = None
     #: torch's version, for messages ("torch 2.11.0+cu128").
     torch_version: str = ""
-    #: Why torch cannot use a GPU here ("" when it can).
-    unusable: str = ""
-
-    @property
-    def cc_label(self) -> str:
-        return f"{self.capability[0]}.{self.capability[1]}" if self.capability else "none"
 
     @classmethod
     def from_snapshot(cls, system: SystemSnapshot) -> CudaFacts:
         """The facts a machine described by ``system`` would give (profiles, --system files)."""
-        gpus = [g for g in system.gpus_of("nvidia") if g.compute_capability is not None]
-        torch_version = system.torch.version if system.torch else ""
+        gpus = GPUFacts.from_snapshot(system)
         cudnn = cudnn_version_number(system.libraries.get("cudnn")) if "cudnn" in system.libraries else None
-        if "cuda" not in system.libraries:
-            return cls(cudnn=cudnn, torch_version=torch_version, unusable="torch is a CPU build (no CUDA)")
-        if not gpus:
-            return cls(cudnn=cudnn, torch_version=torch_version, unusable="no NVIDIA GPU is visible")
-        lowest = min(gpus, key=lambda g: g.compute_capability)  # type: ignore[arg-type, return-value]
-        return cls(lowest.compute_capability, lowest.name, cudnn, torch_version)
+        return cls(gpus.capability, gpus.gpu, gpus.unusable, cudnn, system.torch.version if system.torch else "")
 
     @classmethod
     def from_torch(cls) -> CudaFacts:
@@ -91,22 +70,5 @@ class CudaFacts:
         cudnn = None
         if torch.version.cuda and torch.backends.cudnn.is_available():
             cudnn = int(torch.backends.cudnn.version())
-        if torch.version.cuda is None:
-            return cls(cudnn=cudnn, torch_version=torch.__version__, unusable="torch is a CPU build (no CUDA)")
-        if not torch.cuda.is_available():
-            return cls(cudnn=cudnn, torch_version=torch.__version__, unusable=cuda_init_error())
-        gpus = [(torch.cuda.get_device_capability(i), torch.cuda.get_device_name(i))
-                for i in range(torch.cuda.device_count())]
-        capability, name = min(gpus)
-        return cls((int(capability[0]), int(capability[1])), name, cudnn, torch.__version__)
-
-
-def cuda_init_error() -> str:
-    """Why torch cannot initialise CUDA here, in torch's own words (first line)."""
-    import torch
-
-    try:
-        torch.cuda.init()
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer to report
-        return f"torch cannot initialise CUDA: {str(exc).strip().splitlines()[0]}"
-    return "torch reports no usable CUDA device"
+        gpus = GPUFacts.from_torch()
+        return cls(gpus.capability, gpus.gpu, gpus.unusable, cudnn, torch.__version__)

@@ -19,7 +19,7 @@ import torch
 
 from mistralrs.generic import sdpa_kernel_refusal
 from mistralrs.ops import CallSpec, Support
-from mistralrs_flash_attn._gpu import GPUFacts
+from mistralrs.system import GPUFacts
 
 __all__ = ["FA2_PRIORITY", "FA3_PRIORITY", "FlashAttention2", "FlashAttention3", "TorchFlashAttention",
            "torch_flash_check"]

@@ -7,7 +7,7 @@ import importlib.metadata
 from types import ModuleType
 
 from mistralrs_flash_attn._backends import FlashAttention2, FlashAttention3, TorchFlashAttention, torch_flash_check
-from mistralrs_flash_attn._gpu import GPUFacts
+from mistralrs.system import GPUFacts
 from mistralrs_flash_attn._manifest import INSTALL_FLASH_ATTN_3
 
 __all__ = ["distribution_version", "flash_attn_backend", "flash_attn_v3_backend", "import_optional"]

@@ -30,7 +30,7 @@ def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBacke
     wanted = [name for name in (FLASH_ATTN_V3.name, FLASH_ATTN.name) if name in active]
     if not wanted:
         return ()
-    from mistralrs_flash_attn._gpu import GPUFacts
+    from mistralrs.system import GPUFacts
     from mistralrs_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
     facts = GPUFacts.from_torch()

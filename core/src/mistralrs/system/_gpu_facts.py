@@ -1,16 +1,19 @@
-"""The GPU facts FlashAttention support decisions need, from torch or from a snapshot (no torch import here).
+"""The NVIDIA GPU facts backends' support decisions need, from torch or from a snapshot.
 
-mistralrs-cuda keeps its own richer copy (with cuDNN); this distribution does not
-import it, because mistralrs-cuda depends on mistralrs-flash-attn, not the reverse.
+A call names only the device type ("cuda"), not which GPU it lands on, so the
+facts carry the lowest compute capability among the visible GPUs: a backend
+that accepts a call must run it on every one of them. Reading a snapshot
+imports nothing, so the same rules hold for a loaded profile on a CPU-only
+machine; :meth:`GPUFacts.from_torch` imports torch (and creates no CUDA context).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mistralrs.system import SystemSnapshot
+from mistralrs.system._snapshot import SystemSnapshot
 
-__all__ = ["GPUFacts"]
+__all__ = ["GPUFacts", "cuda_init_error"]
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,19 @@ class GPUFacts:
         if torch.version.cuda is None:
             return cls(unusable="torch is a CPU build (no CUDA)")
         if not torch.cuda.is_available():
-            try:
-                torch.cuda.init()
-            except Exception as exc:  # noqa: BLE001 - the failure is the reason to report
-                return cls(unusable=f"torch cannot initialise CUDA: {str(exc).strip().splitlines()[0]}")
-            return cls(unusable="torch reports no usable CUDA device")
+            return cls(unusable=cuda_init_error())
         gpus = [(torch.cuda.get_device_capability(i), torch.cuda.get_device_name(i))
                 for i in range(torch.cuda.device_count())]
         capability, name = min(gpus)
         return cls((int(capability[0]), int(capability[1])), name)
+
+
+def cuda_init_error() -> str:
+    """Why torch cannot initialise CUDA here, in torch's own words (first line)."""
+    import torch
+
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer to report
+        return f"torch cannot initialise CUDA: {str(exc).strip().splitlines()[0]}"
+    return "torch reports no usable CUDA device"
