@@ -5,6 +5,7 @@ is installed on the GPU machine).
     python3 scripts/_gpu_wheels.py target EXPORTED OUT PYTHON MACHINE   here: the pins whose markers hold there
     python3 scripts/_gpu_wheels.py install WHEELS_DIR  there: install the wheels offline, never touching torch
     python3 scripts/_gpu_wheels.py describe            there: Python, torch, CUDA and the GPU torch sees
+    python3 scripts/_gpu_wheels.py gpus [--rehearsal]  there: every GPU torch sees; exit 1 when none (0 rehearsing)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["choose", "describe", "floors", "install", "normalise", "target_requirements", "version_key"]
+__all__ = ["choose", "describe", "floors", "gpus", "install", "normalise", "target_requirements", "version_key"]
 
 
 def normalise(name: str) -> str:
@@ -133,6 +134,18 @@ def describe() -> str:
     return f"Python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: {gpu}"
 
 
+def gpus() -> list[str]:
+    """A line per GPU torch sees: name, compute capability, memory, and the torch, CUDA and cuDNN versions."""
+    import torch
+
+    lines = []
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        p = torch.cuda.get_device_properties(i)
+        lines.append(f"cuda:{i} {p.name}, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.1f} GiB; "
+                     f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "floors":
         found = floors(Path.cwd())
@@ -145,6 +158,10 @@ def main(argv: list[str]) -> int:
     if argv == ["describe"]:
         print(describe())
         return 0
+    if argv[:1] == ["gpus"] and argv[1:] in ([], ["--rehearsal"]):
+        found = gpus()
+        print("\n".join(found) or f"no CUDA GPU visible to torch ({describe()})")
+        return 0 if found or argv[1:] else 1
     if len(argv) == 2 and argv[0] == "install":
         install(Path(argv[1]))
         return 0

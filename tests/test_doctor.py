@@ -420,6 +420,18 @@ def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_en
     validate(report, schema)
 
 
+def test_plugin_doctor_checks_judge_the_diagnosed_environment_not_os_environ(fake_entry_point, monkeypatch) -> None:
+    # The hook names only the parameter it uses (as pluggy allows) and reads the doctor's environ.
+    source = _CHECKS_PLUGIN.replace("def mistralrs_doctor_checks(active, system):", "def mistralrs_doctor_checks(environ):")
+    ep = fake_entry_point(source.format(body='return [CheckResult("FAKE_SETTING", "info", environ.get("FAKE_SETTING", "unset"))]'),
+                          name="confplug")
+    monkeypatch.setenv("FAKE_SETTING", "from os.environ")
+    report = doctor_with([ep], {"FAKE_SETTING": "from the diagnosed environment"}, verify=False)
+    (check,) = checks(report, "configuration", "FAKE_SETTING")
+    assert check.message == "from the diagnosed environment" and check.plugin == "confplug"
+    assert checks(report, "plugins", "confplug")[0].status == "ok"
+
+
 def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_entry_point, schema) -> None:
     ep = fake_entry_point(_CHECKS_PLUGIN.format(body='raise RuntimeError("check exploded")'), name="confplug")
     report = doctor_with([ep], verify=False)

@@ -489,6 +489,24 @@ def test_paged_attention_on_by_default_for_a_device_feature_that_says_so(make_pl
         off.paged_attention(q, k_cache, v_cache, table, lens)
 
 
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, "fake:0"),
+    ({"LOCAL_RANK": "2", "RANK": "6", "WORLD_SIZE": "8"}, "fake:2"),  # rank 6 is the third process on its machine
+    ({"LOCAL_RANK": "5"}, "fake:1"),  # more ranks than devices share them round-robin, as torch's rank % count
+    ({"LOCAL_RANK": "x"}, "fake:0"),  # a malformed value is reported by the communicator, not here
+])
+def test_a_launched_rank_defaults_to_its_local_rank_device(make_plugin, environ, expected) -> None:
+    ep = make_plugin("fake-gpus", attention_body="", manifest={"provides": ("device",), "priority": 10}, source="""
+        @hookimpl
+        def mistralrs_devices(active, system):
+            return [Device("fake:%d" % i, "fake gpu %d" % i, "fake-gpus") for i in range(4)] if "fake-gpus" in active else []
+        """)
+    pm, resolution, runtime = build([ep], environ)
+    assert pm.broken == () and "fake-gpus" in resolution.active
+    assert runtime.device.torch_device == expected
+    assert [d.torch_device for d in runtime.devices] == ["fake:0", "fake:1", "fake:2", "fake:3", "cpu"]
+
+
 def test_paged_attention_cache_key_includes_block_size(make_plugin) -> None:
     ep = make_plugin("fake-attn")
     _, _, runtime = build([ep], paged_attention=True)

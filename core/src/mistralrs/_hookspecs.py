@@ -61,19 +61,26 @@ def mistralrs_devices(active: frozenset[str], system: SystemSnapshot) -> Sequenc
 
 
 @hookspec
-def mistralrs_attention_backends(active: frozenset[str]) -> Sequence[AttentionBackend] | None:
+def mistralrs_attention_backends(active: frozenset[str], system: SystemSnapshot,
+                                 environ: Mapping[str, str]) -> Sequence[AttentionBackend] | None:
     """Return attention backends for this plugin's features that are in ``active``.
 
     Called once when a runtime is bound; the runtime orders all backends by
-    priority and asks each ``supports(call)`` per call signature.
+    priority and asks each ``supports(call)`` per call signature. ``system`` is
+    the snapshot the selection was resolved on and ``environ`` the runtime's
+    environment: read settings and machine facts from them (never probe again
+    or read os.environ), so a runtime built for another environment is honoured.
+    An implementation may omit parameters it does not use.
     """
 
 
 @hookspec
-def mistralrs_matmul_backends(active: frozenset[str]) -> Sequence[MatmulBackend] | None:
+def mistralrs_matmul_backends(active: frozenset[str], system: SystemSnapshot,
+                              environ: Mapping[str, str]) -> Sequence[MatmulBackend] | None:
     """Return matmul backends for this plugin's features that are in ``active``.
 
-    Called once when a runtime is bound.
+    Called once when a runtime is bound; ``system`` and ``environ`` as for
+    :func:`mistralrs_attention_backends`.
     """
 
 
@@ -86,11 +93,14 @@ def mistralrs_collective_backends(active: frozenset[str]) -> Sequence[Collective
 
 
 @hookspec
-def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> Sequence[CheckResult] | None:
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
+                            environ: Mapping[str, str]) -> Sequence[CheckResult] | None:
     """Return this plugin's own configuration checks (RING_CONFIG, MISTRALRS_NO_NCCL, ...).
 
     Called by ``mistralrs doctor``. A check that fails returns a CheckResult with
     status "error" or "warning" and a fix; it must not raise for bad user input.
+    ``environ`` is the environment being diagnosed: judge variables there, not in
+    os.environ. An implementation may omit parameters it does not use.
     """
 
 

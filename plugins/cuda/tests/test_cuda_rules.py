@@ -207,7 +207,7 @@ def test_the_doctor_hook_never_asks_torch_about_a_loaded_profile(monkeypatch: py
     import torch  # noqa: F401 - imported, as after a verification run
 
     monkeypatch.setattr(CudaFacts, "from_torch", classmethod(lambda cls: pytest.fail("asked torch about a profile")))
-    names = [c.name for c in plugin.mistralrs_doctor_checks(frozenset({"cpu", "cuda", "cudnn"}), load_system("h100"))]
+    names = [c.name for c in plugin.mistralrs_doctor_checks(frozenset({"cpu", "cuda", "cudnn"}), load_system("h100"), {})]
     assert "torch cuda" not in names and "cuda driver" in names
 
 

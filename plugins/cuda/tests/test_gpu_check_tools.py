@@ -94,3 +94,13 @@ def test_the_benchmark_table_shows_ratio_and_fraction_of_peak() -> None:
     assert "dense bf16 peak: 989 TFLOP/s" in text
     assert "400.0      40%           404.0   0.99  torch SDPA" in text
     assert "flash-attn-v3       skipped: flash_attn_3 is not installed" in text
+
+
+def test_the_gpu_step_fails_where_torch_sees_no_gpu_unless_rehearsing(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert wheels.main(["gpus"]) == 1
+    assert capsys.readouterr().out.startswith("no CUDA GPU visible to torch (Python ")
+    assert wheels.main(["gpus", "--rehearsal"]) == 0
+    assert wheels.main(["gpus", "--bogus"]) == 2

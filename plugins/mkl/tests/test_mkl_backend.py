@@ -115,11 +115,12 @@ def test_no_fallback_mode_turns_that_fallback_into_an_error() -> None:
 
 
 def _threads_after_binding(env: dict[str, str]) -> str:
-    code = ("import torch; from mistralrs.runtime import Runtime; Runtime.create(environ={}); "
+    # The runtime's environ is what counts: the process's own MKL_NUM_THREADS=3 must be ignored.
+    code = (f"import torch; from mistralrs.runtime import Runtime; Runtime.create(environ={env!r}); "
             "print(torch.get_num_threads())")
     clean = {k: v for k, v in os.environ.items() if k not in ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
-    result = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run([sys.executable, "-c", code], env={**clean, "MKL_NUM_THREADS": "3"}, capture_output=True,
+                            text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -129,6 +130,17 @@ def test_thread_settings_are_honoured() -> None:
     assert _threads_after_binding({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "2"}) == "2"
     cores = len(os.sched_getaffinity(0))
     assert _threads_after_binding({}) == str(cores)
+
+
+def test_the_backend_reads_cpu_flags_from_the_resolved_snapshot_not_a_new_probe() -> None:
+    threads = torch.get_num_threads()
+    try:
+        for profile, native in (("epyc-cpu", True), ("xeon-cpu", False)):
+            runtime = Runtime.create(features="mkl", system=mistralrs.load_system(profile), environ={"MKL_NUM_THREADS": "1"})
+            (mkl,) = [b for b in runtime.matmul_backends if b.feature == "mkl"]
+            assert mkl.native_bf16 is native and (mkl.threads, mkl.threads_from) == (1, "MKL_NUM_THREADS")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_bad_thread_count_is_a_config_error_naming_the_variable() -> None:

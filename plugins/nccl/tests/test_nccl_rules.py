@@ -170,7 +170,7 @@ def test_the_launch_environment_sets_the_local_world_size() -> None:
 
 def test_the_doctor_and_launch_hooks_import_no_torch() -> None:
     code = ("import sys, mistralrs, mistralrs_nccl.plugin as p\n"
-            "p.mistralrs_doctor_checks(frozenset({'nccl', 'cuda'}), mistralrs.load_system('multi-gpu-8xh100'))\n"
+            "p.mistralrs_doctor_checks(frozenset({'nccl', 'cuda'}), mistralrs.load_system('multi-gpu-8xh100'), {})\n"
             "p.mistralrs_launch_environment('nccl', 0, 2, '127.0.0.1', 1, '/tmp')\n"
             "assert 'torch' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)

@@ -153,7 +153,7 @@ def test_the_backend_is_returned_only_when_ring_is_active() -> None:
 
 def test_the_cli_and_launch_hooks_stay_light() -> None:
     code = ("import sys, tempfile, mistralrs_ring.plugin as p\n"
-            "p.mistralrs_cli_commands(); p.mistralrs_doctor_checks(frozenset({'ring'}), None)\n"
+            "p.mistralrs_cli_commands(); p.mistralrs_doctor_checks(frozenset({'ring'}), {})\n"
             "p.mistralrs_launch_environment('ring', 0, 2, '127.0.0.1', 29500, tempfile.mkdtemp())\n"
             "assert 'torch' not in sys.modules, 'torch'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)

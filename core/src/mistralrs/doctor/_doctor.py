@@ -77,7 +77,8 @@ def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = N
             verifications = verify_runtime(runtime, progress)
     if resolution is not None:
         active = frozenset(resolution.active)
-        for info, checks in manager.call_each("mistralrs_doctor_checks", _is_check_list, active=active, system=snapshot):
+        for info, checks in manager.call_each("mistralrs_doctor_checks", _is_check_list, active=active, system=snapshot,
+                                             environ=environ):
             configuration += [CheckResult(c.name, c.status, c.message, c.fix, info.name) for c in checks]
     bound = None
     if runtime is not None:

@@ -65,15 +65,11 @@ def shard_range(size: int, rank: int, world_size: int, *, what: str = "dimension
 
 def rank_device(runtime: Any, communicator: Communicator) -> str:
     """The device this rank computes on: the communicator's own (NCCL: its GPU), else the runtime's default,
-    moved to the LOCAL_RANK-th GPU when several ranks share a machine's GPUs."""
+    which is already this rank's LOCAL_RANK-th device when several ranks share a machine's GPUs."""
     device = getattr(communicator, "device", None)
     if device is not None and not str(device).startswith("cpu"):
         return str(device)
-    default = runtime.device.torch_device
-    local_rank = getattr(communicator, "local_rank", 0)
-    if default.startswith("cuda") and local_rank and torch.cuda.device_count() > 1:
-        return f"cuda:{local_rank % torch.cuda.device_count()}"
-    return default
+    return str(runtime.device.torch_device)
 
 
 def _read(path: Path, name: str, part: TensorSlice, device: str) -> torch.Tensor:

@@ -138,7 +138,7 @@ class PluginManager:
         results = []
         for impl in self._impls(hook):
             info = self._info[impl.plugin_name]
-            result = self._guarded(info, f"hook {hook}", lambda: impl.function(**kwargs))
+            result = self._guarded(info, f"hook {hook}", lambda: _call(impl, kwargs))
             if result is None or info.name not in self._info:
                 continue
             if not check(result):
@@ -159,7 +159,7 @@ class PluginManager:
                 continue
             info = self._info[plugin]
             try:
-                result = impl.function(**kwargs)
+                result = _call(impl, kwargs)
             except (KeyboardInterrupt, MistralrsError):
                 raise
             except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin must not end the program
@@ -275,6 +275,11 @@ class PluginManager:
         if self._strict:
             raise PluginError(f"plugin {info.name!r} ({info.distribution}) is broken at {stage}: {error} "
                               f"(MISTRALRS_STRICT_PLUGINS=1 makes this fatal): {broken.fix}")
+
+
+def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
+    # As pluggy does: an implementation receives only the spec parameters it names.
+    return impl.function(**{name: kwargs[name] for name in impl.argnames if name in kwargs})
 
 
 def _unique(entry_points: Iterable[EntryPointLike]) -> list[EntryPointLike]:

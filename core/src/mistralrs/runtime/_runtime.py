@@ -35,6 +35,15 @@ def _mask_kind(causal: bool, mask: torch.Tensor | None) -> str:
     return ("causal+" + kind if kind != "none" else "causal") if causal else kind
 
 
+def _default_device(devices: tuple[Device, ...], environ: Mapping[str, str]) -> Device:
+    """The first device of the highest-priority feature; a launched rank (LOCAL_RANK) takes that feature's
+    LOCAL_RANK-th device, so ranks sharing a machine's GPUs do not all load onto the first one."""
+    raw = environ.get("LOCAL_RANK", "").strip()
+    local_rank = int(raw) if raw.isdigit() else 0  # a bad value is the communicator's error to report
+    same = [d for d in devices if d.feature == devices[0].feature]
+    return same[local_rank % len(same)]
+
+
 class Runtime:
     """Ops bound to the best backend of the active features.
 
@@ -59,11 +68,13 @@ class Runtime:
         if not self.devices:
             raise UnsupportedCallError("no active feature provides a device (the built-in cpu feature should): "
                                        "reinstall mistralrs")
-        self.device = self.devices[0]
+        self.device = _default_device(self.devices, environ)
         self.attention_backends: tuple[AttentionBackend, ...] = tuple(
-            ordered(manager.collect("mistralrs_attention_backends", AttentionBackend, active)))
+            ordered(manager.collect("mistralrs_attention_backends", AttentionBackend, active, system=resolution.system,
+                                    environ=environ)))
         self.matmul_backends: tuple[MatmulBackend, ...] = tuple(
-            ordered(manager.collect("mistralrs_matmul_backends", MatmulBackend, active)))
+            ordered(manager.collect("mistralrs_matmul_backends", MatmulBackend, active, system=resolution.system,
+                                    environ=environ)))
         self.collective_backends: tuple[CollectiveBackend, ...] = tuple(
             ordered(manager.collect("mistralrs_collective_backends", CollectiveBackend, active)))
         device_manifest = next(f.manifest for f in resolution.features if f.name == self.device.feature)
@@ -149,7 +160,7 @@ class Runtime:
     # -- devices and collectives ------------------------------------------------------------------
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` on the default device."""
+        """``tensor`` on the default device (a launched rank's own: see :attr:`device`)."""
         return tensor.to(self.device.torch_device)
 
     def load_safetensors(self, path: str | Path, *, names: list[str] | None = None,

@@ -165,7 +165,9 @@ def run_kit(entry_point: str, environ: Mapping[str, str] | None = None) -> list[
             results.append(KitResult(f"feature {feature.manifest.name}", "skipped",
                                      f"{status.status} here: {status.reasons[0] if status.reasons else ''}"))
     for kind, (hook, protocol) in _HOOKS.items():
-        backends = [b for b in manager.collect(hook, protocol, active) if b.feature in {f.manifest.name for f in mine}]
+        backends = [b for b in manager.collect(hook, protocol, active, **({} if kind == "collectives" else
+                                                                          {"system": system, "environ": environ}))
+                    if b.feature in {f.manifest.name for f in mine}]
         for f in mine:
             if kind in f.manifest.provides and f.manifest.name in active and not any(b.feature == f.manifest.name for b in backends):
                 results.append(KitResult(f"feature {f.manifest.name}", "failed",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Mapping
 
 from mistralrs import (
     AttentionBackend,
@@ -58,9 +58,10 @@ def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ..
 
 
 @hookimpl
-def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> tuple[CheckResult, ...]:
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
+                            environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
     from mistralrs_cuda._checks import cuda_checks
 
     # torch is asked only when doctor already imported it (verification on) and only about this machine.
     torch = sys.modules.get("torch") if system.local else None
-    return tuple(cuda_checks(active, system, os.environ, torch))
+    return tuple(cuda_checks(active, system, environ, torch))

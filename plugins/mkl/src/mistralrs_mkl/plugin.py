@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Mapping
 
 from mistralrs import CheckResult, FeatureManifest, MatmulBackend, SystemSnapshot, hookimpl
 from mistralrs_mkl._manifest import MKL
@@ -15,20 +15,21 @@ def mistralrs_features() -> tuple[FeatureManifest, ...]:
 
 
 @hookimpl
-def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
+def mistralrs_matmul_backends(active: frozenset[str], system: SystemSnapshot,
+                              environ: Mapping[str, str]) -> tuple[MatmulBackend, ...]:
     if MKL.name not in active:
         return ()
-    from mistralrs.system import probe_system
     from mistralrs_mkl._backend import MKLMatmul
 
-    return (MKLMatmul(os.environ, probe_system().cpu.flags),)
+    return (MKLMatmul(environ, system.cpu.flags),)
 
 
 @hookimpl
-def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> tuple[CheckResult, ...]:
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
+                            environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
     if MKL.name not in active:
         return ()
-    threads = [f"{name}={os.environ[name]}" for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS") if name in os.environ]
+    threads = [f"{name}={environ[name]}" for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS") if name in environ]
     checks = [CheckResult("mkl threads", "info", ", ".join(threads) if threads else
                           "MKL_NUM_THREADS and OMP_NUM_THREADS unset: one thread per available core")]
     # The BLAS proof needs torch; report it only when doctor already imported torch (verification on),

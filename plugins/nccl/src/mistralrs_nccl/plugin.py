@@ -5,7 +5,6 @@ The backend module (which imports torch) is imported only when a runtime binds i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from mistralrs import CheckResult, CollectiveBackend, FeatureManifest, SystemSnapshot, hookimpl
@@ -27,10 +26,11 @@ def mistralrs_collective_backends(active: frozenset[str]) -> tuple[CollectiveBac
 
 
 @hookimpl
-def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> tuple[CheckResult, ...]:
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
+                            environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
     from mistralrs_nccl._doctor import nccl_checks
 
-    return tuple(nccl_checks(active, system, os.environ))
+    return tuple(nccl_checks(active, system, environ))
 
 
 @hookimpl

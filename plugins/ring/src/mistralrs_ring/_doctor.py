@@ -47,7 +47,7 @@ def ring_checks(active: frozenset[str], environ: Mapping[str, str]) -> list[Chec
                                       f"rendezvous at {config.master_ip}:{config.master_port}", _FIREWALL))
             master = config.master_ip
         if "ring" not in active:
-            checks.append(CheckResult("RING_CONFIG", "warning", f"RING_CONFIG is set but ring is not active, "
+            checks.append(CheckResult("RING_CONFIG", "warning", "RING_CONFIG is set but ring is not active, "
                                       "so it is ignored", "select ring (auto mode does when RING_CONFIG is set, "
                                       "unless another selection is in force), or unset RING_CONFIG"))
     else:

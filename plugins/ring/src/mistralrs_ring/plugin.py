@@ -6,11 +6,10 @@ and `doctor --no-verify` stay light.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from mistralrs import CheckResult, CollectiveBackend, FeatureManifest, SystemSnapshot, hookimpl
+from mistralrs import CheckResult, CollectiveBackend, FeatureManifest, hookimpl
 from mistralrs_ring._manifest import RING
 
 if TYPE_CHECKING:
@@ -32,10 +31,10 @@ def mistralrs_collective_backends(active: frozenset[str]) -> tuple[CollectiveBac
 
 
 @hookimpl
-def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> tuple[CheckResult, ...]:
+def mistralrs_doctor_checks(active: frozenset[str], environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
     from mistralrs_ring._doctor import ring_checks
 
-    return tuple(ring_checks(active, os.environ))
+    return tuple(ring_checks(active, environ))
 
 
 @hookimpl
