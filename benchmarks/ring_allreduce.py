@@ -11,7 +11,10 @@ on the very same process group, in alternating rounds so that drift hits
 both alike. A time is the slowest rank's mean per call; the median of the
 rounds is reported, and the ratio is the median of each round's own
 plugin/raw ratio (paired: a slow spell on this shared machine lands on
-both halves of a round instead of on one side's median). Bus bandwidth is 2(n-1)/n * bytes / time (what each
+both halves of a round instead of on one side's median). Each round also
+times the raw call a second time: the raw/raw ratio ("A/A") is what the
+machine's noise alone gives, so a plugin/raw ratio inside the A/A spread
+is no measurable overhead. Bus bandwidth is 2(n-1)/n * bytes / time (what each
 rank's links carry in a ring all-reduce). A plain loopback TCP copy between
 two threads gives the local limit for comparison.
 """
@@ -108,13 +111,14 @@ def worker(sizes: list[int], rounds: int) -> None:
         iterations = torch.tensor([max(1, min(500, int(0.1 / max(once, 1e-6))))])
         dist.all_reduce(iterations, op=dist.ReduceOp.MAX)
         n = int(iterations)
-        times: dict[str, list[float]] = {"plugin": [], "raw": []}
+        times: dict[str, list[float]] = {"plugin": [], "raw": [], "control": []}
+        calls = (("plugin", plugin), ("raw", raw), ("control", raw))
         for r in range(rounds):
-            order = (("plugin", plugin), ("raw", raw)) if r % 2 == 0 else (("raw", raw), ("plugin", plugin))
-            for name, call in order:
+            for name, call in calls[r % 3:] + calls[:r % 3]:  # each goes first, second and third in turn
                 times[name].append(timed(call, tensor, n))
         paired = statistics.median(raw_t / plugin_t for raw_t, plugin_t in zip(times["raw"], times["plugin"]))
-        results.append({"size": size, "iterations": n, "ratio": paired,
+        control = statistics.median(raw_t / again for raw_t, again in zip(times["raw"], times["control"]))
+        results.append({"size": size, "iterations": n, "ratio": paired, "aa": control,
                         **{k: statistics.median(v) for k, v in times.items()}})
     if comm.rank == 0:
         print("RESULT " + json.dumps({"world": world, "results": results}), flush=True)
@@ -169,21 +173,25 @@ def main() -> None:
     print(f"cpu cores: {os.cpu_count()}; float32 all_reduce(sum), median of {args.rounds} alternating rounds; "
           "ratio: median of the rounds' paired plugin/raw bus-bandwidth ratios\n")
     header = (f"{'ranks':>5} {'size':>8} {'plugin us':>11} {'raw us':>11} {'plugin busbw':>13} {'raw busbw':>10} "
-              f"{'ratio':>6} {'busbw/tcp':>9}")
+              f"{'ratio':>6} {'A/A':>6} {'busbw/tcp':>9}")
     print(header)
     print("-" * len(header))
-    ratios = []
+    ratios, controls = [], []
     for world in args.worlds:
         data = run_world(world, args)
         factor = 2 * (world - 1) / world
         for r in data["results"]:
             plugin_bw, raw_bw = factor * r["size"] / r["plugin"], factor * r["size"] / r["raw"]
             ratios.append(r["ratio"])
+            controls.append(r["aa"])
             print(f"{world:>5} {_label(r['size']):>8} {r['plugin'] * 1e6:>11.1f} {r['raw'] * 1e6:>11.1f} "
-                  f"{plugin_bw / 1e9:>10.3f} GB/s {raw_bw / 1e9:>5.3f} GB/s {r['ratio']:>6.3f} "
+                  f"{plugin_bw / 1e9:>10.3f} GB/s {raw_bw / 1e9:>5.3f} GB/s {r['ratio']:>6.3f} {r['aa']:>6.3f} "
                   f"{plugin_bw / tcp:>9.3f}")
         print()
-    print(f"plugin/raw bus-bandwidth ratio: min {min(ratios):.3f}, median {statistics.median(ratios):.3f}")
+    print(f"plugin/raw bus-bandwidth ratio: min {min(ratios):.3f}, median {statistics.median(ratios):.3f}, "
+          f"max {max(ratios):.3f}")
+    print(f"raw/raw (A/A, the noise alone):  min {min(controls):.3f}, median {statistics.median(controls):.3f}, "
+          f"max {max(controls):.3f}")
 
 
 if __name__ == "__main__":
