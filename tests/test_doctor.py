@@ -6,8 +6,6 @@ import importlib.metadata
 import json
 import math
 import sys
-import textwrap
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -118,24 +116,6 @@ def _in_clean_cwd(clean_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def here(clean_cwd: Path) -> DoctorReport:
     """Doctor on this machine with the installed plugins and no MISTRALRS_* variable (verification on)."""
     return run_doctor(environ={})
-
-
-@pytest.fixture
-def fake_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., importlib.metadata.EntryPoint]]:
-    folder = tmp_path / "doctor_fake_plugins"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    created: list[str] = []
-
-    def make(source: str, name: str = "fake_plugin") -> importlib.metadata.EntryPoint:
-        module = f"mrs_doctor_fake_{uuid.uuid4().hex[:12]}"
-        (folder / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
-        created.append(module)
-        return importlib.metadata.EntryPoint(name=name, value=module, group=GROUP)
-
-    yield make
-    for module in created:
-        sys.modules.pop(module, None)
 
 
 def doctor_with(entry_points: list[importlib.metadata.EntryPoint], environ: Mapping[str, str] | None = None,
@@ -299,8 +279,8 @@ def test_invalid_selection_from_the_environment_is_an_error_too() -> None:
     assert report.exit_code == 1
 
 
-def test_planted_wrong_backend_is_marked_failed_and_doctor_exits_one(fake_entry_point, schema) -> None:
-    ep = fake_entry_point(_FAKE_BACKEND_PLUGIN.format(mode="offset"), name="planted")
+def test_planted_wrong_backend_is_marked_failed_and_doctor_exits_one(fake_plugin, schema) -> None:
+    ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode="offset"), name="planted")
     report = doctor_with([ep])
     planted = [v for v in report.verifications if v.backend == "planted-attention"]
     assert {v.op for v in planted} == {"attention", "paged_attention"}
@@ -316,8 +296,8 @@ def test_planted_wrong_backend_is_marked_failed_and_doctor_exits_one(fake_entry_
     assert validate(report, schema)["ok"] is False
 
 
-def test_planted_raising_backend_is_failed(fake_entry_point, schema) -> None:
-    ep = fake_entry_point(_FAKE_BACKEND_PLUGIN.format(mode="raise"), name="planted")
+def test_planted_raising_backend_is_failed(fake_plugin, schema) -> None:
+    ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode="raise"), name="planted")
     report = doctor_with([ep])
     planted = [v for v in report.verifications if v.backend == "planted-attention"]
     assert planted and all(v.result == "failed" for v in planted)
@@ -327,8 +307,8 @@ def test_planted_raising_backend_is_failed(fake_entry_point, schema) -> None:
 
 
 @pytest.mark.parametrize("mode", ["nan", "shape"])
-def test_planted_nan_or_misshapen_output_is_failed_and_the_json_stays_valid(fake_entry_point, schema, mode) -> None:
-    ep = fake_entry_point(_FAKE_BACKEND_PLUGIN.format(mode=mode), name="planted")
+def test_planted_nan_or_misshapen_output_is_failed_and_the_json_stays_valid(fake_plugin, schema, mode) -> None:
+    ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode=mode), name="planted")
     report = doctor_with([ep])
     planted = [v for v in report.verifications if v.backend == "planted-attention"]
     assert planted and all(v.result == "failed" for v in planted)
@@ -337,8 +317,8 @@ def test_planted_nan_or_misshapen_output_is_failed_and_the_json_stays_valid(fake
     validate(report, schema)
 
 
-def test_a_correct_extra_backend_is_verified(fake_entry_point) -> None:
-    ep = fake_entry_point(_FAKE_BACKEND_PLUGIN.format(mode="exact"), name="planted")
+def test_a_correct_extra_backend_is_verified(fake_plugin) -> None:
+    ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode="exact"), name="planted")
     report = doctor_with([ep])
     planted = [v for v in report.verifications if v.backend == "planted-attention"]
     assert {(v.op, v.dtype) for v in planted} == {(op, d) for op in ("attention", "paged_attention")
@@ -347,10 +327,10 @@ def test_a_correct_extra_backend_is_verified(fake_entry_point) -> None:
     assert report.exit_code == 0
 
 
-def test_doctor_verifies_the_kernel_the_runtime_binds(fake_entry_point) -> None:
+def test_doctor_verifies_the_kernel_the_runtime_binds(fake_plugin) -> None:
     """A backend may hand the runtime a specialised kernel per call (kernel_for); doctor must verify
     that kernel, the one model code will run, not only the backend's op method."""
-    ep = fake_entry_point(_FAKE_BACKEND_PLUGIN.format(mode="kernel"), name="planted")
+    ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode="kernel"), name="planted")
     manager = mistralrs.PluginManager(entry_points=[ep], environ={}, strict=False)
     from mistralrs.runtime import Runtime
 
@@ -369,8 +349,8 @@ def test_doctor_verifies_the_kernel_the_runtime_binds(fake_entry_point) -> None:
 _BROKEN_AT_IMPORT = 'raise ImportError("libfake.so: cannot open shared object file")\n'
 
 
-def test_broken_plugin_is_a_warning_and_doctor_still_runs(fake_entry_point, schema) -> None:
-    ep = fake_entry_point(_BROKEN_AT_IMPORT, name="brokenplug")
+def test_broken_plugin_is_a_warning_and_doctor_still_runs(fake_plugin, schema) -> None:
+    ep = fake_plugin(_BROKEN_AT_IMPORT, name="brokenplug")
     report = doctor_with([ep])
     (check,) = checks(report, "plugins", "brokenplug")
     assert check.status == "warning"
@@ -381,8 +361,8 @@ def test_broken_plugin_is_a_warning_and_doctor_still_runs(fake_entry_point, sche
     validate(report, schema)
 
 
-def test_broken_plugin_is_an_error_under_strict_plugins(fake_entry_point, schema) -> None:
-    ep = fake_entry_point(_BROKEN_AT_IMPORT, name="brokenplug")
+def test_broken_plugin_is_an_error_under_strict_plugins(fake_plugin, schema) -> None:
+    ep = fake_plugin(_BROKEN_AT_IMPORT, name="brokenplug")
     report = doctor_with([ep], {"MISTRALRS_STRICT_PLUGINS": "1"}, verify=False)
     (check,) = checks(report, "plugins", "brokenplug")
     assert check.status == "error"
@@ -407,8 +387,8 @@ def mistralrs_doctor_checks(active, system):
 """
 
 
-def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_entry_point, schema) -> None:
-    ep = fake_entry_point(_CHECKS_PLUGIN.format(
+def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_plugin, schema) -> None:
+    ep = fake_plugin(_CHECKS_PLUGIN.format(
         body='return [CheckResult("FAKE_CONFIG", "error", "FAKE_CONFIG is malformed", "write valid JSON"),'
              ' CheckResult("fake world size", "ok", "2 ranks")]'), name="confplug")
     report = doctor_with([ep], verify=False)
@@ -420,10 +400,10 @@ def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_en
     validate(report, schema)
 
 
-def test_plugin_doctor_checks_judge_the_diagnosed_environment_not_os_environ(fake_entry_point, monkeypatch) -> None:
+def test_plugin_doctor_checks_judge_the_diagnosed_environment_not_os_environ(fake_plugin, monkeypatch) -> None:
     # The hook names only the parameter it uses (as pluggy allows) and reads the doctor's environ.
     source = _CHECKS_PLUGIN.replace("def mistralrs_doctor_checks(active, system):", "def mistralrs_doctor_checks(environ):")
-    ep = fake_entry_point(source.format(body='return [CheckResult("FAKE_SETTING", "info", environ.get("FAKE_SETTING", "unset"))]'),
+    ep = fake_plugin(source.format(body='return [CheckResult("FAKE_SETTING", "info", environ.get("FAKE_SETTING", "unset"))]'),
                           name="confplug")
     monkeypatch.setenv("FAKE_SETTING", "from os.environ")
     report = doctor_with([ep], {"FAKE_SETTING": "from the diagnosed environment"}, verify=False)
@@ -432,8 +412,8 @@ def test_plugin_doctor_checks_judge_the_diagnosed_environment_not_os_environ(fak
     assert checks(report, "plugins", "confplug")[0].status == "ok"
 
 
-def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_entry_point, schema) -> None:
-    ep = fake_entry_point(_CHECKS_PLUGIN.format(body='raise RuntimeError("check exploded")'), name="confplug")
+def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_plugin, schema) -> None:
+    ep = fake_plugin(_CHECKS_PLUGIN.format(body='raise RuntimeError("check exploded")'), name="confplug")
     report = doctor_with([ep], verify=False)
     (check,) = checks(report, "plugins", "confplug")
     assert check.status == "warning" and "check exploded" in check.message and "mistralrs_doctor_checks" in check.message
@@ -441,10 +421,10 @@ def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_entry_poi
     validate(report, schema)
 
 
-def test_plugin_check_with_an_invalid_status_does_not_break_the_report(fake_entry_point, schema) -> None:
+def test_plugin_check_with_an_invalid_status_does_not_break_the_report(fake_plugin, schema) -> None:
     """A check whose status is not ok/info/warning/error breaks the hook's contract: doctor must not
     print it as-is (the JSON would break its own schema and the exit status would ignore it)."""
-    ep = fake_entry_point(_CHECKS_PLUGIN.format(body='return [CheckResult("FAKE", "fatal", "something is wrong")]'),
+    ep = fake_plugin(_CHECKS_PLUGIN.format(body='return [CheckResult("FAKE", "fatal", "something is wrong")]'),
                           name="confplug")
     report = doctor_with([ep], verify=False)
     validate(report, schema)

@@ -27,15 +27,6 @@ from mistralrs_cuda._facts import CudaFacts
 H100 = CudaFacts.from_snapshot(load_system("h100"))
 
 
-@pytest.fixture
-def cudnn_flags():
-    """Binding sets process-wide torch flags; put them back after the test."""
-    saved = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cuda.cudnn_sdp_enabled())
-    yield
-    torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = saved[:2]
-    torch.backends.cuda.enable_cudnn_sdp(saved[2])
-
-
 def _call(op="attention", dtype="bfloat16", head=128, mask="causal", aligned=True, gqa=True, device="cuda"):
     return CallSpec(op, dtype, device, head, mask, {"gqa": gqa, "aligned": aligned})
 

@@ -48,14 +48,6 @@ def _reference(dtype: torch.dtype, *tensors: torch.Tensor, **kwargs) -> np.ndarr
     return ref.attention_reference(*arrays, **kwargs)
 
 
-@pytest.fixture
-def cudnn_flags():
-    saved = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cuda.cudnn_sdp_enabled())
-    yield
-    torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = saved[:2]
-    torch.backends.cuda.enable_cudnn_sdp(saved[2])
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("q_len", "k_len", "causal"), [(128, 128, True), (1, 77, True), (3, 64, True),
                                                         (64, 64, False), (1, 300, False)])

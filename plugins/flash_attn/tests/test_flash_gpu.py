@@ -125,15 +125,6 @@ def test_flash_attention_3_paged_matches_the_reference(block_size: int) -> None:
     _paged_case(_fa3(), torch.bfloat16, block_size)
 
 
-@pytest.fixture
-def cudnn_flags():
-    """Binding flash-attn without cudnn turns torch's cuDNN off process-wide; put the flags back."""
-    saved = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cuda.cudnn_sdp_enabled())
-    yield
-    torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = saved[:2]
-    torch.backends.cuda.enable_cudnn_sdp(saved[2])
-
-
 @pytest.mark.usefixtures("cudnn_flags")
 def test_the_runtime_binds_flash_attn_and_doctor_names_the_same_implementation() -> None:
     _ampere_or_newer()
