@@ -438,6 +438,35 @@ def test_malformed_runtime_switches_are_configuration_errors() -> None:
         assert report.exit_code == 1
 
 
+@pytest.mark.parametrize(("value", "status", "words"), [
+    ("cpu:32", "info", "explicit map from MISTRALRS_DEVICE_LAYERS: cpu: 32 layers (32 layers"),
+    ("0:16;1:16", "error", "device map names '0', which is not a device here: devices are cpu"),
+    ("cpu=32", "error", "device map entry 'cpu=32' is not DEVICE:LAYERS"),
+])
+def test_device_layers_variable_is_judged_against_this_runtimes_devices(value, status, words, schema) -> None:
+    report = run_doctor(environ={"MISTRALRS_DEVICE_LAYERS": value, "MISTRALRS_FEATURES": "none"})
+    (check,) = checks(report, "configuration", "device layers")
+    assert check.status == status and words in check.message, check
+    assert report.exit_code == (1 if status == "error" else 0)
+    assert not [c for c in report.sections["configuration"] if "MISTRALRS_DEVICE_LAYERS" in c.message
+                and c.name != "device layers"]  # a known variable, not flagged as unknown
+    validate(report, schema)
+
+
+def test_device_layers_variable_under_nccl_is_an_error_naming_the_contradiction() -> None:
+    from types import SimpleNamespace
+
+    from mistralrs.doctor._doctor import _device_layers_check
+    from mistralrs.ops import Device
+
+    runtime = SimpleNamespace(collective_backends=[SimpleNamespace(feature="nccl", one_device_per_rank=True)],
+                              devices=[Device("cuda:0", "gpu", "cuda"), Device("cuda:1", "gpu", "cuda")])
+    (check,) = _device_layers_check(runtime, {"MISTRALRS_DEVICE_LAYERS": "0:16;1:16"})
+    assert check.status == "error" and "nccl is active: one process per device" in check.message
+    assert check.fix == "unset MISTRALRS_DEVICE_LAYERS, or turn that feature off"
+    assert _device_layers_check(runtime, {}) == []
+
+
 def test_strict_plugins_with_a_bad_value_is_a_configuration_error() -> None:
     report = run_doctor(environ={"MISTRALRS_STRICT_PLUGINS": "sometimes"}, verify=False)
     errors = [c for c in report.sections["configuration"] if c.status == "error"]

@@ -99,10 +99,10 @@ def test_a_bad_explicit_map_names_the_entry(spec: object, words: str) -> None:
         parse_device_map(spec, 8, [*_gpus(1, 1), CPU])
 
 
-def _runtime(backends: list, devices: list[Device]) -> SimpleNamespace:
+def _runtime(backends: list, devices: list[Device], environ: dict[str, str] | None = None) -> SimpleNamespace:
     comm = SimpleNamespace(rank=0, world_size=2, device="cuda:1")
     return SimpleNamespace(collective_backends=backends, devices=devices, device=devices[0],
-                           communicator=lambda: comm)
+                           communicator=lambda: comm, environ=environ or {})
 
 
 def test_the_mode_in_force_and_the_plan() -> None:
@@ -120,6 +120,27 @@ def test_the_mode_in_force_and_the_plan() -> None:
     assert plan_device_map(_runtime([ring], gpus), 4, GiB).mode == "auto"
     assert plan_device_map(_runtime([ring], gpus), 4, GiB, override="1:4").layers == ("cuda:1",) * 4
     assert plan_device_map(_runtime([], [CPU]), 4, GiB).layers == ("cpu",) * 4
+
+
+def test_the_explicit_map_can_come_from_the_environment() -> None:
+    ring = SimpleNamespace(feature="ring")
+    nccl = SimpleNamespace(feature="nccl", one_device_per_rank=True)
+    gpus = [*_gpus(40, 40), CPU]
+    plan = plan_device_map(_runtime([ring], gpus, {"MISTRALRS_DEVICE_LAYERS": "0:1;1:3"}), 4, GiB)
+    assert plan.mode == "explicit" and plan.layers == ("cuda:0", "cuda:1", "cuda:1", "cuda:1")
+    # The program's own override wins over the variable.
+    assert plan_device_map(_runtime([ring], gpus, {"MISTRALRS_DEVICE_LAYERS": "0:4"}), 4, GiB,
+                           override="1:4").layers == ("cuda:1",) * 4
+    assert plan_device_map(_runtime([ring], gpus, {"MISTRALRS_DEVICE_LAYERS": "  "}), 4, GiB).mode == "auto"
+    with pytest.raises(ConfigError, match=r"MISTRALRS_DEVICE_LAYERS='0:1;1:2': the device map places 3 layers but "
+                                          r"the model has 4"):
+        plan_device_map(_runtime([ring], gpus, {"MISTRALRS_DEVICE_LAYERS": "0:1;1:2"}), 4, GiB)
+    with pytest.raises(ConfigError, match=r"MISTRALRS_DEVICE_LAYERS='7:4': device map names '7', which is not a "
+                                          r"device here: devices are cuda:0, cuda:1, cpu"):
+        plan_device_map(_runtime([ring], gpus, {"MISTRALRS_DEVICE_LAYERS": "7:4"}), 4, GiB)
+    with pytest.raises(ConfigError, match=r"MISTRALRS_DEVICE_LAYERS='0:4' is set, but nccl is active.*drop the "
+                                          r"device map"):
+        plan_device_map(_runtime([nccl], gpus, {"MISTRALRS_DEVICE_LAYERS": "0:4"}), 4, GiB)
 
 
 def test_the_light_modules_import_no_torch(run_python) -> None:

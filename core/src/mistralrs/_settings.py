@@ -17,6 +17,9 @@ CORE_ENV_VARS = {
     "MISTRALRS_STRICT_PLUGINS": "1 makes any broken plugin a fatal error (for CI)",
     "MISTRALRS_NO_FALLBACK": "1 turns a fallback to a lower-priority backend into an error",
     "MISTRALRS_PAGED_ATTN": "1 opts in to paged attention where it is opt-in (metal, cpu); on by default with cuda",
+    "MISTRALRS_DEVICE_LAYERS": "explicit layer-to-device map when one process drives several devices, e.g. "
+                               "'0:16;1:16' (layers per accelerator ordinal, in order); replaces the automatic map; "
+                               "refused under NCCL, where each process holds one device",
 }
 
 _TRUE = ("1", "true", "yes", "on")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from mistralrs._errors import ConfigError, SelectionError
 from mistralrs._settings import env_flag
@@ -73,7 +74,8 @@ def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = N
             configuration += [CheckResult("device", "info", f"{runtime.device.torch_device} ({runtime.device.name}, "
                                           f"from {runtime.device.feature})"),
                               CheckResult("paged attention", "info", "on" if runtime.paged_attention_enabled else
-                                          "off (opt-in here: --paged-attn or MISTRALRS_PAGED_ATTN=1)")]
+                                          "off (opt-in here: --paged-attn or MISTRALRS_PAGED_ATTN=1)"),
+                              *_device_layers_check(runtime, environ)]
             verifications = verify_runtime(runtime, progress)
     if resolution is not None:
         active = frozenset(resolution.active)
@@ -104,3 +106,24 @@ def _is_check_list(result: object) -> bool:
     return isinstance(result, (list, tuple)) and all(
         isinstance(c, CheckResult) and c.status in _STATUSES
         and all(isinstance(v, str) for v in (c.name, c.message, c.fix, c.plugin)) for c in result)
+
+
+def _device_layers_check(runtime: Any, environ: Mapping[str, str]) -> list[CheckResult]:
+    """MISTRALRS_DEVICE_LAYERS, when set, judged against this runtime's devices and collective mode."""
+    from mistralrs.parallel._device_map import DEVICE_LAYERS_VAR, device_map_entries, device_mapping_mode
+
+    value = environ.get(DEVICE_LAYERS_VAR, "").strip()
+    if not value:
+        return []
+    mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices)
+    if mode == "disabled":
+        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={value!r} is set, but {reason}",
+                            f"unset {DEVICE_LAYERS_VAR}, or turn that feature off")]
+    try:
+        entries = device_map_entries(value, runtime.devices)
+    except ConfigError as exc:
+        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={value!r}: {exc}",
+                            f"fix {DEVICE_LAYERS_VAR} or unset it for the automatic map")]
+    placed = ", ".join(f"{device}: {count} layer{'s' if count != 1 else ''}" for device, count in entries)
+    return [CheckResult("device layers", "info", f"explicit map from {DEVICE_LAYERS_VAR}: {placed} "
+                        f"({sum(c for _, c in entries)} layers: a model with another count is refused)")]

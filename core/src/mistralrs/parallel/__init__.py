@@ -21,8 +21,8 @@ _LAZY = {
     **dict.fromkeys(("TORCHRUN_VARS", "Rendezvous", "Timeouts", "collective_timeouts", "is_loopback",
                      "is_power_of_two", "is_wildcard", "torchrun_rendezvous", "valid_host"), "_rendezvous"),
     "TorchDistributedCommunicator": "_communicator",
-    **dict.fromkeys(("DeviceMap", "auto_device_map", "device_mapping_mode", "parse_device_map", "plan_device_map"),
-                    "_device_map"),
+    **dict.fromkeys(("DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
+                     "parse_device_map", "plan_device_map"), "_device_map"),
     **dict.fromkeys(("ColumnParallelLinear", "ParallelMLP", "RowParallelLinear", "load_replicated", "load_shard",
                      "rank_device", "shard_range", "tensor_shapes"), "_tensor_parallel"),
 }

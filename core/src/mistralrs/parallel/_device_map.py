@@ -19,7 +19,8 @@ from typing import Any
 from mistralrs._errors import ConfigError
 from mistralrs.ops import Device
 
-__all__ = ["DeviceMap", "auto_device_map", "device_mapping_mode", "parse_device_map", "plan_device_map"]
+__all__ = ["DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
+           "parse_device_map", "plan_device_map"]
 
 _GiB = 1024**3
 #: Fraction of each device's free memory left for activations, the KV cache and allocator slack.
@@ -130,11 +131,12 @@ def auto_device_map(num_layers: int, layer_bytes: int | Sequence[int], devices: 
 
 
 _ENTRY = re.compile(r"^\s*([A-Za-z]+:\d+|\d+|cpu)\s*:\s*(\d+)\s*$")
+#: The explicit map from the environment, used when the program passes none.
+DEVICE_LAYERS_VAR = "MISTRALRS_DEVICE_LAYERS"
 
 
-def parse_device_map(spec: str | Mapping[str, int], num_layers: int, devices: Sequence[Device]) -> DeviceMap:
-    """An explicit map: layer counts per device in order, "0:16;1:16" (accelerator ordinals, as mistral.rs
-    writes them), "cuda:0:16;cuda:1:16" or {"cuda:0": 16, "cuda:1": 16}. The counts must add up to the layers."""
+def device_map_entries(spec: str | Mapping[str, int], devices: Sequence[Device]) -> list[tuple[str, int]]:
+    """(device, layer count) per entry of an explicit map, each device checked against ``devices``."""
     accelerators = [d.torch_device for d in devices if not d.torch_device.startswith("cpu")]
     known = accelerators + [d.torch_device for d in devices if d.torch_device.startswith("cpu")]
     if isinstance(spec, str):
@@ -147,7 +149,7 @@ def parse_device_map(spec: str | Mapping[str, int], num_layers: int, devices: Se
             entries.append((match.group(1), int(match.group(2))))
     else:
         entries = list(spec.items())
-    layers: list[str] = []
+    resolved = []
     for name, count in entries:
         device = accelerators[int(name)] if isinstance(name, str) and name.isdigit() and int(name) < len(accelerators) \
             else name
@@ -156,7 +158,16 @@ def parse_device_map(spec: str | Mapping[str, int], num_layers: int, devices: Se
                               f"{', '.join(known) or 'none'} (accelerator ordinals 0..{len(accelerators) - 1})")
         if not isinstance(count, int) or count < 0:
             raise ConfigError(f"device map gives {device} {count!r} layers: give a count >= 0")
-        layers += [device] * count
+        resolved.append((device, count))
+    if not resolved:
+        raise ConfigError("the device map is empty: write e.g. '0:16;1:16'")
+    return resolved
+
+
+def parse_device_map(spec: str | Mapping[str, int], num_layers: int, devices: Sequence[Device]) -> DeviceMap:
+    """An explicit map: layer counts per device in order, "0:16;1:16" (accelerator ordinals, as mistral.rs
+    writes them), "cuda:0:16;cuda:1:16" or {"cuda:0": 16, "cuda:1": 16}. The counts must add up to the layers."""
+    layers = [device for device, count in device_map_entries(spec, devices) for _ in range(count)]
     if len(layers) != num_layers:
         raise ConfigError(f"the device map places {len(layers)} layers but the model has {num_layers}: "
                           f"make the counts add up to {num_layers}")
@@ -166,17 +177,27 @@ def parse_device_map(spec: str | Mapping[str, int], num_layers: int, devices: Se
 def plan_device_map(runtime: Any, num_layers: int, layer_bytes: int | Sequence[int],
                     override: str | Mapping[str, int] | None = None, *, headroom: float = DEFAULT_HEADROOM,
                     cpu_offload: bool = True) -> DeviceMap:
-    """The device map for a runtime: off under NCCL-style backends, else ``override`` or the automatic map."""
+    """The device map for a runtime: off under NCCL-style backends, else ``override`` (or, when the program
+    gives none, MISTRALRS_DEVICE_LAYERS from the runtime's environment) or the automatic map."""
+    source = "an explicit device map was given"
+    if override is None:
+        override = runtime.environ.get(DEVICE_LAYERS_VAR, "").strip() or None
+        source = f"{DEVICE_LAYERS_VAR}={override!r} is set"
     mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices)
     if mode == "disabled":
         if override is not None:
-            raise ConfigError(f"an explicit device map was given, but {reason}: drop the device map, or turn that "
-                              "feature off (`mistralrs doctor` shows how)")
+            raise ConfigError(f"{source}, but {reason}: drop the device map, or turn that feature off "
+                              "(`mistralrs doctor` shows how)")
         communicator = runtime.communicator()
         device = getattr(communicator, "device", runtime.device.torch_device)
         return DeviceMap((device,) * num_layers, "disabled", reason)
     if override is not None:
-        return parse_device_map(override, num_layers, runtime.devices)
+        try:
+            return parse_device_map(override, num_layers, runtime.devices)
+        except ConfigError as exc:
+            if source.startswith(DEVICE_LAYERS_VAR):
+                raise ConfigError(f"{DEVICE_LAYERS_VAR}={override!r}: {exc}") from None
+            raise
     if mode == "single":
         _sizes(num_layers, layer_bytes)
         return DeviceMap((runtime.device.torch_device,) * num_layers, "single", reason)
