@@ -8,6 +8,7 @@ Python traceback for bad input.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -373,6 +374,19 @@ def test_a_distribution_raising_an_exception_at_import_is_broken_too(run_cli, tm
     broken = [f for f in data["features"] if f["status"] == "broken"]
     assert [(f["plugin"], f["distribution"]) for f in broken] == [("crash", "crashplug")]
     assert "vendor library exploded" in " ".join(broken[0]["reasons"])
+
+
+def test_a_plugin_that_crashes_the_interpreter_is_named_in_the_dying_output(run_cli, tmp_path) -> None:
+    # Native code that segfaults cannot be quarantined; the output must still point at the culprit.
+    site = _fake_distribution(tmp_path / "site", "segvplug", "import ctypes\nctypes.string_at(0)\n",
+                              entry_point="segv")
+    result = run_cli("plugins", "list", env={"PYTHONPATH": str(site)})
+    assert result.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in result.stderr
+    assert "segvplug_mod.py" in result.stderr, result.stderr
+    # The documented way out works.
+    disabled = run_cli("plugins", "list", env={"PYTHONPATH": str(site), "MISTRALRS_DISABLE_PLUGINS": "segv"})
+    assert disabled.returncode == 0, disabled.stderr
 
 
 def test_a_healthy_third_party_distribution_adds_its_feature(run_cli, tmp_path) -> None:

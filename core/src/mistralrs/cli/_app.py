@@ -7,6 +7,7 @@ errors. Errors print as one message with its fix, never a traceback.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import sys
@@ -257,4 +258,8 @@ cli.add_command(launch_command)
 
 def main() -> None:
     """Console-script entry point."""
+    # A plugin whose native code crashes the interpreter (segfault at import) cannot be quarantined: at
+    # least the dying process prints the Python stack, which names the plugin module being imported.
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     cli(prog_name="mistralrs")
