@@ -8,7 +8,6 @@ errors. Errors print as one message with its fix, never a traceback.
 from __future__ import annotations
 
 import faulthandler
-import json
 import os
 import sys
 from typing import Any
@@ -99,6 +98,8 @@ def _resolve(features: str | None, system: SystemSnapshot | None) -> tuple[Plugi
 
 
 def _print_json(data: dict[str, Any]) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=2))
 
 

@@ -9,7 +9,6 @@ and every other plugin keeps working.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -212,6 +211,8 @@ class PluginManager:
         unknown = [a for a in dir(plugin) if a.startswith("mistralrs_") and a not in _HOOK_NAMES
                    and inspect.isroutine(getattr(plugin, a, None))]
         if unknown:
+            import difflib  # only for this error: it costs milliseconds at every start-up
+
             hint = difflib.get_close_matches(unknown[0], _HOOK_NAMES, n=1)
             self._quarantine(info, "register", f"unknown hook {unknown[0]!r}"
                              + (f" (did you mean {hint[0]!r}?)" if hint else f"; known hooks: {', '.join(_HOOK_NAMES)}"))

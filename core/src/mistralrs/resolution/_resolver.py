@@ -7,7 +7,6 @@ raises SelectionError listing every violation with its fix.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -190,6 +189,8 @@ def _missing(name: str, features: Mapping[str, InstalledFeature], broken_owner: 
         b = broken_owner[name]
         return Violation(name, "broken", f"{name} is provided by plugin {b.plugin.name!r} ({b.plugin.distribution}), "
                          f"which is broken ({b.error})", f"reinstall {b.plugin.distribution}, or remove {name}")
+    import difflib  # only for this error: it costs milliseconds at every start-up
+
     close = difflib.get_close_matches(name, list(features), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return Violation(name, "unknown", f"no installed plugin provides feature {name!r}",

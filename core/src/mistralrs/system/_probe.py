@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import platform
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -56,6 +55,8 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
         notes.append(nvml_note)
     if os_name == "macos":
         if os.path.exists("/System/Library/Frameworks/Accelerate.framework"):
+            import platform
+
             libraries["accelerate"] = platform.mac_ver()[0]
         if arch == "arm64" and torch is not None:
             libraries["mps"] = torch.version
@@ -63,9 +64,9 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
     return SystemSnapshot(
         source="this machine",
         os=os_name,
-        os_release=platform.release(),
+        os_release=_uname()[0],
         arch=arch,
-        python=platform.python_version(),
+        python=sys.version.split()[0],
         cpu=_cpu(os_name),
         memory_total=_memory(),
         torch=torch,
@@ -87,8 +88,25 @@ def _os_name() -> str:
     return sys.platform
 
 
+def _uname() -> tuple[str, str]:
+    """(OS release, machine), without importing platform (milliseconds of every `plugins list`) where
+    os.uname answers."""
+    if hasattr(os, "uname"):
+        name = os.uname()
+        return name.release, name.machine
+    import platform
+
+    return platform.release(), platform.machine()
+
+
+def _processor() -> str:
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def _arch() -> str:
-    machine = platform.machine().lower()
+    machine = _uname()[1].lower()
     return {"amd64": "x86_64", "x64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
 
 
@@ -97,12 +115,12 @@ def _cpu(os_name: str) -> CPU:
     if os_name == "linux":
         return _linux_cpu(cores)
     if os_name == "macos":
-        model = _sysctl("machdep.cpu.brand_string") or platform.processor() or "unknown"
+        model = _sysctl("machdep.cpu.brand_string") or _processor()
         if _arch() == "arm64":
             return CPU(model=model, vendor="apple", cores=cores, flags=("neon",))
         flags = tuple(sorted(f.lower().replace(".", "_") for f in (_sysctl("machdep.cpu.features") + " " + _sysctl("machdep.cpu.leaf7_features")).split()))
         return CPU(model=model, vendor=_vendor(model), cores=cores, flags=flags)
-    model = platform.processor() or "unknown"
+    model = _processor()
     return CPU(model=model, vendor=_vendor(model), cores=cores)
 
 
@@ -116,7 +134,7 @@ def _linux_cpu(cores: int) -> CPU:
     for line in text.split("\n\n", 1)[0].splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    model = fields.get("model name") or fields.get("Model") or platform.processor() or "unknown"
+    model = fields.get("model name") or fields.get("Model") or _processor()
     flags = fields.get("flags") or fields.get("Features") or ""
     flag_set = set(flags.split())
     if _arch() == "arm64":

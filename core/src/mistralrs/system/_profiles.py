@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
 
 from mistralrs._errors import SystemProfileError
@@ -18,12 +16,16 @@ PROFILE_NAMES = tuple(sorted(name[:-5] for name in os.listdir(_PROFILES) if name
 
 def load_system(name_or_path: str) -> SystemSnapshot:
     """Load a named profile or a JSON file written by ``mistralrs plugins system --json``."""
+    import json  # here, not at the top: `plugins list` on this machine never needs it
+
     path = name_or_path
     if name_or_path in PROFILE_NAMES:
         path, source = os.path.join(_PROFILES, f"{name_or_path}.json"), name_or_path
     elif os.path.isfile(path):
         source = path
     else:
+        import difflib
+
         close = difflib.get_close_matches(name_or_path, PROFILE_NAMES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise SystemProfileError(
