@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,4 +44,21 @@ def test_four_ranks_print_the_single_process_checksum(tmp_path: Path, cli_env: d
                str(EXAMPLE), "--weights", str(weights)], env, tmp_path)
     assert tp.returncode == 0, tp.stderr[-3000:]
     assert "[rank 0] tp_mlp: world size 4" in tp.stdout
+    assert _checksum(tp.stdout) == _checksum(single.stdout)
+
+
+def test_torchrun_launches_the_same_job_without_mistralrs_launch(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    # torchrun's agent hosts the rendezvous store (TORCHELASTIC_USE_AGENT_STORE): every rank joins as a client.
+    weights = tmp_path / "mlp.safetensors"
+    single = _run([sys.executable, str(EXAMPLE), "--weights", str(weights)], cli_env, tmp_path)
+    assert single.returncode == 0, single.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**cli_env, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MISTRALRS_COLLECTIVE_TIMEOUT": "60",
+           "MISTRALRS_RENDEZVOUS_TIMEOUT": "120", "MISTRALRS_FEATURES": "ring"}
+    tp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), str(EXAMPLE), "--weights", str(weights)], env, tmp_path)
+    assert tp.returncode == 0, tp.stderr[-3000:]
+    assert "tp_mlp: world size 2" in tp.stdout
     assert _checksum(tp.stdout) == _checksum(single.stdout)
