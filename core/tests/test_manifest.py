@@ -98,6 +98,17 @@ def test_a_feature_cannot_name_itself_in_its_rules(attribute) -> None:
         _manifest(**{attribute: ("my-feature",)})
 
 
+def test_what_a_feature_auto_enables_it_must_also_require() -> None:
+    with pytest.raises(ManifestError, match=r"auto_enables \['cuda'\] must also be in requires.*add them to requires"):
+        _manifest(auto_enables=("cuda",))
+    assert _manifest(requires=("cuda", "mkl"), auto_enables=("cuda",)).auto_enables == ("cuda",)
+
+
+def test_nothing_may_exclude_the_always_active_cpu_feature() -> None:
+    with pytest.raises(ManifestError, match="excludes the built-in cpu feature, which is always active"):
+        _manifest(excludes=("cpu",))
+
+
 @pytest.mark.parametrize("paged", ["always", "on", "yes"])
 def test_bad_paged_attention_modes_are_rejected(paged) -> None:
     with pytest.raises(ManifestError, match="paged_attention"):

@@ -151,6 +151,12 @@ class FeatureManifest:
             names = getattr(self, attr)
             _check(_is_str_tuple(names), f"feature {self.name!r}: {attr} must be a tuple of feature names")
             _check(self.name not in names, f"feature {self.name!r} lists itself in {attr}")
+        _check(set(self.auto_enables) <= set(self.requires),
+               f"feature {self.name!r}: auto_enables {sorted(set(self.auto_enables) - set(self.requires))} must also be in "
+               "requires (a feature this one turns on is one it needs): add them to requires")
+        # "cpu" is the built-in generic backend, active in every resolution: nothing may exclude it.
+        _check("cpu" not in self.excludes, f"feature {self.name!r} excludes the built-in cpu feature, which is always "
+                                           "active: remove it from excludes")
         _check(_is_str_tuple(self.platforms) and set(self.platforms) <= set(PLATFORMS),
                f"feature {self.name!r}: platforms {self.platforms!r} must be a tuple from {PLATFORMS} (empty: all)")
         _check(_is_str_tuple(self.provides) and set(self.provides) <= set(OPS),

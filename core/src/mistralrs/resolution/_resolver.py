@@ -3,6 +3,14 @@
 A pure function. Auto mode never produces an invalid set and says why each
 left-out feature was left out; an explicit selection that breaks any rule
 raises SelectionError listing every violation with its fix.
+
+Auto mode: the features that can run here and whose auto conditions hold are
+wanted, with everything they auto-enable (transitively); then, highest
+priority first (ties by name), each wanted feature goes in together with
+everything it requires, or stays out with the reason: something it requires
+is not wanted, or an active feature excludes it or one of its requirements.
+So the active set is closed under requires, has no two exclusive features,
+and a feature is only ever left out for a rival that is active.
 """
 
 from __future__ import annotations
@@ -59,18 +67,21 @@ class Resolution:
 def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin], selection: Selection,
             system: SystemSnapshot, environ: Mapping[str, str]) -> Resolution:
     """Resolve ``selection`` on ``system``; raises SelectionError for an invalid explicit selection."""
+    # Highest priority first, then by name: every later choice follows this order, so the outcome (and the
+    # wording of each reason) depends on nothing else, neither input order nor hash seeds.
     features = {f.manifest.name: f for f in sorted(installed, key=lambda f: (-f.manifest.priority, f.manifest.name))}
     problems = {name: hardware_problems(f.manifest, system) for name, f in features.items()}
     switched_off = {name: disabled_by(f.manifest, environ) for name, f in features.items()}
+    reasons = _unrunnable(features, problems, switched_off)
     if selection.mode == "explicit":
-        active, reasons, unavailable = _explicit(selection, features, broken, problems, switched_off)
+        active = _explicit(selection, features, broken, problems, switched_off, reasons)
     else:
-        active, reasons, unavailable = _auto(selection, features, problems, switched_off, system, environ)
+        active = _auto(selection, features, reasons, system, environ)
     statuses = []
     for name, feature in features.items():
         m = feature.manifest
         notes = tuple(note for vendor, note in m.cpu_vendor_notes.items() if vendor == system.cpu.vendor)
-        status = "active" if name in active else "unavailable" if name in unavailable else "available"
+        status = "active" if name in active else "unavailable" if name in reasons.unrunnable else "available"
         statuses.append(FeatureStatus(name, status, feature.plugin, m, tuple(reasons.get(name, ())), notes))
     # Shown grouped by distribution (the built-in "mistralrs" first), highest priority first within one.
     statuses.sort(key=lambda f: (f.plugin.distribution, -f.manifest.priority if f.manifest else 0))
@@ -80,10 +91,16 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
     return Resolution(selection, system, tuple(statuses))
 
 
-def _auto(selection: Selection, features: Mapping[str, InstalledFeature], problems: Mapping[str, list[Problem]],
-          switched_off: Mapping[str, str | None], system: SystemSnapshot,
-          environ: Mapping[str, str]) -> tuple[set[str], dict[str, list[str]], set[str]]:
-    reasons: dict[str, list[str]] = {}
+class _Reasons(dict[str, list[str]]):
+    """Why each feature stands where it does; ``unrunnable`` names those that cannot run here at all."""
+
+    unrunnable: frozenset[str] = frozenset()
+
+
+def _unrunnable(features: Mapping[str, InstalledFeature], problems: Mapping[str, list[Problem]],
+                switched_off: Mapping[str, str | None]) -> _Reasons:
+    """The features that cannot run here whatever is selected (hardware, switched off, or needing one of those)."""
+    reasons = _Reasons()
     for name, found in problems.items():
         if found:
             reasons[name] = [str(p) for p in found]
@@ -91,11 +108,18 @@ def _auto(selection: Selection, features: Mapping[str, InstalledFeature], proble
             reasons[name] = [f"{name} is turned off by {switched_off[name]}: unset it to use {name}"]
     runnable = {n for n in features if n not in reasons}
     _drop_unmet_requires(features, runnable, reasons, "unavailable here")
-    unavailable = set(features) - runnable
+    reasons.unrunnable = frozenset(features) - runnable
+    return reasons
+
+
+def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reasons: _Reasons, system: SystemSnapshot,
+          environ: Mapping[str, str]) -> set[str]:
+    runnable = [n for n in features if n not in reasons.unrunnable]
     if selection.mode == "none":
-        for name in runnable - {GENERIC_CPU.name}:
-            reasons[name] = [f"not selected ({selection.source} selects the generic CPU backend alone)"]
-        return {GENERIC_CPU.name} & runnable, reasons, unavailable
+        for name in runnable:
+            if name != GENERIC_CPU.name:
+                reasons[name] = [f"not selected ({selection.source} selects the generic CPU backend alone)"]
+        return {GENERIC_CPU.name} & set(runnable)
     wanted = set()
     for name in runnable:
         why = auto_condition_problem(features[name].manifest, system, environ)
@@ -103,21 +127,59 @@ def _auto(selection: Selection, features: Mapping[str, InstalledFeature], proble
             reasons[name] = [why]
         else:
             wanted.add(name)
-    wanted |= {dep for name in wanted for dep in features[name].manifest.auto_enables if dep in runnable}
+    # What a wanted feature turns on is wanted too, however far the chain goes (as in explicit mode).
+    queue = list(wanted)
+    while queue:
+        for dep in features[queue.pop()].manifest.auto_enables:
+            if dep in features and dep not in reasons.unrunnable and dep not in wanted:
+                wanted.add(dep)
+                queue.append(dep)
+    # Greedy by priority: a feature goes in together with everything it requires, or not at all, so a feature
+    # is only ever left out for a rival that is active, and the active set is always closed under requires.
     active: set[str] = set()
-    for name in features:  # highest priority first
-        if name not in wanted:
+    for name in features:
+        if name not in wanted or name in active:
             continue
-        rival = next((other for other in active if _exclusive(features, name, other)), None)
+        needed = _requires_closure(features, name)
+        lacking = next((dep for dep in needed if dep not in wanted), None)
+        if lacking is not None:
+            why = reasons.get(lacking, ["nothing turns it on here"])[0]
+            reasons[name] = [f"requires {lacking}, which is not active ({why})"]
+            continue
+        group = (name, *needed)
+        inner = next(((a, b) for i, a in enumerate(group) for b in group[i + 1:] if _exclusive(features, a, b)), None)
+        if inner is not None:  # a manifest set that contradicts itself: say so rather than pick a side
+            reasons[name] = [f"left out: {name} needs {inner[0]} and {inner[1]} together, which are mutually exclusive"
+                             if inner[0] != name else f"left out: {name} requires {inner[1]} and also excludes it"]
+            continue
+        rival = next(((member, other) for member in group for other in features
+                      if other in active and _exclusive(features, member, other)), None)
         if rival is None:
-            active.add(name)
-            reasons[name] = ["all requirements hold"]
-        else:
-            where = features[rival].manifest.preferred_on
-            reasons[name] = [f"left out: {rival} is preferred {f'on {where}' if where else 'here'} "
-                             f"and {name} and {rival} are mutually exclusive"]
-    _drop_unmet_requires(features, active, reasons, "not active")
-    return active, reasons, unavailable
+            for member in group:
+                if member not in active:
+                    active.add(member)
+                    reasons[member] = ["all requirements hold"]
+            continue
+        member, other = rival
+        where = features[other].manifest.preferred_on
+        via = "" if member == name else f" (through {member}, which it requires)"
+        reasons[name] = [f"left out: {other} is preferred {f'on {where}' if where else 'here'} "
+                         f"and {member} and {other} are mutually exclusive{via}"]
+    return active
+
+
+def _requires_closure(features: Mapping[str, InstalledFeature], name: str) -> list[str]:
+    """Every feature ``name`` requires, directly or not, in resolution order (missing ones included)."""
+    found: set[str] = set()
+    queue = [name]
+    while queue:
+        current = queue.pop()
+        for dep in features[current].manifest.requires if current in features else ():
+            if dep not in found and dep != name:
+                found.add(dep)
+                queue.append(dep)
+    order = list(features)
+    return sorted(found, key=lambda n: (order.index(n) if n in features else len(order), n))
 
 
 def _drop_unmet_requires(features: Mapping[str, InstalledFeature], names: set[str],
@@ -141,8 +203,8 @@ def _exclusive(features: Mapping[str, InstalledFeature], a: str, b: str) -> bool
 
 
 def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], broken: Sequence[BrokenPlugin],
-              problems: Mapping[str, list[Problem]],
-              switched_off: Mapping[str, str | None]) -> tuple[set[str], dict[str, list[str]], set[str]]:
+              problems: Mapping[str, list[Problem]], switched_off: Mapping[str, str | None],
+              reasons: _Reasons) -> set[str]:
     violations: list[Violation] = []
     broken_owner = {name: b for b in broken for name in b.features}
     chosen: dict[str, str] = {}  # feature -> why it is in the set
@@ -177,11 +239,12 @@ def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], br
                                             "enable one" + (f" (on {where}, {winner})" if where else "")))
     if violations:
         raise SelectionError(violations, selection.source)
-    reasons = {name: [why] for name, why in chosen.items()}
     for name in features:
-        if name not in chosen:
-            reasons[name] = [str(p) for p in problems[name]] or [f"not selected by {selection.source}"]
-    return set(chosen), reasons, {name for name in features if name not in chosen and problems[name]}
+        if name in chosen:
+            reasons[name] = [chosen[name]]
+        elif name not in reasons.unrunnable:
+            reasons[name] = [f"not selected by {selection.source}"]
+    return set(chosen)
 
 
 def _missing(name: str, features: Mapping[str, InstalledFeature], broken_owner: Mapping[str, BrokenPlugin]) -> Violation:

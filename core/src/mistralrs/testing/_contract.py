@@ -51,7 +51,6 @@ def manifests_are_complete(p: PluginUnderTest) -> None:
         unknown = set(m.recommended_for) - set(HARDWARE_CLASSES)
         assert not unknown, f"{m.name}: recommended_for names unknown hardware classes {sorted(unknown)}"
         assert supports_api_version(m.api_version), f"{m.name}: plugin API {m.api_version} is not supported here"
-        assert set(m.auto_enables) <= set(m.requires), f"{m.name}: an auto-enabled feature must also be required"
 
 
 def discovery_loads_it_healthy_with_these_manifests(p: PluginUnderTest) -> None:
