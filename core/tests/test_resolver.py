@@ -187,6 +187,19 @@ def test_disabled_by_switches_a_feature_off_and_contradicts_an_explicit_choice()
         resolve(features, [], Selection(), _system(), {"NO_SWITCHABLE": "perhaps"})
 
 
+def test_a_feature_that_cannot_run_is_unavailable_whatever_the_mode() -> None:
+    # Switched off, or requiring something that is missing: unavailable in explicit mode too, with the same reason.
+    features = _installed(_m("switchable", disabled_by=("NO_SWITCHABLE",)), _m("needy", requires=("absent",)),
+                          _m("chosen"))
+    environ = {"NO_SWITCHABLE": "1"}
+    auto = resolve(features, [], Selection(), _system(), environ)
+    explicit = resolve(features, [], _explicit("chosen"), _system(), environ)
+    for name in ("switchable", "needy"):
+        assert auto.status(name).status == explicit.status(name).status == "unavailable"
+        assert auto.status(name).reasons == explicit.status(name).reasons
+    assert explicit.status("chosen").status == "active"
+
+
 def test_cpu_vendor_notes_show_only_on_that_vendor() -> None:
     features = _installed(_m("tuned", cpu_vendor_notes={"amd": "tuned for Intel"}))
     amd = resolve(features, [], Selection(), _system(cpu=CPU(vendor="amd")), {})
