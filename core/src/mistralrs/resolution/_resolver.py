@@ -72,16 +72,16 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
     features = {f.manifest.name: f for f in sorted(installed, key=lambda f: (-f.manifest.priority, f.manifest.name))}
     problems = {name: hardware_problems(f.manifest, system) for name, f in features.items()}
     switched_off = {name: disabled_by(f.manifest, environ) for name, f in features.items()}
-    reasons = _unrunnable(features, problems, switched_off)
+    reasons, unrunnable = _unrunnable(features, problems, switched_off)
     if selection.mode == "explicit":
-        active = _explicit(selection, features, broken, problems, switched_off, reasons)
+        active = _explicit(selection, features, broken, problems, switched_off, reasons, unrunnable)
     else:
-        active = _auto(selection, features, reasons, system, environ)
+        active = _auto(selection, features, reasons, unrunnable, system, environ)
     statuses = []
     for name, feature in features.items():
         m = feature.manifest
         notes = tuple(note for vendor, note in m.cpu_vendor_notes.items() if vendor == system.cpu.vendor)
-        status = "active" if name in active else "unavailable" if name in reasons.unrunnable else "available"
+        status = "active" if name in active else "unavailable" if name in unrunnable else "available"
         statuses.append(FeatureStatus(name, status, feature.plugin, m, tuple(reasons.get(name, ())), notes))
     # Shown grouped by distribution (the built-in "mistralrs" first), highest priority first within one.
     statuses.sort(key=lambda f: (f.plugin.distribution, -f.manifest.priority if f.manifest else 0))
@@ -91,16 +91,11 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
     return Resolution(selection, system, tuple(statuses))
 
 
-class _Reasons(dict[str, list[str]]):
-    """Why each feature stands where it does; ``unrunnable`` names those that cannot run here at all."""
-
-    unrunnable: frozenset[str] = frozenset()
-
-
 def _unrunnable(features: Mapping[str, InstalledFeature], problems: Mapping[str, list[Problem]],
-                switched_off: Mapping[str, str | None]) -> _Reasons:
-    """The features that cannot run here whatever is selected (hardware, switched off, or needing one of those)."""
-    reasons = _Reasons()
+                switched_off: Mapping[str, str | None]) -> tuple[dict[str, list[str]], frozenset[str]]:
+    """The features that cannot run here whatever is selected (hardware, switched off, or needing one of those),
+    and why: the reasons every mode starts from."""
+    reasons: dict[str, list[str]] = {}
     for name, found in problems.items():
         if found:
             reasons[name] = [str(p) for p in found]
@@ -108,13 +103,12 @@ def _unrunnable(features: Mapping[str, InstalledFeature], problems: Mapping[str,
             reasons[name] = [f"{name} is turned off by {switched_off[name]}: unset it to use {name}"]
     runnable = {n for n in features if n not in reasons}
     _drop_unmet_requires(features, runnable, reasons, "unavailable here")
-    reasons.unrunnable = frozenset(features) - runnable
-    return reasons
+    return reasons, frozenset(features) - runnable
 
 
-def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reasons: _Reasons, system: SystemSnapshot,
-          environ: Mapping[str, str]) -> set[str]:
-    runnable = [n for n in features if n not in reasons.unrunnable]
+def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reasons: dict[str, list[str]],
+          unrunnable: frozenset[str], system: SystemSnapshot, environ: Mapping[str, str]) -> set[str]:
+    runnable = [n for n in features if n not in unrunnable]
     if selection.mode == "none":
         for name in runnable:
             if name != GENERIC_CPU.name:
@@ -131,7 +125,7 @@ def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reason
     queue = list(wanted)
     while queue:
         for dep in features[queue.pop()].manifest.auto_enables:
-            if dep in features and dep not in reasons.unrunnable and dep not in wanted:
+            if dep in features and dep not in unrunnable and dep not in wanted:
                 wanted.add(dep)
                 queue.append(dep)
     # Greedy by priority: a feature goes in together with everything it requires, or not at all, so a feature
@@ -150,7 +144,7 @@ def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reason
         inner = next(((a, b) for i, a in enumerate(group) for b in group[i + 1:] if _exclusive(features, a, b)), None)
         if inner is not None:  # a manifest set that contradicts itself: say so rather than pick a side
             reasons[name] = [f"left out: {name} needs {inner[0]} and {inner[1]} together, which are mutually exclusive"
-                             if inner[0] != name else f"left out: {name} requires {inner[1]} and also excludes it"]
+                             if inner[0] != name else f"left out: {name} requires {inner[1]}, and the two are mutually exclusive"]
             continue
         rival = next(((member, other) for member in group for other in features
                       if other in active and _exclusive(features, member, other)), None)
@@ -204,7 +198,7 @@ def _exclusive(features: Mapping[str, InstalledFeature], a: str, b: str) -> bool
 
 def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], broken: Sequence[BrokenPlugin],
               problems: Mapping[str, list[Problem]], switched_off: Mapping[str, str | None],
-              reasons: _Reasons) -> set[str]:
+              reasons: dict[str, list[str]], unrunnable: frozenset[str]) -> set[str]:
     violations: list[Violation] = []
     broken_owner = {name: b for b in broken for name in b.features}
     chosen: dict[str, str] = {}  # feature -> why it is in the set
@@ -242,7 +236,7 @@ def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], br
     for name in features:
         if name in chosen:
             reasons[name] = [chosen[name]]
-        elif name not in reasons.unrunnable:
+        elif name not in unrunnable:
             reasons[name] = [f"not selected by {selection.source}"]
     return set(chosen)
 
