@@ -50,12 +50,22 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def _time_ms(function: Callable[[], Any], rounds: int) -> float:
+def _time_ms(function: Callable[[], Any], rounds: int, device: str = "cuda") -> float:
+    """Median milliseconds of ``function`` over ``rounds`` after one warm-up: CUDA events on a GPU, the
+    wall clock elsewhere (the tests run these code paths on the CPU)."""
+    import time
+
     import torch
 
     function()  # warm-up: kernel selection, autotuning, lazy loading
-    torch.cuda.synchronize()
     times = []
+    if not device.startswith("cuda"):
+        for _ in range(rounds):
+            started = time.perf_counter()
+            function()
+            times.append((time.perf_counter() - started) * 1e3)
+        return statistics.median(times)
+    torch.cuda.synchronize()
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -94,14 +104,15 @@ def _direct_attention(backend: Any) -> tuple[str, Callable[..., Any]] | None:
     return None
 
 
-def bench_attention(runtime: Any, shapes: tuple[tuple[int, int], ...], rounds: int, peak: float | None) -> list[dict]:
+def bench_attention(runtime: Any, shapes: tuple[tuple[int, int], ...], rounds: int, peak: float | None,
+                    device: str = "cuda", heads: int = HEADS) -> list[dict]:
     import torch
 
     from mistralrs.ops import CallSpec
     from mistralrs.runtime import kernel
 
     rows = []
-    call = CallSpec("attention", "bfloat16", "cuda", HEAD_SIZE, "causal", {"gqa": False, "aligned": True})
+    call = CallSpec("attention", "bfloat16", device.split(":")[0], HEAD_SIZE, "causal", {"gqa": False, "aligned": True})
     for backend in runtime.attention_backends:
         support = backend.supports(call)
         if not support.ok:
@@ -110,14 +121,14 @@ def bench_attention(runtime: Any, shapes: tuple[tuple[int, int], ...], rounds: i
         bound = kernel(backend, "attention", call)
         direct = _direct_attention(backend)
         for batch, seq in shapes:
-            q, k, v = (torch.randn(batch, HEADS, seq, HEAD_SIZE, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-            flops = 4 * batch * HEADS * seq * seq * HEAD_SIZE / 2
-            ms = _time_ms(lambda: bound(q, k, v, causal=True), rounds)
+            q, k, v = (torch.randn(batch, heads, seq, HEAD_SIZE, device=device, dtype=torch.bfloat16) for _ in range(3))
+            flops = 4 * batch * heads * seq * seq * HEAD_SIZE / 2
+            ms = _time_ms(lambda: bound(q, k, v, causal=True), rounds, device)
             row = {"op": "attention", "backend": backend.name, "shape": f"b{batch} s{seq}", "ms": ms,
                    "tflops": flops / ms / 1e9}
             if direct is not None:
                 name, function = direct
-                direct_ms = _time_ms(lambda: function(q, k, v), rounds)
+                direct_ms = _time_ms(lambda: function(q, k, v), rounds, device)
                 row.update(direct=name, direct_tflops=flops / direct_ms / 1e9, ratio=direct_ms / ms)
             if peak:
                 row["of_peak"] = row["tflops"] / peak
@@ -125,24 +136,25 @@ def bench_attention(runtime: Any, shapes: tuple[tuple[int, int], ...], rounds: i
     return rows
 
 
-def bench_matmul(runtime: Any, shapes: tuple[tuple[int, int, int], ...], rounds: int, peak: float | None) -> list[dict]:
+def bench_matmul(runtime: Any, shapes: tuple[tuple[int, int, int], ...], rounds: int, peak: float | None,
+                 device: str = "cuda") -> list[dict]:
     import torch
 
     from mistralrs.ops import CallSpec
     from mistralrs.runtime import kernel
 
     rows = []
-    call = CallSpec("linear", "bfloat16", "cuda")
+    call = CallSpec("linear", "bfloat16", device.split(":")[0])
     for backend in runtime.matmul_backends:
         if not backend.supports(call).ok:
             continue
         bound = kernel(backend, "linear", call)
         for m, n, k in shapes:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+            w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
             flops = 2 * m * n * k
-            ms = _time_ms(lambda: bound(x, w, None), rounds)
-            direct_ms = _time_ms(lambda: torch.matmul(x, w.T), rounds)
+            ms = _time_ms(lambda: bound(x, w, None), rounds, device)
+            direct_ms = _time_ms(lambda: torch.matmul(x, w.T), rounds, device)
             row = {"op": "matmul", "backend": backend.name, "shape": f"{m}x{k} @ {k}x{n}", "ms": ms,
                    "tflops": flops / ms / 1e9, "direct": "torch.matmul", "direct_tflops": flops / direct_ms / 1e9,
                    "ratio": direct_ms / ms}

@@ -104,3 +104,48 @@ def test_the_gpu_step_fails_where_torch_sees_no_gpu_unless_rehearsing(monkeypatc
     assert capsys.readouterr().out.startswith("no CUDA GPU visible to torch (Python ")
     assert wheels.main(["gpus", "--rehearsal"]) == 0
     assert wheels.main(["gpus", "--bogus"]) == 2
+
+
+def test_the_benchmarks_measuring_code_runs_end_to_end_on_the_cpu() -> None:
+    # The GPU run is scarce: its code paths (kernel binding, direct counterparts, rows, table) run here on tiny
+    # CPU shapes, so only the CUDA timing itself is new there.
+    from mistralrs.runtime import Runtime
+
+    runtime = Runtime.create(features="none", environ={})
+    rows = bench.bench_attention(runtime, ((1, 16),), 1, None, device="cpu", heads=2)
+    rows += bench.bench_matmul(runtime, ((8, 16, 32),), 1, None, device="cpu")
+    assert [(r["op"], r["backend"], r["shape"]) for r in rows] == [("attention", "generic-attention", "b1 s16"),
+                                                                   ("matmul", "generic-matmul", "8x32 @ 32x16")]
+    assert all(r["ms"] > 0 and r["tflops"] > 0 for r in rows)
+    assert rows[1]["direct"] == "torch.matmul" and rows[1]["ratio"] > 0 and "direct" not in rows[0]
+    assert "generic-matmul" in bench.render(rows, "cpu", None)
+
+
+@pytest.mark.parametrize(("backend_name", "direct"), [("cuda-sdpa", "torch SDPA"),
+                                                      ("cudnn-attention", "torch SDPA [cuDNN]"),
+                                                      ("flash-attn-torch", "torch SDPA [flash]")])
+def test_each_nvidia_backend_has_its_direct_counterpart(backend_name: str, direct: str) -> None:
+    from types import SimpleNamespace
+
+    found = bench._direct_attention(SimpleNamespace(name=backend_name))
+    assert found is not None and found[0] == direct and callable(found[1])
+
+
+@pytest.mark.parametrize("returns_tuple", [True, False])  # FA3 returns (out, lse), FA2 the output alone
+def test_the_flash_packages_are_called_in_their_own_layout(returns_tuple: bool) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    seen = []
+
+    def flash_attn_func(q, k, v, causal=False):
+        seen.append((tuple(q.shape), causal))
+        return (q * 2, None) if returns_tuple else q * 2
+
+    module = SimpleNamespace(__name__="flash_attn_interface", flash_attn_func=flash_attn_func)
+    name, call = bench._direct_attention(SimpleNamespace(name="flash-attn-v3", module=module))
+    q = torch.ones(1, 4, 8, 16)  # (batch, heads, seq, head size) in, (batch, seq, heads, head size) to the package
+    out = call(q, q, q)
+    assert name == "flash_attn_interface.flash_attn_func" and seen == [((1, 8, 4, 16), True)]
+    assert tuple(out.shape) == (1, 8, 4, 16)
