@@ -47,6 +47,15 @@ def _contiguous(layers: tuple[str, ...]) -> bool:
     return True
 
 
+def test_a_layer_that_overflows_to_the_next_device_does_not_split_a_run() -> None:
+    # Found by tests/test_device_map_properties.py: the 14 MiB layer 0 overflows cuda:1 onto cuda:2, and the small
+    # layers after it once went back to cuda:1, splitting cuda:2's run (and the order of the devices).
+    MiB = 1 << 20
+    gpus = [Device(f"cuda:{i}", "GPU", "cuda", 80 * GiB, f * MiB) for i, f in enumerate((1, 15, 17))]
+    plan = auto_device_map(4, [14 * MiB, 0, 1 * MiB, 14 * MiB], [*gpus, CPU])
+    assert plan.layers == ("cuda:2", "cuda:2", "cuda:2", "cpu") and _contiguous(plan.layers)
+
+
 def test_layers_follow_free_memory() -> None:
     m = auto_device_map(32, GiB, [*_gpus(60, 20), CPU])
     assert m.mode == "auto" and _contiguous(m.layers)

@@ -103,11 +103,13 @@ def auto_device_map(num_layers: int, layer_bytes: int | Sequence[int], devices: 
     layers: list[str] = []
     used = [0] * len(accelerators)
     offset = 0
+    floor = 0  # devices fill in order: a layer never goes back to a device before the last one used
     for size in sizes:
         middle = offset + size / 2
         index = next((i for i, b in enumerate(bounds) if middle <= b), None)
-        if index is not None and used[index] + size > capacity[index]:
-            index = next((i for i in range(index, len(accelerators)) if used[i] + size <= capacity[i]), None)
+        if index is not None:  # that device, or the next one from there with room for the layer
+            index = next((i for i in range(max(index, floor), len(accelerators)) if used[i] + size <= capacity[i]),
+                         None)
         if index is None:
             if not (cpu_offload and cpu):
                 need = (total - sum(used)) / _GiB
@@ -120,6 +122,7 @@ def auto_device_map(num_layers: int, layer_bytes: int | Sequence[int], devices: 
             offset += size
             continue
         used[index] += size
+        floor = index
         layers.append(accelerators[index].torch_device)
         offset += size
     spilled = layers.count(cpu) if cpu else 0
