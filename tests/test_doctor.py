@@ -463,7 +463,7 @@ def test_device_layers_variable_under_nccl_is_an_error_naming_the_contradiction(
                               devices=[Device("cuda:0", "gpu", "cuda"), Device("cuda:1", "gpu", "cuda")])
     (check,) = _device_layers_check(runtime, {"MISTRALRS_DEVICE_LAYERS": "0:16;1:16"})
     assert check.status == "error" and "nccl is active: one process per device" in check.message
-    assert check.fix == "unset MISTRALRS_DEVICE_LAYERS, or turn that feature off"
+    assert check.fix == "unset MISTRALRS_DEVICE_LAYERS: each process here computes on one device"
     assert _device_layers_check(runtime, {}) == []
 
 

@@ -131,6 +131,23 @@ def test_the_mode_in_force_and_the_plan() -> None:
     assert plan_device_map(_runtime([], [CPU]), 4, GiB).layers == ("cpu",) * 4
 
 
+def test_ranks_sharing_a_machine_each_keep_their_own_device() -> None:
+    # Two ranks on one 2-GPU machine over ring (no NCCL): each computes on its LOCAL_RANK-th GPU, so spreading
+    # every rank's layers over both GPUs would double-book them.
+    ring = SimpleNamespace(feature="ring")
+    gpus = _gpus(40, 40)
+    mode, reason = device_mapping_mode([ring], gpus, {"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert mode == "disabled" and "2 ranks share this machine (LOCAL_WORLD_SIZE=2)" in reason
+    assert device_mapping_mode([ring], gpus, {"LOCAL_WORLD_SIZE": "1"})[0] == "auto"  # one process per machine
+    runtime = _runtime([ring], gpus, {"LOCAL_WORLD_SIZE": "2"})
+    runtime.device = gpus[1]  # the runtime's default on LOCAL_RANK 1
+    runtime.communicator = lambda: SimpleNamespace(rank=1, world_size=2, device="cpu")  # gloo moves host tensors
+    plan = plan_device_map(runtime, 4, GiB)
+    assert plan.mode == "disabled" and plan.layers == ("cuda:1",) * 4
+    with pytest.raises(ConfigError, match="MISTRALRS_DEVICE_LAYERS='0:4' is set, but 2 ranks share this machine"):
+        plan_device_map(_runtime([ring], gpus, {"LOCAL_WORLD_SIZE": "2", "MISTRALRS_DEVICE_LAYERS": "0:4"}), 4, GiB)
+
+
 def test_the_explicit_map_can_come_from_the_environment() -> None:
     ring = SimpleNamespace(feature="ring")
     nccl = SimpleNamespace(feature="nccl", one_device_per_rank=True)

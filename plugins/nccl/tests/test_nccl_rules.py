@@ -108,6 +108,12 @@ def test_mistralrs_no_nccl_turns_nccl_off_and_device_mapping_on() -> None:
     assert any("device mapping: on (MISTRALRS_NO_NCCL=1)" in line and "8 GPUs" in line for line in found["info"])
 
 
+def test_ranks_sharing_the_machine_keep_device_mapping_off_without_nccl() -> None:
+    environ = {"MISTRALRS_NO_NCCL": "1", "LOCAL_WORLD_SIZE": "8"}
+    found = _statuses(nccl_checks(_active(H100x8, environ), H100x8, environ))
+    assert any(line.startswith("device mapping: off: 8 ranks share this machine") for line in found["info"])
+
+
 @pytest.mark.parametrize(("environ", "status", "words"), [
     ({"MISTRALRS_NO_NCCL": "1", "MISTRALRS_MN_LOCAL_WORLD_SIZE": "4"}, "warning", "is ignored: MISTRALRS_NO_NCCL=1"),
     ({"MISTRALRS_NO_NCCL": "1", "WORLD_SIZE": "8"}, "warning", "WORLD_SIZE=8 ranks were launched"),

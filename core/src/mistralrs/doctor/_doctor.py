@@ -115,10 +115,10 @@ def _device_layers_check(runtime: Any, environ: Mapping[str, str]) -> list[Check
     value = environ.get(DEVICE_LAYERS_VAR, "").strip()
     if not value:
         return []
-    mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices)
+    mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices, environ)
     if mode == "disabled":
         return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={value!r} is set, but {reason}",
-                            f"unset {DEVICE_LAYERS_VAR}, or turn that feature off")]
+                            f"unset {DEVICE_LAYERS_VAR}: each process here computes on one device")]
     try:
         entries = device_map_entries(value, runtime.devices)
     except ConfigError as exc:

@@ -50,16 +50,24 @@ class DeviceMap:
         return "; ".join(parts) if parts else "no layers"
 
 
-def device_mapping_mode(collective_backends: Sequence[Any], devices: Sequence[Device]) -> tuple[str, str]:
-    """("disabled" | "auto" | "single", why) for the bound collective backends and devices.
+def device_mapping_mode(collective_backends: Sequence[Any], devices: Sequence[Device],
+                        environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """("disabled" | "auto" | "single", why) for the bound collective backends, devices and environment.
 
     A collective backend that declares ``one_device_per_rank = True`` (NCCL)
-    gives each process exactly one device, so mapping layers across devices is off.
+    gives each process exactly one device, so mapping layers across devices is
+    off; so it is when several ranks share this machine (the launcher's
+    LOCAL_WORLD_SIZE > 1, as torchrun and ``mistralrs launch`` set it), each
+    computing on its own device (LOCAL_RANK), whatever the collective backend.
     """
     owner = next((b for b in collective_backends if getattr(b, "one_device_per_rank", False)), None)
     if owner is not None:
         return "disabled", (f"{owner.feature} is active: one process per device, each holding its own shard "
                             "(tensor parallelism), so layers are not mapped across devices")
+    sharing = (environ or {}).get("LOCAL_WORLD_SIZE", "").strip()
+    if sharing.isdigit() and int(sharing) > 1:
+        return "disabled", (f"{sharing} ranks share this machine (LOCAL_WORLD_SIZE={sharing}): each computes on its "
+                            "own device (LOCAL_RANK), so layers are not mapped across devices")
     accelerators = [d for d in devices if not d.torch_device.startswith("cpu")]
     if len(accelerators) > 1:
         return "auto", (f"{len(accelerators)} devices visible: layers are spread over "
@@ -186,14 +194,14 @@ def plan_device_map(runtime: Any, num_layers: int, layer_bytes: int | Sequence[i
     if override is None:
         override = runtime.environ.get(DEVICE_LAYERS_VAR, "").strip() or None
         source = f"{DEVICE_LAYERS_VAR}={override!r} is set"
-    mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices)
+    mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices, runtime.environ)
     if mode == "disabled":
         if override is not None:
-            raise ConfigError(f"{source}, but {reason}: drop the device map, or turn that feature off "
-                              "(`mistralrs doctor` shows how)")
-        communicator = runtime.communicator()
-        device = getattr(communicator, "device", runtime.device.torch_device)
-        return DeviceMap((device,) * num_layers, "disabled", reason)
+            raise ConfigError(f"{source}, but {reason}: drop the device map, or run one process for all the devices "
+                              "(`mistralrs doctor` shows the mode in force)")
+        from mistralrs.parallel._tensor_parallel import rank_device
+
+        return DeviceMap((rank_device(runtime, runtime.communicator()),) * num_layers, "disabled", reason)
     if override is not None:
         try:
             return parse_device_map(override, num_layers, runtime.devices)

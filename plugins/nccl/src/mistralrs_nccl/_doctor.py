@@ -12,6 +12,16 @@ from mistralrs_nccl._world import LOCAL_WORLD_SIZE_VAR, local_world_size
 __all__ = ["nccl_checks"]
 
 
+def _mapping(gpus: int, environ: Mapping[str, str], why_on: str) -> CheckResult:
+    """The device-mapping mode with NCCL off, by the core's rule (ranks sharing this machine turn it off too)."""
+    from mistralrs.ops import Device
+    from mistralrs.parallel._device_map import device_mapping_mode
+
+    mode, reason = device_mapping_mode((), [Device(f"cuda:{i}", "GPU", "cuda") for i in range(gpus)], environ)
+    return CheckResult("device mapping", "info", f"off: {reason}" if mode == "disabled" else
+                       f"on ({why_on}): layers are spread over the {gpus} GPUs in proportion to their free memory")
+
+
 def _error(name: str, exc: ConfigError) -> CheckResult:
     message, _, fix = str(exc).rpartition(": ")
     return CheckResult(name, "error", message or fix, fix if message else "")
@@ -37,16 +47,14 @@ def nccl_checks(active: frozenset[str], system: SystemSnapshot, environ: Mapping
                                       "MISTRALRS_NO_NCCL=1 turns NCCL off, so each rank would map layers over its "
                                       "GPUs alone", "unset MISTRALRS_NO_NCCL, or start one process"))
         if gpus > 1:
-            checks.append(CheckResult("device mapping", "info", f"on (MISTRALRS_NO_NCCL=1): layers are spread over "
-                                      f"the {gpus} GPUs in proportion to their free memory"))
+            checks.append(_mapping(gpus, environ, "MISTRALRS_NO_NCCL=1"))
         return checks
     if "nccl" not in active:
         if ours:
             checks.append(CheckResult(LOCAL_WORLD_SIZE_VAR, "warning", f"{LOCAL_WORLD_SIZE_VAR}={ours} is set but nccl "
                                       "is not active, so it is ignored", "select nccl (--features nccl), or unset it"))
         if gpus > 1:
-            checks.append(CheckResult("device mapping", "info", f"on: nccl is not active, so layers are spread over "
-                                      f"the {gpus} GPUs in proportion to their free memory"))
+            checks.append(_mapping(gpus, environ, "nccl is not active"))
         return checks
     checks.append(CheckResult("device mapping", "info", "off: NCCL is active (one process per GPU, each holding its "
                               "shard), as with mistral.rs's nccl feature"))
