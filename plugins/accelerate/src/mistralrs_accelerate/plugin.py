@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from mistralrs import FeatureManifest, MatmulBackend, hookimpl
+from typing import TYPE_CHECKING
+
+from mistralrs import FeatureManifest, hookimpl
 from mistralrs_accelerate._manifest import ACCELERATE
+
+if TYPE_CHECKING:
+    from mistralrs.ops import MatmulBackend
 
 
 @hookimpl

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from mistralrs import (
-    AttentionBackend,
-    CheckResult,
-    Device,
-    FeatureManifest,
-    MatmulBackend,
-    SystemSnapshot,
-    hookimpl,
-)
+from mistralrs import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs_cuda._manifest import CUDA, CUDNN
+
+if TYPE_CHECKING:
+    from mistralrs.ops import AttentionBackend, CheckResult, Device, MatmulBackend
 
 
 @hookimpl

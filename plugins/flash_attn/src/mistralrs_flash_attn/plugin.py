@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from typing import TYPE_CHECKING
 
-from mistralrs import AttentionBackend, CheckResult, FeatureManifest, SystemSnapshot, hookimpl
+from mistralrs import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs.system import installed_version
 from mistralrs_flash_attn._manifest import FLASH_ATTN, FLASH_ATTN_V3
+
+if TYPE_CHECKING:
+    from mistralrs.ops import AttentionBackend, CheckResult
 
 
 @hookimpl

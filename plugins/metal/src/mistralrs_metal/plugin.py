@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from mistralrs import (
-    AttentionBackend,
-    CheckResult,
-    Device,
-    FeatureManifest,
-    MatmulBackend,
-    SystemSnapshot,
-    hookimpl,
-)
+from mistralrs import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs_metal._manifest import METAL
+
+if TYPE_CHECKING:
+    from mistralrs.ops import AttentionBackend, CheckResult, Device, MatmulBackend
 
 
 @hookimpl
@@ -55,6 +51,8 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> t
         # a loaded profile describes another machine.
         return ()
     import torch
+
+    from mistralrs.ops import CheckResult
 
     if torch.backends.mps.is_available():
         return (CheckResult("mps", "ok", "torch MPS is available"),)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from mistralrs import CheckResult, FeatureManifest, MatmulBackend, SystemSnapshot, hookimpl
+from mistralrs import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs_mkl._manifest import MKL
+
+if TYPE_CHECKING:
+    from mistralrs.ops import CheckResult, MatmulBackend
 
 
 @hookimpl
@@ -29,6 +33,8 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
                             environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
     if MKL.name not in active:
         return ()
+    from mistralrs.ops import CheckResult  # here, not at the top: `plugins list` never needs the op contract
+
     threads = [f"{name}={environ[name]}" for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS") if name in environ]
     checks = [CheckResult("mkl threads", "info", ", ".join(threads) if threads else
                           "MKL_NUM_THREADS and OMP_NUM_THREADS unset: one thread per available core")]

@@ -6,9 +6,13 @@ The backend module (which imports torch) is imported only when a runtime binds i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from mistralrs import CheckResult, CollectiveBackend, FeatureManifest, SystemSnapshot, hookimpl
+from mistralrs import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs_nccl._manifest import NCCL
+
+if TYPE_CHECKING:
+    from mistralrs.ops import CheckResult, CollectiveBackend
 
 
 @hookimpl

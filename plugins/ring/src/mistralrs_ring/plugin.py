@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from mistralrs import CheckResult, CollectiveBackend, FeatureManifest, hookimpl
+from mistralrs import FeatureManifest, hookimpl
 from mistralrs_ring._manifest import RING
 
 if TYPE_CHECKING:
     import click
+
+    from mistralrs.ops import CheckResult, CollectiveBackend
 
 
 @hookimpl
