@@ -61,6 +61,15 @@ def test_a_mistralrs_toml_without_features_falls_through_to_pyproject(tmp_path) 
     assert read_selection(None, {}, cwd=tmp_path).features == ("ring",)
 
 
+def test_list_entries_read_as_the_string_form_does(tmp_path) -> None:
+    # Found by core/tests/test_selection_properties.py: features = [""] once selected a feature named "".
+    _config(tmp_path, mistralrs_toml='features = ["cuda, cudnn", "", " mkl ", "cuda"]\n')
+    assert read_selection(None, {}, cwd=tmp_path).features == ("cuda", "cudnn", "mkl")
+    _config(tmp_path, mistralrs_toml='features = ["", " "]\n')
+    assert read_selection(None, {}, cwd=tmp_path).mode == "auto"
+    assert read_selection("auto auto", {}).mode == "auto"  # a repeated "auto" is still auto alone
+
+
 def test_a_pyproject_without_the_tool_table_means_auto(tmp_path) -> None:
     _config(tmp_path, pyproject='[project]\nname = "app"\n[tool.other]\nfeatures = ["cuda"]\n')
     assert read_selection(None, {}, cwd=tmp_path).mode == "auto"

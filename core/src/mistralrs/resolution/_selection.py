@@ -46,10 +46,9 @@ def read_selection(cli_features: str | None = None, environ: Mapping[str, str] =
 
 
 def _parse(value: str | list[Any], source: str) -> Selection:
-    if isinstance(value, str):
-        names = tuple(value.replace(",", " ").split())
-    else:
-        names = tuple(value)
+    # A list's entries read as the string form does: blanks dropped, "cuda, cudnn" in one entry names two.
+    text = value if isinstance(value, str) else " ".join(value)
+    names = tuple(dict.fromkeys(text.replace(",", " ").split()))
     if not names or names == ("auto",):
         return Selection(source=f"{source} (auto)")
     if names == ("none",):
@@ -58,7 +57,7 @@ def _parse(value: str | list[Any], source: str) -> Selection:
         if reserved in names:
             raise ConfigError(f"{source}: {reserved!r} cannot be combined with feature names ({' '.join(names)}): "
                               f"use {reserved!r} alone, or list only features")
-    return Selection(mode="explicit", features=tuple(dict.fromkeys(names)), source=source)
+    return Selection(mode="explicit", features=names, source=source)
 
 
 def _config_features(path: str, table: tuple[str, ...]) -> Selection | None:
