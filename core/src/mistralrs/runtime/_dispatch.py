@@ -41,6 +41,10 @@ class Binding:
     def describe(self) -> str:
         call = f"{self.call.dtype} on {self.call.device}, head size {self.call.head_size}, mask {self.call.mask}" \
             if self.call.head_size else f"{self.call.dtype} on {self.call.device}"
+        # What else tells this signature from its neighbours (a flag by its name when set, a number with its value).
+        extra = [name if value is True else f"{name} {value}" for name, value in self.call.extra.items()
+                 if value is not False]
+        call = ", ".join([call, *extra])
         skipped = "; ".join(f"{name} ({feature}) refused: {reason}" for name, feature, reason in self.skipped)
         return f"{self.op} [{call}] -> {self.chosen}" + (f" (fallback: {skipped})" if skipped else "")
 
