@@ -101,6 +101,11 @@ class RuntimeModel:
             self.k_cache[layer][block, (start + i) % BLOCK_SIZE] = k[i]
             self.v_cache[layer][block, (start + i) % BLOCK_SIZE] = v[i]
 
+    def _qkv(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v of layer ``i`` for x (tokens, hidden), each (tokens, heads, head size)."""
+        h = rms_norm(x, self.w[f"{i}.ln1"])
+        return tuple(self.rt.linear(h, self.w[f"{i}.{n}"]).view(len(x), -1, HEAD_SIZE) for n in ("wq", "wk", "wv"))
+
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         gate, up, down = self.w[f"{i}.gate"], self.w[f"{i}.up"], self.w[f"{i}.down"]
         h = rms_norm(x, self.w[f"{i}.ln2"])
@@ -115,8 +120,7 @@ class RuntimeModel:
         ids = torch.tensor(tokens, device=self.device)
         x = self.w["embed"][ids] + self.w["pos"][: len(tokens)]
         for i in range(LAYERS):
-            h = rms_norm(x, self.w[f"{i}.ln1"])
-            q, k, v = (self.rt.linear(h, self.w[f"{i}.{n}"]).view(len(tokens), -1, HEAD_SIZE) for n in ("wq", "wk", "wv"))
+            q, k, v = self._qkv(i, x)
             self._write(i, b, 0, k, v)
             out = self.rt.attention(*(t.transpose(0, 1)[None] for t in (q, k, v)), causal=True)
             x = x + self.rt.linear(out[0].transpose(0, 1).reshape(len(tokens), -1), self.w[f"{i}.wo"])
@@ -131,8 +135,7 @@ class RuntimeModel:
         x = self.w["embed"][ids] + self.w["pos"][positions]
         seq_lens = torch.tensor([n + 1 for n in self.lengths], dtype=torch.int32, device=self.device)
         for i in range(LAYERS):
-            h = rms_norm(x, self.w[f"{i}.ln1"])
-            q, k, v = (self.rt.linear(h, self.w[f"{i}.{n}"]).view(len(tokens), -1, HEAD_SIZE) for n in ("wq", "wk", "wv"))
+            q, k, v = self._qkv(i, x)
             for b in range(len(tokens)):
                 self._write(i, b, self.lengths[b], k[b : b + 1], v[b : b + 1])
             out = self.rt.paged_attention(q[:, :, None, :], self.k_cache[i], self.v_cache[i], self.block_table, seq_lens)

@@ -163,17 +163,16 @@ def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reason
 
 
 def _requires_closure(features: Mapping[str, InstalledFeature], name: str) -> list[str]:
-    """Every feature ``name`` requires, directly or not, in resolution order (missing ones included)."""
+    """Every feature runnable ``name`` requires, directly or not, in resolution order (all installed: a feature
+    requiring a missing one is unrunnable and never gets here)."""
     found: set[str] = set()
     queue = [name]
     while queue:
-        current = queue.pop()
-        for dep in features[current].manifest.requires if current in features else ():
+        for dep in features[queue.pop()].manifest.requires:
             if dep not in found and dep != name:
                 found.add(dep)
                 queue.append(dep)
-    order = list(features)
-    return sorted(found, key=lambda n: (order.index(n) if n in features else len(order), n))
+    return [n for n in features if n in found]
 
 
 def _drop_unmet_requires(features: Mapping[str, InstalledFeature], names: set[str],
