@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from mistralrs.generic import GenericMatmul
-from mistralrs.ops import CallSpec
-from mistralrs.system import probe_system
-from mistralrs_mkl._backend import MKLMatmul
+from mistralrs_torch.generic import GenericMatmul
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.system import probe_system
+from mistralrs_torch_mkl._backend import MKLMatmul
 
 
 def _peak_gflops() -> tuple[float, str]:

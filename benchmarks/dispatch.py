@@ -18,7 +18,7 @@ import pluggy
 import torch
 import torch.nn.functional as F
 
-from mistralrs.runtime import Runtime
+from mistralrs_torch.runtime import Runtime
 
 _hookspec = pluggy.HookspecMarker("bench")
 _hookimpl = pluggy.HookimplMarker("bench")

@@ -108,8 +108,8 @@ def bench_attention(runtime: Any, shapes: tuple[tuple[int, int], ...], rounds: i
                     device: str = "cuda", heads: int = HEADS) -> list[dict]:
     import torch
 
-    from mistralrs.ops import CallSpec
-    from mistralrs.runtime import kernel
+    from mistralrs_torch.ops import CallSpec
+    from mistralrs_torch.runtime import kernel
 
     rows = []
     call = CallSpec("attention", "bfloat16", device.split(":")[0], HEAD_SIZE, "causal", {"gqa": False, "aligned": True})
@@ -140,8 +140,8 @@ def bench_matmul(runtime: Any, shapes: tuple[tuple[int, int, int], ...], rounds:
                  device: str = "cuda") -> list[dict]:
     import torch
 
-    from mistralrs.ops import CallSpec
-    from mistralrs.runtime import kernel
+    from mistralrs_torch.ops import CallSpec
+    from mistralrs_torch.runtime import kernel
 
     rows = []
     call = CallSpec("linear", "bfloat16", device.split(":")[0])
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_attention: no GPU benchmark: {why} (torch {torch.__version__}); run it on a machine with an "
               "NVIDIA GPU and a CUDA build of torch")
         return 0
-    from mistralrs.runtime import Runtime
+    from mistralrs_torch.runtime import Runtime
 
     runtime = Runtime.create(environ={})
     gpu = torch.cuda.get_device_name()

@@ -84,7 +84,7 @@ def worker(sizes: list[int], rounds: int) -> None:
     import torch
     import torch.distributed as dist
 
-    from mistralrs import Runtime
+    from mistralrs_torch import Runtime
 
     comm = Runtime.create().communicator()
     world = comm.world_size
@@ -125,7 +125,7 @@ def worker(sizes: list[int], rounds: int) -> None:
 
 
 def run_world(world: int, args: argparse.Namespace) -> dict:
-    from mistralrs_ring._config import ring_config_set, write_ring_configs
+    from mistralrs_torch_ring._config import ring_config_set, write_ring_configs
 
     with tempfile.TemporaryDirectory() as folder:
         with socket.socket() as s:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mistralrs import Runtime
+from mistralrs_torch import Runtime
 
 VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_SIZE, INTERMEDIATE, LAYERS, BLOCK_SIZE = 96, 64, 4, 2, 16, 128, 2, 4
 PROMPTS = ([5, 17, 42, 8, 64], [3, 91, 27])  # ragged on purpose

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mistralrs import Runtime
-from mistralrs.parallel import ParallelMLP, load_replicated, rank_device
+from mistralrs_torch import Runtime
+from mistralrs_torch.parallel import ParallelMLP, load_replicated, rank_device
 
 HIDDEN, INTERMEDIATE, TOKENS = 64, 256, 8
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import PluginManager, Resolution, Selection, SystemSnapshot, load_system, resolve
+from mistralrs_torch import PluginManager, Resolution, Selection, SystemSnapshot, load_system, resolve
 
 GROUP = "mistralrs.plugins"
 
@@ -106,7 +107,7 @@ def fake_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...
 
 def good_plugin_source(feature: str = "goodfeat") -> str:
     return f"""
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -128,14 +129,14 @@ def cli_env() -> dict[str, str]:
 
 @pytest.fixture
 def run_cli(tmp_path: Path, cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """run_cli("plugins", "list", env={...}) runs `python -m mistralrs` in a clean folder."""
+    """run_cli("plugins", "list", env={...}) runs `python -m mistralrs_torch` in a clean folder."""
     workdir = tmp_path / "cwd"
     workdir.mkdir()
 
     def run(*args: str, env: Mapping[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         environ = {**cli_env, **(env or {})}
-        return subprocess.run([sys.executable, "-m", "mistralrs", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "mistralrs_torch", *args], capture_output=True, text=True,
                               env=environ, cwd=cwd or workdir, timeout=120, check=False)
 
     return run
@@ -150,3 +151,18 @@ def run_python(tmp_path: Path, cli_env: dict[str, str]) -> Callable[..., subproc
                               env={**cli_env, **(env or {})}, cwd=tmp_path, timeout=180, check=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def install_into() -> Callable[[Path, Path], Path]:
+    """install_into(project, target) installs a project folder with no dependencies into target, used through
+    PYTHONPATH (uv sync is exact: nothing is installed into the workspace's own environment)."""
+    found = os.environ.get("UV") or shutil.which("uv")  # `uv run` sets UV to its own binary
+    uv = [found] if found else [sys.executable, "-m", "uv"]
+
+    def install(project: Path, target: Path) -> Path:
+        subprocess.run([*uv, "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(project)],
+                       check=True, timeout=300)
+        return target
+
+    return install

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import PluginManager, load_system
-from mistralrs.resolution import STATUSES
+from mistralrs_torch import PluginManager, load_system
+from mistralrs_torch.resolution import STATUSES
 
 LIST_SCHEMA = "mistralrs.plugins.list/1"
 RESOLVE_SCHEMA = "mistralrs.plugins.resolve/1"
@@ -81,7 +81,7 @@ def test_plugins_list_on_this_machine(run_cli, this_machine) -> None:
     assert ("Intel-optimized" in mkl) == (this_machine.cpu.vendor == "amd" and mkl_expected == "active")
     for header in ("FEATURE", "PLUGIN", "DISTRIBUTION", "STATUS", "PROVIDES", "REASON"):
         assert header in text
-    assert "mistralrs-flash-attn 0.1.0" in _row(text, "flash-attn")
+    assert "mistralrs-torch-flash-attn 0.1.0" in _row(text, "flash-attn")
     assert " flash_attn " in _row(text, "flash-attn")
 
 
@@ -100,7 +100,7 @@ def test_plugins_list_json_on_this_machine(run_cli, this_machine, all_features) 
         assert set(feature) >= {"feature", "status", "plugin", "distribution", "version", "provides", "reasons", "notes"}
         assert feature["reasons"], feature
     by_name = {f["feature"]: f for f in data["features"]}
-    assert (by_name["cudnn"]["plugin"], by_name["cudnn"]["distribution"]) == ("cuda", "mistralrs-cuda")
+    assert (by_name["cudnn"]["plugin"], by_name["cudnn"]["distribution"]) == ("cuda", "mistralrs-torch-cuda")
     assert by_name["nccl"]["provides"] == ["collectives"]
 
 
@@ -391,7 +391,7 @@ def test_a_plugin_that_crashes_the_interpreter_is_named_in_the_dying_output(run_
 
 def test_a_healthy_third_party_distribution_adds_its_feature(run_cli, tmp_path) -> None:
     source = (
-        "from mistralrs import FeatureManifest, hookimpl\n\n"
+        "from mistralrs_torch import FeatureManifest, hookimpl\n\n"
         "@hookimpl\n"
         "def mistralrs_features():\n"
         "    return (FeatureManifest(name='rocm', summary='AMD GPUs', distribution='rocmplug', provides=('device',),\n"

@@ -54,7 +54,7 @@ def _install(root: Path, name: str) -> None:
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: kit-{name}\nVersion: 1.0\n\n")
     (info / "entry_points.txt").write_text(f"[mistralrs.plugins]\n{name} = kit_{name}\n")
     (root / f"kit_{name}.py").write_text(f'''
-from mistralrs import FeatureManifest, hookimpl
+from mistralrs_torch import FeatureManifest, hookimpl
 
 FEATURE = FeatureManifest(name="{name}", summary="a test matmul", distribution="kit-{name}", provides=("matmul",))
 
@@ -67,7 +67,7 @@ def mistralrs_matmul_backends(active):
     if "{name}" not in active:
         return ()
     import torch.nn.functional as F
-    from mistralrs import Support
+    from mistralrs_torch import Support
     {_BACKENDS[name].strip().replace(chr(10), chr(10) + "    ")}
     return (Backend(),)
 ''')
@@ -84,7 +84,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _kit(site: Path, name: str) -> tuple[int, list[dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MISTRALRS_")}
     env["PYTHONPATH"] = str(site)
-    result = subprocess.run([sys.executable, "-m", "mistralrs", "plugins", "test", name, "--json"], env=env,
+    result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "plugins", "test", name, "--json"], env=env,
                             capture_output=True, text=True, timeout=300, check=False)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)["results"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistralrs import ConfigError
-from mistralrs.ops import Device
-from mistralrs.parallel import auto_device_map
+from mistralrs_torch import ConfigError
+from mistralrs_torch.ops import Device
+from mistralrs_torch.parallel import auto_device_map
 
 MiB = 1 << 20
 CPU = Device("cpu", "cpu", "cpu", 1 << 40)

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from mistralrs import (
+from mistralrs_torch import (
     ConfigError,
     PluginError,
     PluginManager,
@@ -34,12 +34,12 @@ BAD_PLUGINS = {
     "exception": ("raise RuntimeError('kaboom at import')\n", "import", ("RuntimeError", "kaboom at import")),
     "manifest-error-at-import": (
         """
-        from mistralrs import FeatureManifest
+        from mistralrs_torch import FeatureManifest
         BAD = FeatureManifest(name="Bad_Name", summary="x", distribution="fake-bad")
         """, "import", ("ManifestError", "Bad_Name")),
     "misspelled-hook": (
         """
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_featurs():
@@ -47,7 +47,7 @@ BAD_PLUGINS = {
         """, "register", ("mistralrs_featurs", "did you mean 'mistralrs_features'")),
     "hook-with-wrong-arguments": (
         """
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_probe_system(sistem):
@@ -55,7 +55,7 @@ BAD_PLUGINS = {
         """, "register", ("sistem",)),
     "non-manifest": (
         """
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -63,7 +63,7 @@ BAD_PLUGINS = {
         """, "manifest", ("str", "FeatureManifest")),
     "hook-raises": (
         """
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -71,7 +71,7 @@ BAD_PLUGINS = {
         """, "hook mistralrs_features", ("ValueError", "cannot read my config")),
     "hook-raises-system-exit": (
         """
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -79,7 +79,7 @@ BAD_PLUGINS = {
         """, "hook mistralrs_features", ("SystemExit", "bye")),
     "api-version-2": (
         """
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -88,15 +88,15 @@ BAD_PLUGINS = {
         """, "api-version", ("'2.0'", "1.0", "futurefeat")),
     "clash-with-installed-feature": (
         """
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
             return (FeatureManifest(name="mkl", summary="another mkl", distribution="fake-bad"),)
-        """, "manifest", ("'mkl'", "mistralrs-mkl")),
+        """, "manifest", ("'mkl'", "mistralrs-torch-mkl")),
     "clash-with-builtin-cpu": (
         """
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -169,7 +169,7 @@ def test_an_unsupported_api_version_names_the_declared_features_as_broken(fake_p
 @pytest.mark.parametrize("version", ["2.0", "1.9", "0.9", "one", "1"])
 def test_api_versions_this_core_cannot_serve_are_refused(fake_plugin, version) -> None:
     entry_point = fake_plugin(f"""
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -181,10 +181,10 @@ def test_api_versions_this_core_cannot_serve_are_refused(fake_plugin, version) -
 
 
 def test_a_plugin_written_for_this_api_version_loads(fake_plugin) -> None:
-    from mistralrs import PLUGIN_API_VERSION
+    from mistralrs_torch import PLUGIN_API_VERSION
 
     entry_point = fake_plugin(f"""
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -204,7 +204,7 @@ def test_a_keyboard_interrupt_during_import_is_not_swallowed(fake_plugin) -> Non
 
 def test_a_plugin_object_named_by_module_and_attribute_loads(fake_plugin) -> None:
     entry_point = fake_plugin("""
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         class _Plugin:
             @hookimpl
@@ -247,7 +247,7 @@ def test_a_plugin_may_import_its_own_mistralrs_prefixed_package(fake_plugin) -> 
     fake_plugin.created.extend([helper, f"{helper}.kernels"])
     entry_point = fake_plugin(f"""
         import {helper}.kernels
-        from mistralrs import FeatureManifest, hookimpl
+        from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -261,7 +261,7 @@ def test_a_plugin_may_import_its_own_mistralrs_prefixed_package(fake_plugin) -> 
 def test_a_features_hook_returning_none_adds_nothing_and_is_not_broken(fake_plugin) -> None:
     # The hook specifications say "Returning None means 'nothing to add'".
     entry_point = fake_plugin("""
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_features():
@@ -276,7 +276,7 @@ def test_a_features_hook_returning_none_adds_nothing_and_is_not_broken(fake_plug
 # --- Hooks raising after discovery --------------------------------------------------------------------
 
 PROBE_PLUGIN = """
-    from mistralrs import FeatureManifest, hookimpl
+    from mistralrs_torch import FeatureManifest, hookimpl
 
     @hookimpl
     def mistralrs_features():
@@ -318,7 +318,7 @@ def test_a_probe_hook_raising_in_strict_mode_is_fatal(fake_plugin) -> None:
 
 def test_probe_facts_are_merged_but_never_overwrite_earlier_facts(fake_plugin) -> None:
     first = fake_plugin("""
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_probe_system(system):
@@ -327,14 +327,14 @@ def test_probe_facts_are_merged_but_never_overwrite_earlier_facts(fake_plugin) -
             return facts
         """, name="first")
     second = fake_plugin("""
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_probe_system(system):
             return {"probefact": "9.9", "otherfact": ""}
         """, name="second")
     quiet = fake_plugin("""
-        from mistralrs import hookimpl
+        from mistralrs_torch import hookimpl
 
         @hookimpl
         def mistralrs_probe_system(system):
@@ -367,7 +367,7 @@ def test_explicitly_selecting_a_feature_of_a_broken_plugin_names_the_plugin(fake
 def test_disable_plugins_blocks_the_named_plugins(all_features) -> None:
     manager = PluginManager(environ={"MISTRALRS_DISABLE_PLUGINS": "cuda, flash_attn"})
     assert {p.name for p in manager.disabled} == {"cuda", "flash_attn"}
-    assert {p.distribution for p in manager.disabled} == {"mistralrs-cuda", "mistralrs-flash-attn"}
+    assert {p.distribution for p in manager.disabled} == {"mistralrs-torch-cuda", "mistralrs-torch-flash-attn"}
     assert {f.manifest.name for f in manager.features} == all_features - {"cuda", "cudnn", "flash-attn", "flash-attn-v3"}
     assert manager.broken == ()
     resolution = resolve(manager.features, manager.broken, Selection(), load_system("multi-gpu-8xh100"), {})

@@ -13,10 +13,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-import mistralrs
-from mistralrs import load_system
-from mistralrs.doctor import DOCTOR_SCHEMA, SECTIONS, DoctorReport, run_doctor
-from mistralrs.system import PROFILE_NAMES
+import mistralrs_torch
+from mistralrs_torch import load_system
+from mistralrs_torch.doctor import DOCTOR_SCHEMA, SECTIONS, DoctorReport, run_doctor
+from mistralrs_torch.system import PROFILE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "docs" / "doctor.schema.json"
@@ -26,9 +26,9 @@ OPS = ("attention", "paged_attention", "linear", "int8_linear")
 
 _FAKE_BACKEND_PLUGIN = '''
 import torch
-from mistralrs import FeatureManifest, hookimpl
-from mistralrs.ops import Support
-from mistralrs.generic import GenericAttention
+from mistralrs_torch import FeatureManifest, hookimpl
+from mistralrs_torch.ops import Support
+from mistralrs_torch.generic import GenericAttention
 
 MODE = {mode!r}
 
@@ -121,7 +121,7 @@ def here(clean_cwd: Path) -> DoctorReport:
 def doctor_with(entry_points: list[importlib.metadata.EntryPoint], environ: Mapping[str, str] | None = None,
                 **kwargs: Any) -> DoctorReport:
     environ = dict(environ or {})
-    manager = mistralrs.PluginManager(entry_points=entry_points, environ=environ, strict=False)
+    manager = mistralrs_torch.PluginManager(entry_points=entry_points, environ=environ, strict=False)
     return run_doctor(environ=environ, manager=manager, **kwargs)
 
 
@@ -183,7 +183,7 @@ def test_features_section_lists_every_installed_feature(here: DoctorReport) -> N
 
 
 def test_mkl_on_an_amd_cpu_warns_but_does_not_fail(here: DoctorReport) -> None:
-    system = mistralrs.PluginManager(environ={}).probe_system()
+    system = mistralrs_torch.PluginManager(environ={}).probe_system()
     if system.cpu.vendor != "amd" or "mkl" not in {c.name for c in here.sections["features"] if c.status == "ok"}:
         pytest.skip("this machine is not an AMD CPU with mkl active (the epyc-cpu profile test covers the rule)")
     notes = [c for c in checks(here, "features", "mkl") if c.status == "warning"]
@@ -331,8 +331,8 @@ def test_doctor_verifies_the_kernel_the_runtime_binds(fake_plugin) -> None:
     """A backend may hand the runtime a specialised kernel per call (kernel_for); doctor must verify
     that kernel, the one model code will run, not only the backend's op method."""
     ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode="kernel"), name="planted")
-    manager = mistralrs.PluginManager(entry_points=[ep], environ={}, strict=False)
-    from mistralrs.runtime import Runtime
+    manager = mistralrs_torch.PluginManager(entry_points=[ep], environ={}, strict=False)
+    from mistralrs_torch.runtime import Runtime
 
     runtime = Runtime.create(environ={}, manager=manager)
     import torch
@@ -340,7 +340,7 @@ def test_doctor_verifies_the_kernel_the_runtime_binds(fake_plugin) -> None:
     q, k, v = torch.randn(1, 4, 3, 64), torch.randn(1, 2, 5, 64), torch.randn(1, 2, 5, 64)
     wrong = runtime.attention(q, k, v, causal=True) - runtime.attention_backends[-1].attention(q, k, v, causal=True)
     assert torch.allclose(wrong, torch.ones_like(wrong)), "the runtime should run the kernel_for kernel"
-    report = run_doctor(environ={}, manager=mistralrs.PluginManager(entry_points=[ep], environ={}, strict=False))
+    report = run_doctor(environ={}, manager=mistralrs_torch.PluginManager(entry_points=[ep], environ={}, strict=False))
     dense = [v for v in report.verifications if v.backend == "planted-attention" and v.op == "attention"]
     assert dense and all(v.result == "failed" for v in dense), dense
     assert report.exit_code == 1
@@ -371,8 +371,8 @@ def test_broken_plugin_is_an_error_under_strict_plugins(fake_plugin, schema) -> 
 
 
 _CHECKS_PLUGIN = """
-from mistralrs import FeatureManifest, hookimpl
-from mistralrs.ops import CheckResult
+from mistralrs_torch import FeatureManifest, hookimpl
+from mistralrs_torch.ops import CheckResult
 
 
 @hookimpl
@@ -456,8 +456,8 @@ def test_device_layers_variable_is_judged_against_this_runtimes_devices(value, s
 def test_device_layers_variable_under_nccl_is_an_error_naming_the_contradiction() -> None:
     from types import SimpleNamespace
 
-    from mistralrs.doctor._doctor import _device_layers_check
-    from mistralrs.ops import Device
+    from mistralrs_torch.doctor._doctor import _device_layers_check
+    from mistralrs_torch.ops import Device
 
     runtime = SimpleNamespace(collective_backends=[SimpleNamespace(feature="nccl", one_device_per_rank=True)],
                               devices=[Device("cuda:0", "gpu", "cuda"), Device("cuda:1", "gpu", "cuda")])

@@ -2,7 +2,7 @@
 
 All runs start together in one module-scoped fixture and are awaited
 together. Importing torch costs about 5 s of CPU here, so only `doctor` and
-`plugins doctor --json` run as their own `python -m mistralrs` processes; the
+`plugins doctor --json` run as their own `python -m mistralrs_torch` processes; the
 other torch-importing commands share one interpreter (see _IN_ONE_PROCESS).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from mistralrs.doctor import SECTIONS
+from mistralrs_torch.doctor import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "docs" / "doctor.schema.json"
@@ -51,7 +51,7 @@ class Batch:
         self.done: dict[str, Done] = {}
 
     def start(self, name: str, *args: str, env: Mapping[str, str] | None = None, code: str | None = None) -> None:
-        command = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "mistralrs", *args]
+        command = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "mistralrs_torch", *args]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=clean_env(env), cwd=self.cwd)
         self.running[name] = (process, tuple(args))
@@ -71,7 +71,7 @@ class Batch:
 
 _NO_TORCH = """
 import sys
-from mistralrs.cli import cli
+from mistralrs_torch.cli import cli
 try:
     cli({args!r}, standalone_mode=False)
     code = 0
@@ -111,7 +111,7 @@ def _install_broken_plugin(folder: Path) -> Path:
 #: terminal, as it is when a user runs doctor interactively.
 _IN_ONE_PROCESS = """
 import contextlib, io, json, sys, traceback
-from mistralrs.cli import cli
+from mistralrs_torch.cli import cli
 
 
 class Terminal(io.StringIO):
@@ -292,7 +292,7 @@ def test_installed_broken_plugin_is_reported_and_doctor_still_runs(runs: Batch) 
     (line,) = [line for line in plugins.splitlines() if "brokenplug" in line and "broken at" in line]
     assert line.lstrip().startswith("!!") and "libfake.so" in line and _BROKEN_DIST in line
     assert "MISTRALRS_DISABLE_PLUGINS=brokenplug" in plugins
-    assert "builtin" in plugins and "mistralrs-cuda" in plugins  # the healthy ones are still there
+    assert "builtin" in plugins and "mistralrs-torch-cuda" in plugins  # the healthy ones are still there
     no_traceback(done)
 
 

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "mistralrs-chunked-attn"
-
-
-def _uv() -> list[str]:
-    found = os.environ.get("UV") or shutil.which("uv")  # `uv run` sets UV to its own binary
-    if found:
-        return [found]
-    try:
-        import uv  # noqa: F401
-    except ImportError:
-        pytest.fail("uv is needed to build the example: run the suite with the README's command (uv run pytest)")
-    return [sys.executable, "-m", "uv"]
+EXAMPLE = ROOT / "examples" / "mistralrs-torch-chunked-attn"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory, install_into: Callable[[Path, Path], Path]) -> Path:
     """A throwaway folder holding the installed example, used through PYTHONPATH (uv sync stays exact)."""
     target = tmp_path_factory.mktemp("example-site")
-    subprocess.run([*_uv(), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(EXAMPLE)],
-                   check=True, timeout=300)
+    install_into(EXAMPLE, target)
     return target
 
 
@@ -42,14 +30,14 @@ def _run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_example_is_listed_active(site: Path) -> None:
-    result = _run(site, "-m", "mistralrs", "plugins", "list")
+    result = _run(site, "-m", "mistralrs_torch", "plugins", "list")
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("chunked-attn"))
-    assert "mistralrs-chunked-attn 0.1.0" in row and "active" in row
+    assert "mistralrs-torch-chunked-attn 0.1.0" in row and "active" in row
 
 
 def test_the_example_passes_the_conformance_kit(site: Path) -> None:
-    result = _run(site, "-m", "mistralrs", "plugins", "test", "chunked_attn")
+    result = _run(site, "-m", "mistralrs_torch", "plugins", "test", "chunked_attn")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failed" in result.stdout
 

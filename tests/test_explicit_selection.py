@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mistralrs import PluginManager, SelectionError, SystemSnapshot, load_system, resolve
+from mistralrs_torch import PluginManager, SelectionError, SystemSnapshot, load_system, resolve
 
 
 def _violations(resolve_on, system, selection, environ=None) -> SelectionError:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import probe_system
-from mistralrs_ring._config import check_ring_configs
+from mistralrs_torch import probe_system
+from mistralrs_torch_ring._config import check_ring_configs
 
 pytestmark = pytest.mark.multiprocess
 
@@ -39,11 +39,11 @@ def script(tmp_path: Path) -> Callable[[str], str]:
 
 @pytest.fixture
 def launch(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """launch(*args) starts `python -m mistralrs launch *args` in its own process group (killed at the end)."""
+    """launch(*args) starts `python -m mistralrs_torch launch *args` in its own process group (killed at the end)."""
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "mistralrs", "launch", *args], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "mistralrs_torch", "launch", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env={**cli_env, **(env or {})}, cwd=tmp_path,
                                 start_new_session=True)
         started.append(proc)
@@ -196,7 +196,7 @@ def test_backend_ring_gives_each_rank_a_valid_ring_config_in_a_folder_removed_af
 
 
 def test_the_same_set_validates_as_a_ring(tmp_path: Path) -> None:
-    from mistralrs_ring import plugin
+    from mistralrs_torch_ring import plugin
 
     paths = [plugin.mistralrs_launch_environment(feature="ring", rank=r, world_size=8, master_addr="127.0.0.1",
                                                  master_port=65530, workdir=str(tmp_path))["RING_CONFIG"]

@@ -40,7 +40,7 @@ def test_four_ranks_print_the_single_process_checksum(tmp_path: Path, cli_env: d
     assert "world size 1" in single.stdout and weights.exists()
     env = {**cli_env, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MISTRALRS_COLLECTIVE_TIMEOUT": "60",
            "MISTRALRS_RENDEZVOUS_TIMEOUT": "120"}
-    tp = _run([sys.executable, "-m", "mistralrs", "launch", "-n", "4", "--backend", "ring", "--", sys.executable,
+    tp = _run([sys.executable, "-m", "mistralrs_torch", "launch", "-n", "4", "--backend", "ring", "--", sys.executable,
                str(EXAMPLE), "--weights", str(weights)], env, tmp_path)
     assert tp.returncode == 0, tp.stderr[-3000:]
     assert "[rank 0] tp_mlp: world size 4" in tp.stdout

@@ -23,7 +23,7 @@ HEAVY = ("torch", "numpy")
 def test_cheap_commands_import_no_torch(run_python, args) -> None:
     result = run_python(f"""
         import sys
-        from mistralrs.cli import cli
+        from mistralrs_torch.cli import cli
         cli({args!r}, prog_name="mistralrs", standalone_mode=False)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
         assert not heavy, heavy
@@ -36,8 +36,8 @@ def test_cheap_commands_import_no_torch(run_python, args) -> None:
 def test_importing_mistralrs_imports_no_torch(run_python) -> None:
     result = run_python("""
         import sys
-        import mistralrs
-        from mistralrs import PluginManager, Selection, resolve
+        import mistralrs_torch
+        from mistralrs_torch import PluginManager, Selection, resolve
         manager = PluginManager()
         resolve(manager.features, manager.broken, Selection(), manager.probe_system(), {})
         assert "torch" not in sys.modules and "numpy" not in sys.modules, sorted(sys.modules)
@@ -48,8 +48,8 @@ def test_importing_mistralrs_imports_no_torch(run_python) -> None:
 def test_a_bad_selection_also_stays_light(run_python) -> None:
     result = run_python("""
         import sys
-        from mistralrs import SelectionError
-        from mistralrs.cli import cli
+        from mistralrs_torch import SelectionError
+        from mistralrs_torch.cli import cli
         try:
             cli(["plugins", "resolve", "--system", "v100", "--features", "flash-attn"], standalone_mode=False)
         except Exception as exc:
@@ -62,7 +62,7 @@ def test_a_bad_selection_also_stays_light(run_python) -> None:
 def test_the_cheap_probe_agrees_with_torch_itself(run_python) -> None:
     result = run_python("""
         import json, sys
-        from mistralrs import probe_system
+        from mistralrs_torch import probe_system
         cheap = probe_system(environ={})
         assert "torch" not in sys.modules
         import torch

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from mistralrs import ConfigError
-from mistralrs.ops import Device
-from mistralrs.parallel import (
+from mistralrs_torch import ConfigError
+from mistralrs_torch.ops import Device
+from mistralrs_torch.parallel import (
     DEFAULT_TIMEOUT,
     Timeouts,
     auto_device_map,
@@ -172,7 +172,7 @@ def test_the_explicit_map_can_come_from_the_environment() -> None:
 def test_the_light_modules_import_no_torch(run_python) -> None:
     result = run_python("""
         import sys
-        from mistralrs.parallel import auto_device_map, torchrun_rendezvous, collective_timeouts, Rendezvous
+        from mistralrs_torch.parallel import auto_device_map, torchrun_rendezvous, collective_timeouts, Rendezvous
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
         """)
     assert result.returncode == 0, result.stderr

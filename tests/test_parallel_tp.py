@@ -24,10 +24,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import mistralrs.runtime._loading as loading
-from mistralrs import ConfigError, Runtime, UnsupportedCallError
-from mistralrs.generic import SingleProcessCommunicator
-from mistralrs.parallel import (
+import mistralrs_torch.runtime._loading as loading
+from mistralrs_torch import ConfigError, Runtime, UnsupportedCallError
+from mistralrs_torch.generic import SingleProcessCommunicator
+from mistralrs_torch.parallel import (
     ColumnParallelLinear,
     ParallelMLP,
     RowParallelLinear,
@@ -267,9 +267,9 @@ def test_launched_ranks_without_a_collective_feature_are_refused() -> None:
 
 WORKER = """
 import json, sys, torch
-import mistralrs.runtime._loading as loading
-from mistralrs import Runtime
-from mistralrs.parallel import ParallelMLP, load_replicated
+import mistralrs_torch.runtime._loading as loading
+from mistralrs_torch import Runtime
+from mistralrs_torch.parallel import ParallelMLP, load_replicated
 
 weights, x_path, out_dir = sys.argv[1:4]
 log, real = [], loading.safe_open
@@ -330,7 +330,7 @@ def spawn() -> Iterator[Callable[..., list[subprocess.Popen[str]]]]:
 @pytest.mark.parametrize("world", [2, 4])
 def test_tp_over_ring_matches_the_single_process_run(tmp_path: Path, runtime: Runtime, spawn: Callable, world: int
                                                      ) -> None:
-    from mistralrs_ring._config import ring_config_set, write_ring_configs
+    from mistralrs_torch_ring._config import ring_config_set, write_ring_configs
 
     weights = tmp_path / "w.safetensors"
     tensors = write_mlp(weights)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,27 +16,22 @@ GUIDE = ROOT / "docs" / "writing-a-plugin.md"
 BLOCK = re.compile(r"^```\w+ file=(\S+)\n(.*?)^```$", re.M | re.S)
 
 
-def _uv() -> list[str]:
-    found = os.environ.get("UV") or shutil.which("uv")  # `uv run` sets UV to its own binary
-    return [found] if found else [sys.executable, "-m", "uv"]
-
-
 def test_the_guide_names_every_file_of_its_layout() -> None:
     files = dict(BLOCK.findall(GUIDE.read_text()))
-    assert set(files) == {"pyproject.toml", "src/mistralrs_numpy_blas/_manifest.py",
-                          "src/mistralrs_numpy_blas/_backend.py", "src/mistralrs_numpy_blas/plugin.py",
-                          "src/mistralrs_numpy_blas/__init__.py", "tests/test_conformance.py"}
+    assert set(files) == {"pyproject.toml", "src/mistralrs_torch_numpy_blas/_manifest.py",
+                          "src/mistralrs_torch_numpy_blas/_backend.py", "src/mistralrs_torch_numpy_blas/plugin.py",
+                          "src/mistralrs_torch_numpy_blas/__init__.py", "tests/test_conformance.py"}
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def site(tmp_path_factory: pytest.TempPathFactory,
+         install_into: Callable[[Path, Path], Path]) -> tuple[Path, Path]:
     project = tmp_path_factory.mktemp("guide-project")
     for name, text in BLOCK.findall(GUIDE.read_text()):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text(text)
     target = tmp_path_factory.mktemp("guide-site")
-    subprocess.run([*_uv(), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(project)],
-                   check=True, timeout=300)
+    install_into(project, target)
     return project, target
 
 
@@ -49,11 +44,11 @@ def _run(target: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_guides_plugin_is_listed_and_passes_the_kit(site: tuple[Path, Path]) -> None:
     _, target = site
-    listed = _run(target, "-m", "mistralrs", "plugins", "list")
+    listed = _run(target, "-m", "mistralrs_torch", "plugins", "list")
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith("numpy-blas"))
-    assert "mistralrs-numpy-blas 0.1.0" in row and "active" in row
-    kit = _run(target, "-m", "mistralrs", "plugins", "test", "numpy_blas")
+    assert "mistralrs-torch-numpy-blas 0.1.0" in row and "active" in row
+    kit = _run(target, "-m", "mistralrs_torch", "plugins", "test", "numpy_blas")
     assert kit.returncode == 0, kit.stdout + kit.stderr
     assert "numpy-blas-matmul (numpy-blas) linear" in kit.stdout
 
@@ -66,7 +61,7 @@ def test_the_guides_own_test_file_passes(site: tuple[Path, Path]) -> None:
 
 def test_doctor_runs_the_guides_check_and_verifies_its_backend(site: tuple[Path, Path]) -> None:
     _, target = site
-    result = _run(target, "-m", "mistralrs", "doctor")
+    result = _run(target, "-m", "mistralrs_torch", "doctor")
     assert result.returncode == 0, result.stdout[-3000:]
     assert "numpy [numpy_blas]" in result.stdout
     assert re.search(r"ok linear / numpy-blas-matmul \(numpy-blas\) float32 on cpu: verified", result.stdout)

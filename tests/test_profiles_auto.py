@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from mistralrs import ConfigError, Selection, SystemSnapshot, load_system
-from mistralrs.system import PROFILE_NAMES
+from mistralrs_torch import ConfigError, Selection, SystemSnapshot, load_system
+from mistralrs_torch.system import PROFILE_NAMES
 
 SHIPPED_PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100",
                     "apple-m2", "xeon-cpu", "epyc-cpu")
@@ -62,7 +62,7 @@ def test_every_feature_says_why_it_has_its_status(resolve_on, profile: str) -> N
 def test_generic_cpu_is_always_active(resolve_on, profile: str) -> None:
     resolution = resolve_on(profile)
     assert "cpu" in resolution.active
-    assert resolution.status("cpu").plugin.distribution == "mistralrs"
+    assert resolution.status("cpu").plugin.distribution == "mistralrs-torch"
 
 
 def test_h100_prefers_flash_attn_v3_and_says_why_flash_attn_was_left_out(resolve_on) -> None:

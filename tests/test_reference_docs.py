@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import PluginManager
-from mistralrs.reference import features_reference_markdown, support_matrix_markdown
+from mistralrs_torch import PluginManager
+from mistralrs_torch.reference import features_reference_markdown, support_matrix_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REGENERATE = "regenerate with: uv run mistralrs plugins matrix --markdown > docs/support-matrix.md; " \
@@ -44,7 +44,7 @@ def test_matrix_has_one_row_per_installed_feature(installed) -> None:
 ])
 def test_quoted_messages_are_what_the_cli_prints(args: list[str], quoted: str) -> None:
     assert quoted in (DOCS / "features.md").read_text()
-    result = subprocess.run([sys.executable, "-m", "mistralrs", "plugins", "resolve", *args], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "plugins", "resolve", *args], capture_output=True,
                             text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert quoted in result.stderr

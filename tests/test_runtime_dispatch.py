@@ -17,18 +17,18 @@ from typing import Any
 import pytest
 import torch
 
-import mistralrs
-from mistralrs._errors import FallbackError, UnsupportedCallError
-from mistralrs.generic import GenericAttention, dense_attention
-from mistralrs.runtime import Binding, Runtime, explain_text
+import mistralrs_torch
+from mistralrs_torch._errors import FallbackError, UnsupportedCallError
+from mistralrs_torch.generic import GenericAttention, dense_attention
+from mistralrs_torch.runtime import Binding, Runtime, explain_text
 
 GROUP = "mistralrs.plugins"
 
 _PLUGIN = '''
 import torch
-from mistralrs import FeatureManifest, hookimpl
-from mistralrs.ops import Device, Support
-from mistralrs.generic import GenericAttention, GenericMatmul
+from mistralrs_torch import FeatureManifest, hookimpl
+from mistralrs_torch.ops import Device, Support
+from mistralrs_torch.generic import GenericAttention, GenericMatmul
 
 MANIFEST = FeatureManifest(name={feature!r}, summary="a fake feature for runtime tests",
                            distribution="fake-dist", **{manifest!r})
@@ -158,10 +158,10 @@ def module_of(entry_point: importlib.metadata.EntryPoint) -> Any:
 
 
 def build(entry_points: list[importlib.metadata.EntryPoint], environ: Mapping[str, str] | None = None,
-          **kwargs: Any) -> tuple[mistralrs.PluginManager, mistralrs.Resolution, Runtime]:
+          **kwargs: Any) -> tuple[mistralrs_torch.PluginManager, mistralrs_torch.Resolution, Runtime]:
     environ = dict(environ or {})
-    pm = mistralrs.PluginManager(entry_points=entry_points, environ=environ)
-    resolution = mistralrs.resolve(pm.features, pm.broken, mistralrs.read_selection(None, environ),
+    pm = mistralrs_torch.PluginManager(entry_points=entry_points, environ=environ)
+    resolution = mistralrs_torch.resolve(pm.features, pm.broken, mistralrs_torch.read_selection(None, environ),
                                    pm.probe_system(), environ)
     return pm, resolution, Runtime(resolution, pm, environ=environ, **kwargs)
 
@@ -293,7 +293,7 @@ def test_no_fallback_turns_a_fallback_into_an_error_naming_backend_and_reason(ma
         runtime.attention(*qkv(head_size=128))
     message = str(caught.value)
     assert "fake-attn-backend" in message and "head size 128" in message and "MISTRALRS_NO_FALLBACK" in message
-    assert isinstance(caught.value, mistralrs.MistralrsError)
+    assert isinstance(caught.value, mistralrs_torch.MistralrsError)
     assert runtime.fallbacks == ()  # nothing was bound
     with pytest.raises(FallbackError):  # and it is not cached as a success either
         runtime.attention(*qkv(head_size=128))
@@ -307,7 +307,7 @@ def test_no_fallback_off_values_allow_the_fallback(make_plugin) -> None:
 
 
 def test_no_fallback_with_a_malformed_value_is_a_config_error(make_plugin) -> None:
-    with pytest.raises(mistralrs.ConfigError, match="MISTRALRS_NO_FALLBACK"):
+    with pytest.raises(mistralrs_torch.ConfigError, match="MISTRALRS_NO_FALLBACK"):
         build([make_plugin("fake-attn")], {"MISTRALRS_NO_FALLBACK": "maybe"})
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mistralrs import load_system
-from mistralrs.system import HARDWARE_CLASSES
+from mistralrs_torch import load_system
+from mistralrs_torch.system import HARDWARE_CLASSES
 
 #: The seed's "Quick Reference": feature -> (platforms, requires)
 QUICK_REFERENCE = {
@@ -93,9 +93,29 @@ def test_the_seed_environment_variables_are_declared(manifests) -> None:
 
 def test_the_python_package_table(manager) -> None:
     distributions = {f.manifest.name: f.plugin.distribution for f in manager.features}
-    assert distributions["cuda"] == distributions["cudnn"] == "mistralrs-cuda"
-    assert distributions["flash-attn"] == distributions["flash-attn-v3"] == "mistralrs-flash-attn"
-    assert distributions["metal"] == "mistralrs-metal"
-    assert distributions["accelerate"] == "mistralrs-accelerate"
-    assert distributions["mkl"] == "mistralrs-mkl"
-    assert distributions["cpu"] == "mistralrs"
+    assert distributions["cuda"] == distributions["cudnn"] == "mistralrs-torch-cuda"
+    assert distributions["flash-attn"] == distributions["flash-attn-v3"] == "mistralrs-torch-flash-attn"
+    assert distributions["metal"] == "mistralrs-torch-metal"
+    assert distributions["accelerate"] == "mistralrs-torch-accelerate"
+    assert distributions["mkl"] == "mistralrs-torch-mkl"
+    assert distributions["cpu"] == "mistralrs-torch"
+
+
+def test_the_seed_catalogue_maps_each_seed_package_onto_ours_giving_its_features(manager) -> None:
+    import importlib.metadata
+
+    from mistralrs_torch.features import seed_packages
+
+    by_dist: dict[str, set[str]] = {}
+    for f in manager.features:
+        by_dist.setdefault(f.plugin.distribution, set()).add(f.manifest.name)
+
+    def gives(dist: str) -> set[str]:
+        brought = [r.split("==")[0] for r in importlib.metadata.requires(dist) or [] if r.startswith("mistralrs-torch-")]
+        return by_dist.get(dist, set()).union(*(gives(d) for d in brought))
+
+    rows = {p.seed: p for p in seed_packages()}
+    assert set(rows) == {"mistralrs", "mistralrs-cuda", "mistralrs-metal", "mistralrs-mkl"}
+    for row in rows.values():
+        assert row.distribution.startswith("mistralrs-torch") and row.distribution in by_dist
+        assert set(row.seed_features) <= gives(row.distribution), row

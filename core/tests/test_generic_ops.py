@@ -2,7 +2,7 @@
 
 The references below are written from the op contract (DESIGN.md, "Op
 conventions") with explicit per-head / per-row numpy loops, not with torch and
-not with mistralrs.doctor._reference (that one is cross-checked, not trusted).
+not with mistralrs_torch.doctor._reference (that one is cross-checked, not trusted).
 A few tiny cases are computed by hand.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs import ConfigError, MistralrsError
-from mistralrs._errors import UnsupportedCallError
-from mistralrs.generic import (
+from mistralrs_torch import ConfigError, MistralrsError
+from mistralrs_torch._errors import UnsupportedCallError
+from mistralrs_torch.generic import (
     GenericAttention,
     GenericMatmul,
     SingleProcessCollectives,
@@ -27,8 +27,8 @@ from mistralrs.generic import (
     dequantize_int8,
     gather_paged_kv,
 )
-from mistralrs.ops import AttentionBackend, CallSpec, CollectiveBackend, Communicator, MatmulBackend
-from mistralrs.runtime import TensorSlice, load_safetensors
+from mistralrs_torch.ops import AttentionBackend, CallSpec, CollectiveBackend, Communicator, MatmulBackend
+from mistralrs_torch.runtime import TensorSlice, load_safetensors
 
 #: Relative tolerance (|got - ref| / max(1, |ref|max)) per dtype.
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 3e-2}
@@ -162,7 +162,7 @@ def test_gqa_head_mapping_by_hand() -> None:
 
 def test_reference_in_this_file_matches_doctor_reference(gen: torch.Generator) -> None:
     """Cross-check: two independently written float64 references agree (GQA, causal, ragged)."""
-    from mistralrs.doctor import _reference as doctor_ref
+    from mistralrs_torch.doctor import _reference as doctor_ref
 
     q, k, v = randn(2, 8, 3, 8, gen=gen, dtype=torch.float64), randn(2, 2, 7, 8, gen=gen, dtype=torch.float64), \
         randn(2, 2, 7, 8, gen=gen, dtype=torch.float64)
@@ -314,7 +314,7 @@ def test_paged_attention_with_custom_scale(gen: torch.Generator) -> None:
 
 def test_paged_attention_matches_doctor_reference(gen: torch.Generator) -> None:
     """Cross-check with the doctor's numpy reference on the same cache."""
-    from mistralrs.doctor import _reference as doctor_ref
+    from mistralrs_torch.doctor import _reference as doctor_ref
 
     q, k_cache, v_cache, table, lens, _ = make_paged([1, 5, 19], 4, 1, gen, torch.float64)
     out = GenericAttention().paged_attention(q, k_cache, v_cache, table, lens)
@@ -511,7 +511,7 @@ def test_load_safetensors_negative_dim_slices_that_dimension(weights) -> None:
 
 
 def test_runtime_loads_through_the_same_loader(weights) -> None:
-    from mistralrs.runtime import Runtime
+    from mistralrs_torch.runtime import Runtime
 
     path, tensors = weights
     runtime = Runtime.create(environ={"MISTRALRS_FEATURES": "none", "MISTRALRS_PLUGIN_AUTOLOAD": "0"})

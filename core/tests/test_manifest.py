@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from mistralrs import (
+from mistralrs_torch import (
     PLUGIN_API_VERSION,
     AutoCondition,
     EnvVar,
@@ -17,7 +17,7 @@ from mistralrs import (
     ModuleRequirement,
     PluginError,
 )
-from mistralrs.features import OPS, PLATFORMS
+from mistralrs_torch.features import OPS, PLATFORMS
 
 
 def _manifest(**overrides) -> FeatureManifest:
@@ -220,7 +220,7 @@ def test_manifests_compare_by_value() -> None:
 
 def test_frozen_manifests_and_snapshots_are_hashable() -> None:
     # Frozen value objects: usable as set members and cache keys.
-    from mistralrs import load_system
+    from mistralrs_torch import load_system
 
     m = _manifest(cpu_vendor_notes={"amd": "note"})
     assert hash(m) == hash(_manifest(cpu_vendor_notes={"amd": "note"}))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from mistralrs import (
+from mistralrs_torch import (
     GPU,
     AutoCondition,
     BrokenPlugin,
@@ -24,12 +24,12 @@ from mistralrs import (
     SystemSnapshot,
     resolve,
 )
-from mistralrs.plugins import GENERIC_CPU
-from mistralrs.resolution import STATUSES
-from mistralrs.system import CPU
+from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.resolution import STATUSES
+from mistralrs_torch.system import CPU
 
 PLUGIN = PluginInfo("synthetic", "synthetic-dist", "1.0", "synthetic.plugin")
-BUILTIN = PluginInfo("builtin", "mistralrs", "0", "mistralrs.plugins._builtin")
+BUILTIN = PluginInfo("builtin", "mistralrs-torch", "0", "mistralrs_torch.plugins._builtin")
 
 
 def _installed(*manifests: FeatureManifest) -> list[InstalledFeature]:

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistralrs import (
+from mistralrs_torch import (
     AutoCondition,
     FeatureManifest,
     GPURequirement,
@@ -43,14 +43,14 @@ from mistralrs import (
     read_selection,
     resolve,
 )
-from mistralrs._errors import Violation
-from mistralrs.features import PLATFORMS
-from mistralrs.plugins import GENERIC_CPU
-from mistralrs.resolution import STATUSES
-from mistralrs.resolution._rules import hardware_problems
-from mistralrs.system import PROFILE_NAMES
+from mistralrs_torch._errors import Violation
+from mistralrs_torch.features import PLATFORMS
+from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.resolution import STATUSES
+from mistralrs_torch.resolution._rules import hardware_problems
+from mistralrs_torch.system import PROFILE_NAMES
 
-BUILTIN = PluginInfo("builtin", "mistralrs", "0", "mistralrs.plugins._builtin")
+BUILTIN = PluginInfo("builtin", "mistralrs-torch", "0", "mistralrs_torch.plugins._builtin")
 #: Two synthetic plugins, so the resolution's grouping by distribution is exercised too.
 PLUGINS = (PluginInfo("synthetic-a", "synthetic-a-dist", "1.0", "synthetic_a.plugin"),
            PluginInfo("synthetic-b", "synthetic-b-dist", "1.0", "synthetic_b.plugin"))
@@ -430,11 +430,11 @@ def test_auto_mode_follows_auto_enables_as_far_as_explicit_mode() -> None:
 
 
 _RIVALS_SCRIPT = """
-from mistralrs import FeatureManifest, InstalledFeature, PluginInfo, Selection, SystemSnapshot, resolve
-from mistralrs.plugins import GENERIC_CPU
+from mistralrs_torch import FeatureManifest, InstalledFeature, PluginInfo, Selection, SystemSnapshot, resolve
+from mistralrs_torch.plugins import GENERIC_CPU
 
 plugin = PluginInfo("synthetic-a", "synthetic-a-dist", "1.0", "synthetic_a.plugin")
-builtin = PluginInfo("builtin", "mistralrs", "0", "mistralrs.plugins._builtin")
+builtin = PluginInfo("builtin", "mistralrs-torch", "0", "mistralrs_torch.plugins._builtin")
 def m(name, **kwargs):
     return InstalledFeature(FeatureManifest(name=name, summary="x", distribution=plugin.distribution, **kwargs), plugin)
 installed = [InstalledFeature(GENERIC_CPU, builtin), m("a", excludes=("c",), priority=10),

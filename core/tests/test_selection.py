@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import ConfigError, Selection, read_selection
+from mistralrs_torch import ConfigError, Selection, read_selection
 
 
 def _config(folder: Path, mistralrs_toml: str | None = None, pyproject: str | None = None) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistralrs import ConfigError, Selection, read_selection
+from mistralrs_torch import ConfigError, Selection, read_selection
 
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 _names = st.sampled_from(("cuda", "cudnn", "flash-attn", "mkl", "auto", "none", "Cuda", "flash_attn", "x"))

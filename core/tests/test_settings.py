@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mistralrs import PLUGIN_API_VERSION, ConfigError, MistralrsError
-from mistralrs._settings import CORE_ENV_VARS, env_flag, env_list
-from mistralrs._version import supports_api_version
+from mistralrs_torch import PLUGIN_API_VERSION, ConfigError, MistralrsError
+from mistralrs_torch._settings import CORE_ENV_VARS, env_flag, env_list
+from mistralrs_torch._version import supports_api_version
 
 
 @pytest.mark.parametrize("value", ["1", "true", "True", "YES", "on", " 1 "])

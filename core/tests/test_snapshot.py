@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import GPU, ConfigError, SystemProfileError, SystemSnapshot, load_system, probe_system
-from mistralrs.system import PROFILE_NAMES, SCHEMA, hardware_classes, visible_device_filter
+from mistralrs_torch import GPU, ConfigError, SystemProfileError, SystemSnapshot, load_system, probe_system
+from mistralrs_torch.system import PROFILE_NAMES, SCHEMA, hardware_classes, visible_device_filter
 
 SHIPPED_PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100",
                     "apple-m2", "xeon-cpu", "epyc-cpu")

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from mistralrs.ops import CallSpec
-from mistralrs.system import blas_info
-from mistralrs_accelerate import plugin
-from mistralrs_accelerate._backend import AccelerateMatmul, is_accelerate
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.system import blas_info
+from mistralrs_torch_accelerate import plugin
+from mistralrs_torch_accelerate._backend import AccelerateMatmul, is_accelerate
 
 
 def test_blas_names_that_mean_accelerate() -> None:

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-import mistralrs
-from mistralrs import FeatureManifest, PluginManager, hookimpl, load_system
-from mistralrs.doctor import _reference as ref
-from mistralrs.ops import CallSpec, Support
-from mistralrs.runtime import Runtime
-from mistralrs_cuda import _backends, plugin
-from mistralrs_cuda._backends import CUDNN_OP_ARGUMENTS, CudnnAttention, configure_cudnn, cuda_attention, cuda_matmul
-from mistralrs_cuda._devices import cuda_devices
-from mistralrs_cuda._facts import CudaFacts
+import mistralrs_torch
+from mistralrs_torch import FeatureManifest, PluginManager, hookimpl, load_system
+from mistralrs_torch.doctor import _reference as ref
+from mistralrs_torch.ops import CallSpec, Support
+from mistralrs_torch.runtime import Runtime
+from mistralrs_torch_cuda import _backends, plugin
+from mistralrs_torch_cuda._backends import CUDNN_OP_ARGUMENTS, CudnnAttention, configure_cudnn, cuda_attention, cuda_matmul
+from mistralrs_torch_cuda._devices import cuda_devices
+from mistralrs_torch_cuda._facts import CudaFacts
 
 H100 = CudaFacts.from_snapshot(load_system("h100"))
 
@@ -104,7 +104,7 @@ def test_torchs_own_check_has_the_last_word_and_is_asked_only_after_the_static_r
 
 
 def test_cudnn_attention_is_no_candidate_for_paged_attention() -> None:
-    from mistralrs.runtime import Dispatcher
+    from mistralrs_torch.runtime import Dispatcher
 
     assert CudnnAttention.paged_attention is None
     (only,) = Dispatcher("paged_attention", (CudnnAttention(H100), cuda_attention()), "paged_attention", False).backends
@@ -208,7 +208,7 @@ def _props(name: str, major: int, minor: int, uuid: str, total: int) -> types.Si
 def test_devices_follow_torchs_numbering_and_match_nvml_by_uuid(monkeypatch: pytest.MonkeyPatch) -> None:
     # NVML numbers in PCI order (the A100 first); CUDA put the H100 first: free memory must follow the UUID.
     h100 = load_system("h100").gpus[0]
-    nvml = (mistralrs.GPU(0, "NVIDIA A100-SXM4-80GB", "nvidia", (8, 0), 85899345920, 1000, "GPU-aaaa"),
+    nvml = (mistralrs_torch.GPU(0, "NVIDIA A100-SXM4-80GB", "nvidia", (8, 0), 85899345920, 1000, "GPU-aaaa"),
             dataclasses.replace(h100, index=1, memory_free=2000, uuid="GPU-bbbb"))
     system = dataclasses.replace(load_system("h100"), gpus=nvml)
     props = [_props("NVIDIA H100 80GB HBM3", 9, 0, "bbbb", 85899345920),

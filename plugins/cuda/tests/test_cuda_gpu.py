@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs.doctor import _reference as ref
-from mistralrs.doctor import run_doctor
-from mistralrs.doctor._verify import TOLERANCE
-from mistralrs.ops import CallSpec
-from mistralrs.runtime import Runtime
-from mistralrs_cuda._backends import CudnnAttention, cuda_attention, cuda_matmul, torch_cudnn_check
-from mistralrs_cuda._facts import CudaFacts
+from mistralrs_torch.doctor import _reference as ref
+from mistralrs_torch.doctor import run_doctor
+from mistralrs_torch.doctor._verify import TOLERANCE
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.runtime import Runtime
+from mistralrs_torch_cuda._backends import CudnnAttention, cuda_attention, cuda_matmul, torch_cudnn_check
+from mistralrs_torch_cuda._facts import CudaFacts
 
 pytestmark = pytest.mark.gpu
 DTYPES = [torch.float16, torch.bfloat16]
@@ -133,7 +133,7 @@ def test_doctor_verifies_every_bound_nvidia_backend_on_this_gpu() -> None:
 
 
 def test_the_conformance_kit_passes_on_this_gpu() -> None:
-    from mistralrs.testing import run_kit
+    from mistralrs_torch.testing import run_kit
 
     results = run_kit("cuda")
     assert not [r for r in results if r.status == "failed"], [r for r in results if r.status == "failed"]

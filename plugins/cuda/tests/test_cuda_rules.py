@@ -11,12 +11,12 @@ import dataclasses
 
 import pytest
 
-from mistralrs import GPU, PluginManager, Selection, SelectionError, load_system, resolve
-from mistralrs.doctor import run_doctor
-from mistralrs.system import SystemSnapshot
-from mistralrs_cuda._checks import cuda_checks, torch_cuda_fix
-from mistralrs_cuda._facts import CudaFacts, cudnn_label, cudnn_version_number, parse_version
-from mistralrs_cuda import plugin
+from mistralrs_torch import GPU, PluginManager, Selection, SelectionError, load_system, resolve
+from mistralrs_torch.doctor import run_doctor
+from mistralrs_torch.system import SystemSnapshot
+from mistralrs_torch_cuda._checks import cuda_checks, torch_cuda_fix
+from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label, cudnn_version_number, parse_version
+from mistralrs_torch_cuda import plugin
 
 PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100", "apple-m2")
 NVIDIA = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100")
@@ -129,7 +129,7 @@ def test_v100_doctor_says_cudnn_attention_needs_ampere() -> None:
 def test_cpu_build_of_torch_with_a_gpu_is_a_warning_with_the_platforms_fix(profile: str, fix: str) -> None:
     system = _cpu_torch(profile)
     assert _checks(system)["torch build"] == (
-        "warning", "torch 2.11.0+cpu is a CPU build (no CUDA): 1 NVIDIA GPU(s) are visible but mistralrs-cuda is "
+        "warning", "torch 2.11.0+cpu is a CPU build (no CUDA): 1 NVIDIA GPU(s) are visible but mistralrs-torch-cuda is "
                    "installed and cannot run cuda with it", fix)
     assert torch_cuda_fix(system) == fix
 
@@ -137,7 +137,7 @@ def test_cpu_build_of_torch_with_a_gpu_is_a_warning_with_the_platforms_fix(profi
 def test_cpu_build_of_torch_without_a_gpu_is_information() -> None:
     system = dataclasses.replace(_cpu_torch("a100"), gpus=())
     status, message, _ = _checks(system)["torch build"]
-    assert status == "info" and message == ("torch 2.11.0+cpu is a CPU build (no CUDA): mistralrs-cuda is installed "
+    assert status == "info" and message == ("torch 2.11.0+cpu is a CPU build (no CUDA): mistralrs-torch-cuda is installed "
                                             "and cannot run cuda with it")
 
 

@@ -109,7 +109,7 @@ def test_the_gpu_step_fails_where_torch_sees_no_gpu_unless_rehearsing(monkeypatc
 def test_the_benchmarks_measuring_code_runs_end_to_end_on_the_cpu() -> None:
     # The GPU run is scarce: its code paths (kernel binding, direct counterparts, rows, table) run here on tiny
     # CPU shapes, so only the CUDA timing itself is new there.
-    from mistralrs.runtime import Runtime
+    from mistralrs_torch.runtime import Runtime
 
     runtime = Runtime.create(features="none", environ={})
     rows = bench.bench_attention(runtime, ((1, 16),), 1, None, device="cpu", heads=2)

@@ -1,4 +1,4 @@
-"""The mistralrs-cuda plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
+"""The mistralrs-torch-cuda plugin through the conformance kit (mistralrs_torch.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from mistralrs_cuda import CUDA, CUDNN
+from mistralrs_torch_cuda import CUDA, CUDNN
 
 
 def test_conformance_kit(mistralrs_kit) -> None:
@@ -16,9 +16,9 @@ def test_conformance_kit(mistralrs_kit) -> None:
 
 
 def test_the_seed_package_table_holds() -> None:
-    # pip install mistralrs-cuda brings in mistralrs-flash-attn (the seed's Python package table).
-    requirements = [r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("mistralrs-cuda") or []]
-    for dependency in ["mistralrs-flash-attn"]:
+    # pip install mistralrs-torch-cuda brings in mistralrs-torch-flash-attn (the seed's Python package table).
+    requirements = [r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("mistralrs-torch-cuda") or []]
+    for dependency in ["mistralrs-torch-flash-attn"]:
         assert any(r.startswith(dependency + "==") for r in requirements), requirements
 
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs.doctor import _reference as ref
-from mistralrs.generic import dense_attention, gather_paged_kv
-from mistralrs.ops import CallSpec
-from mistralrs_flash_attn._backends import FlashAttention2
-from mistralrs.system import GPUFacts
-from mistralrs_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
+from mistralrs_torch.doctor import _reference as ref
+from mistralrs_torch.generic import dense_attention, gather_paged_kv
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch_flash_attn._backends import FlashAttention2
+from mistralrs_torch.system import GPUFacts
+from mistralrs_torch_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
 HOPPER = GPUFacts((9, 0), "NVIDIA H100 80GB HBM3")
 AMPERE = GPUFacts((8, 0), "NVIDIA A100-SXM4-80GB")
@@ -407,8 +407,8 @@ def test_a_flash_attention_3_that_fails_to_import_says_so(monkeypatch: pytest.Mo
 
 
 def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mistralrs._errors import FallbackError
-    from mistralrs.runtime import Dispatcher
+    from mistralrs_torch._errors import FallbackError
+    from mistralrs_torch.runtime import Dispatcher
 
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
     fa3 = flash_attn_v3_backend(HOPPER)
@@ -417,7 +417,7 @@ def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(m
         name, feature, priority = "next", "cuda", 100
 
         def supports(self, call):  # noqa: ANN001, ANN202
-            from mistralrs.ops import Support
+            from mistralrs_torch.ops import Support
             return Support(True)
 
         def attention(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -439,7 +439,7 @@ def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(m
 @pytest.mark.parametrize("causal", [True, False])
 def test_torchs_flash_call_binds_to_the_ops_schema(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
     # On meta tensors torch runs the op's own argument binding and shape rules without a GPU.
-    from mistralrs_flash_attn import _backends
+    from mistralrs_torch_flash_attn import _backends
 
     seen = []
     real = _backends._flash_op

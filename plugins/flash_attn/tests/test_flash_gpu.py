@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs.doctor import _reference as ref
-from mistralrs.doctor import run_doctor
-from mistralrs.doctor._verify import TOLERANCE
-from mistralrs.ops import CallSpec
-from mistralrs.runtime import Runtime
-from mistralrs_flash_attn import INSTALL_FLASH_ATTN
-from mistralrs_flash_attn._backends import FlashAttention2, TorchFlashAttention, torch_flash_check
-from mistralrs.system import GPUFacts
-from mistralrs_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
+from mistralrs_torch.doctor import _reference as ref
+from mistralrs_torch.doctor import run_doctor
+from mistralrs_torch.doctor._verify import TOLERANCE
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.runtime import Runtime
+from mistralrs_torch_flash_attn import INSTALL_FLASH_ATTN
+from mistralrs_torch_flash_attn._backends import FlashAttention2, TorchFlashAttention, torch_flash_check
+from mistralrs_torch.system import GPUFacts
+from mistralrs_torch_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
 pytestmark = pytest.mark.gpu
 DTYPES = [torch.float16, torch.bfloat16]
@@ -141,7 +141,7 @@ def test_the_runtime_binds_flash_attn_and_doctor_names_the_same_implementation()
 
 
 def test_the_conformance_kit_passes_on_this_gpu() -> None:
-    from mistralrs.testing import run_kit
+    from mistralrs_torch.testing import run_kit
 
     results = run_kit("flash_attn")
     assert not [r for r in results if r.status == "failed"], [r for r in results if r.status == "failed"]

@@ -12,19 +12,19 @@ import sys
 
 import pytest
 
-from mistralrs import GPU, PluginManager, Selection, SelectionError, load_system, resolve
-from mistralrs.ops import CallSpec
-from mistralrs_flash_attn import INSTALL_FLASH_ATTN, INSTALL_FLASH_ATTN_3
-from mistralrs_flash_attn._backends import (
+from mistralrs_torch import GPU, PluginManager, Selection, SelectionError, load_system, resolve
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch_flash_attn import INSTALL_FLASH_ATTN, INSTALL_FLASH_ATTN_3
+from mistralrs_torch_flash_attn._backends import (
     FA2_PRIORITY,
     FA3_PRIORITY,
     FlashAttention2,
     FlashAttention3,
     TorchFlashAttention,
 )
-from mistralrs_flash_attn._checks import flash_checks
-from mistralrs.system import GPUFacts
-from mistralrs_flash_attn import plugin
+from mistralrs_torch_flash_attn._checks import flash_checks
+from mistralrs_torch.system import GPUFacts
+from mistralrs_torch_flash_attn import plugin
 
 PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100", "apple-m2")
 _FA3_INSTALL = INSTALL_FLASH_ATTN_3
@@ -154,7 +154,7 @@ def test_the_plugins_doctor_hook_never_imports_for_a_loaded_profile(monkeypatch:
     def fail(name: str):
         raise AssertionError(f"imported {name} to judge a loaded profile")
 
-    monkeypatch.setattr("mistralrs_flash_attn._select.import_optional", fail)
+    monkeypatch.setattr("mistralrs_torch_flash_attn._select.import_optional", fail)
     checks = plugin.mistralrs_doctor_checks(frozenset({"cuda", "flash-attn-v3"}), load_system("h100"))
     assert [c.status for c in checks] == ["ok"]
 
@@ -319,8 +319,8 @@ def test_mixed_gpus_are_judged_by_the_lowest_compute_capability() -> None:
 
 
 def test_priorities_order_fa3_over_fa2_over_cudnn_over_cuda_over_generic() -> None:
-    from mistralrs.generic import GenericAttention
-    from mistralrs_cuda._backends import CUDA_PRIORITY, CUDNN_PRIORITY
+    from mistralrs_torch.generic import GenericAttention
+    from mistralrs_torch_cuda._backends import CUDA_PRIORITY, CUDNN_PRIORITY
 
     assert FA3_PRIORITY > FA2_PRIORITY > CUDNN_PRIORITY > CUDA_PRIORITY > GenericAttention().priority
     assert FlashAttention2.priority == TorchFlashAttention.priority == FA2_PRIORITY

@@ -1,11 +1,11 @@
-"""The mistralrs-flash-attn plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
+"""The mistralrs-torch-flash-attn plugin through the conformance kit (mistralrs_torch.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
 
 from __future__ import annotations
 
-from mistralrs_flash_attn import FLASH_ATTN, FLASH_ATTN_V3, INSTALL_FLASH_ATTN_3
+from mistralrs_torch_flash_attn import FLASH_ATTN, FLASH_ATTN_V3, INSTALL_FLASH_ATTN_3
 
 
 def test_conformance_kit(mistralrs_kit) -> None:
@@ -35,15 +35,15 @@ def test_flash_attention_3_is_found_by_module_and_never_a_dependency() -> None:
     (module,) = FLASH_ATTN_V3.modules
     assert (module.module, module.distribution) == ("flash_attn_interface", "flash_attn_3")
     assert module.install == INSTALL_FLASH_ATTN_3
-    requirements = importlib.metadata.requires("mistralrs-flash-attn") or []
+    requirements = importlib.metadata.requires("mistralrs-torch-flash-attn") or []
     assert not any(r.lower().replace("_", "-").startswith(("flash-attn", "flash-attn-3")) for r in requirements)
 
 
 def test_the_probe_hook_reports_flash_attn_only_when_installed() -> None:
     import importlib.util
 
-    from mistralrs import load_system
-    from mistralrs_flash_attn import plugin
+    from mistralrs_torch import load_system
+    from mistralrs_torch_flash_attn import plugin
 
     facts = plugin.mistralrs_probe_system(load_system("xeon-cpu"))
     assert isinstance(facts, dict)

@@ -1,4 +1,4 @@
-"""The mistralrs-metal plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
+"""The mistralrs-torch-metal plugin through the conformance kit (mistralrs_torch.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from mistralrs_metal import METAL
+from mistralrs_torch_metal import METAL
 
 
 def test_conformance_kit(mistralrs_kit) -> None:
@@ -16,9 +16,9 @@ def test_conformance_kit(mistralrs_kit) -> None:
 
 
 def test_the_seed_package_table_holds() -> None:
-    # pip install mistralrs-metal brings in mistralrs-accelerate (the seed's Python package table).
-    requirements = [r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("mistralrs-metal") or []]
-    for dependency in ["mistralrs-accelerate"]:
+    # pip install mistralrs-torch-metal brings in mistralrs-torch-accelerate (the seed's Python package table).
+    requirements = [r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("mistralrs-torch-metal") or []]
+    for dependency in ["mistralrs-torch-accelerate"]:
         assert any(r.startswith(dependency + "==") for r in requirements), requirements
 
 

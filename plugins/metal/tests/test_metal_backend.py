@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import mistralrs
-from mistralrs.ops import CallSpec
-from mistralrs.runtime import Runtime
-from mistralrs_metal import plugin
-from mistralrs_metal._backend import mps_attention, mps_dtypes, mps_matmul
+import mistralrs_torch
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.runtime import Runtime
+from mistralrs_torch_metal import plugin
+from mistralrs_torch_metal._backend import mps_attention, mps_dtypes, mps_matmul
 
 
 def test_backends_refuse_other_devices_and_float64_with_reasons() -> None:
@@ -31,30 +31,30 @@ def test_bfloat16_is_claimed_only_where_mps_can_run_it() -> None:
 
 
 def test_hooks_return_nothing_unless_metal_is_active() -> None:
-    snapshot = mistralrs.load_system("apple-m2")
+    snapshot = mistralrs_torch.load_system("apple-m2")
     assert plugin.mistralrs_devices(frozenset({"cpu"}), snapshot) == ()
     assert plugin.mistralrs_attention_backends(frozenset({"cpu"})) == ()
     assert plugin.mistralrs_matmul_backends(frozenset({"cpu"})) == ()
 
 
 def test_apple_m2_profile_activates_metal_and_accelerate_with_opt_in_paged_attention() -> None:
-    pm = mistralrs.PluginManager(environ={})
-    resolution = mistralrs.resolve(pm.features, pm.broken, mistralrs.Selection(), mistralrs.load_system("apple-m2"), {})
+    pm = mistralrs_torch.PluginManager(environ={})
+    resolution = mistralrs_torch.resolve(pm.features, pm.broken, mistralrs_torch.Selection(), mistralrs_torch.load_system("apple-m2"), {})
     assert {"metal", "accelerate", "cpu"} <= set(resolution.active)
     assert resolution.status("metal").manifest.paged_attention == "opt-in"
 
 
 def test_explicit_metal_on_linux_gets_the_seed_message() -> None:
-    pm = mistralrs.PluginManager(environ={})
-    with pytest.raises(mistralrs.SelectionError, match="metal is macOS-only: remove the metal feature"):
-        mistralrs.resolve(pm.features, pm.broken, mistralrs.Selection("explicit", ("metal",), "--features"),
-                          mistralrs.load_system("xeon-cpu"), {})
+    pm = mistralrs_torch.PluginManager(environ={})
+    with pytest.raises(mistralrs_torch.SelectionError, match="metal is macOS-only: remove the metal feature"):
+        mistralrs_torch.resolve(pm.features, pm.broken, mistralrs_torch.Selection("explicit", ("metal",), "--features"),
+                          mistralrs_torch.load_system("xeon-cpu"), {})
 
 
 @pytest.mark.mps
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_mps_ops_match_float64_reference(dtype: torch.dtype) -> None:
-    from mistralrs.doctor import _reference as ref
+    from mistralrs_torch.doctor import _reference as ref
 
     runtime = Runtime.create(features="metal", paged_attention=True, environ={})
     assert runtime.device.torch_device == "mps"

@@ -1,11 +1,11 @@
-"""The mistralrs-mkl plugin through the conformance kit (mistralrs.testing), and the rules of its own manifests.
+"""The mistralrs-torch-mkl plugin through the conformance kit (mistralrs_torch.testing), and the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
 
 from __future__ import annotations
 
-from mistralrs_mkl import MKL
+from mistralrs_torch_mkl import MKL
 
 
 def test_conformance_kit(mistralrs_kit) -> None:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import mistralrs
-from mistralrs.ops import CallSpec
-from mistralrs.runtime import Runtime
-from mistralrs_mkl import _backend
-from mistralrs_mkl._backend import MKLMatmul
-from mistralrs.system import BlasInfo, blas_info
+import mistralrs_torch
+from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.runtime import Runtime
+from mistralrs_torch_mkl import _backend
+from mistralrs_torch_mkl._backend import MKLMatmul
+from mistralrs_torch.system import BlasInfo, blas_info
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch here is not built with MKL")
 
@@ -110,13 +110,13 @@ def test_runtime_binds_mkl_and_records_the_visible_fallback() -> None:
 def test_no_fallback_mode_turns_that_fallback_into_an_error() -> None:
     runtime = Runtime.create(environ={"MISTRALRS_NO_FALLBACK": "1"})
     w8 = torch.randint(-127, 128, (8, 33), dtype=torch.int8)
-    with pytest.raises(mistralrs.FallbackError, match="mkl-matmul"):
+    with pytest.raises(mistralrs_torch.FallbackError, match="mkl-matmul"):
         runtime.int8_linear(torch.randn(2, 33, dtype=torch.bfloat16), w8, torch.rand(8, dtype=torch.bfloat16))
 
 
 def _threads_after_binding(env: dict[str, str]) -> str:
     # The runtime's environ is what counts: the process's own MKL_NUM_THREADS=3 must be ignored.
-    code = (f"import torch; from mistralrs.runtime import Runtime; Runtime.create(environ={env!r}); "
+    code = (f"import torch; from mistralrs_torch.runtime import Runtime; Runtime.create(environ={env!r}); "
             "print(torch.get_num_threads())")
     clean = {k: v for k, v in os.environ.items() if k not in ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
     result = subprocess.run([sys.executable, "-c", code], env={**clean, "MKL_NUM_THREADS": "3"}, capture_output=True,
@@ -136,7 +136,7 @@ def test_the_backend_reads_cpu_flags_from_the_resolved_snapshot_not_a_new_probe(
     threads = torch.get_num_threads()
     try:
         for profile, native in (("epyc-cpu", True), ("xeon-cpu", False)):
-            runtime = Runtime.create(features="mkl", system=mistralrs.load_system(profile), environ={"MKL_NUM_THREADS": "1"})
+            runtime = Runtime.create(features="mkl", system=mistralrs_torch.load_system(profile), environ={"MKL_NUM_THREADS": "1"})
             (mkl,) = [b for b in runtime.matmul_backends if b.feature == "mkl"]
             assert mkl.native_bf16 is native and (mkl.threads, mkl.threads_from) == (1, "MKL_NUM_THREADS")
     finally:
@@ -144,7 +144,7 @@ def test_the_backend_reads_cpu_flags_from_the_resolved_snapshot_not_a_new_probe(
 
 
 def test_bad_thread_count_is_a_config_error_naming_the_variable() -> None:
-    with pytest.raises(mistralrs.ConfigError, match="MKL_NUM_THREADS='many'"):
+    with pytest.raises(mistralrs_torch.ConfigError, match="MKL_NUM_THREADS='many'"):
         MKLMatmul({"MKL_NUM_THREADS": "many"})
-    with pytest.raises(mistralrs.ConfigError, match="at least 1"):
+    with pytest.raises(mistralrs_torch.ConfigError, match="at least 1"):
         MKLMatmul({"OMP_NUM_THREADS": "0"})

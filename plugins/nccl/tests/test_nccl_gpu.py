@@ -27,7 +27,7 @@ def test_world_size_one_on_one_gpu() -> None:
     # In a subprocess: the communicator owns torch.distributed's default group for the process's life.
     code = textwrap.dedent("""
         import torch
-        from mistralrs_nccl._backend import NCCLCollectives
+        from mistralrs_torch_nccl._backend import NCCLCollectives
         comm = NCCLCollectives().communicator({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "1"})
         assert (comm.rank, comm.world_size, comm.device) == (0, 1, "cuda:0"), comm
         assert comm.wire_dtypes == {}, comm.wire_dtypes  # NCCL reduces float16 and bfloat16 natively
@@ -55,7 +55,7 @@ def test_two_ranks_on_two_gpus(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     code = textwrap.dedent("""
         import os, torch
-        from mistralrs_nccl._backend import NCCLCollectives
+        from mistralrs_torch_nccl._backend import NCCLCollectives
         comm = NCCLCollectives().communicator(os.environ)
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             t = torch.full((1024,), float(comm.rank + 1), device=comm.device, dtype=dtype)

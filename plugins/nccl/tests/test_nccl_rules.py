@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from mistralrs import ConfigError, PluginManager, Selection, load_system, resolve
-from mistralrs.ops import Device
-from mistralrs.parallel import device_mapping_mode
-from mistralrs_nccl import plugin
-from mistralrs_nccl._doctor import nccl_checks
-from mistralrs_nccl._world import local_world_size, nccl_rendezvous
+from mistralrs_torch import ConfigError, PluginManager, Selection, load_system, resolve
+from mistralrs_torch.ops import Device
+from mistralrs_torch.parallel import device_mapping_mode
+from mistralrs_torch_nccl import plugin
+from mistralrs_torch_nccl._doctor import nccl_checks
+from mistralrs_torch_nccl._world import local_world_size, nccl_rendezvous
 
 H100x8 = load_system("multi-gpu-8xh100")
 H100 = load_system("h100")
@@ -175,8 +175,8 @@ def test_the_launch_environment_sets_the_local_world_size() -> None:
 
 
 def test_the_doctor_and_launch_hooks_import_no_torch() -> None:
-    code = ("import sys, mistralrs, mistralrs_nccl.plugin as p\n"
-            "p.mistralrs_doctor_checks(frozenset({'nccl', 'cuda'}), mistralrs.load_system('multi-gpu-8xh100'), {})\n"
+    code = ("import sys, mistralrs_torch, mistralrs_torch_nccl.plugin as p\n"
+            "p.mistralrs_doctor_checks(frozenset({'nccl', 'cuda'}), mistralrs_torch.load_system('multi-gpu-8xh100'), {})\n"
             "p.mistralrs_launch_environment('nccl', 0, 2, '127.0.0.1', 1, '/tmp')\n"
             "assert 'torch' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from mistralrs import CollectiveError, Runtime, UnsupportedCallError
+from mistralrs_torch import CollectiveError, Runtime, UnsupportedCallError
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Relative tolerance of a sum of 4 terms rounded once per partial sum, against the float64 reference.

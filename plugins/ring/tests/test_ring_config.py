@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mistralrs import ConfigError
-from mistralrs.cli import cli
-from mistralrs_ring._config import (
+from mistralrs_torch import ConfigError
+from mistralrs_torch.cli import cli
+from mistralrs_torch_ring._config import (
     FIELDS,
     check_ring_config,
     check_ring_configs,
@@ -169,7 +169,7 @@ def test_the_cli_reports_fuzzed_files_without_a_traceback(tmp_path: Path) -> Non
     paths = [_write(tmp_path, json.dumps(_mutations(rng)), f"f{i}.json") for i in range(8)]
     paths.append(_write(tmp_path, b"\x00\xff{", "binary.json"))
     for path in paths:
-        result = subprocess.run([sys.executable, "-m", "mistralrs", "ring", "check", str(path)], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "ring", "check", str(path)], capture_output=True,
                                 text=True, timeout=60, check=False)
         assert "Traceback" not in result.stderr + result.stdout
         if result.returncode:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs_ring._config import ring_config_set, write_ring_configs
+from mistralrs_torch_ring._config import ring_config_set, write_ring_configs
 
 pytestmark = pytest.mark.multiprocess
 

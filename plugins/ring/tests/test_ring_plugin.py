@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import CollectiveError, ConfigError, PluginManager
-from mistralrs.doctor import run_doctor
-from mistralrs_ring import plugin
-from mistralrs_ring._config import check_ring_configs, ring_config_set, write_ring_configs
-from mistralrs_ring._doctor import ring_checks
-from mistralrs_ring._rendezvous import ring_rendezvous
+from mistralrs_torch import CollectiveError, ConfigError, PluginManager
+from mistralrs_torch.doctor import run_doctor
+from mistralrs_torch_ring import plugin
+from mistralrs_torch_ring._config import check_ring_configs, ring_config_set, write_ring_configs
+from mistralrs_torch_ring._doctor import ring_checks
+from mistralrs_torch_ring._rendezvous import ring_rendezvous
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
@@ -152,7 +152,7 @@ def test_the_backend_is_returned_only_when_ring_is_active() -> None:
 
 
 def test_the_cli_and_launch_hooks_stay_light() -> None:
-    code = ("import sys, tempfile, mistralrs_ring.plugin as p\n"
+    code = ("import sys, tempfile, mistralrs_torch_ring.plugin as p\n"
             "p.mistralrs_cli_commands(); p.mistralrs_doctor_checks(frozenset({'ring'}), {})\n"
             "p.mistralrs_launch_environment('ring', 0, 2, '127.0.0.1', 29500, tempfile.mkdtemp())\n"
             "assert 'torch' not in sys.modules, 'torch'\n")
@@ -201,7 +201,7 @@ def _rank0(tmp_path: Path, port: int, master_ip: str = "127.0.0.1") -> dict[str,
 
 @pytest.mark.parametrize("master_ip", ["127.0.0.1", "0.0.0.0"])
 def test_a_port_in_use_is_a_clear_error(tmp_path: Path, master_ip: str) -> None:
-    from mistralrs_ring._backend import GlooCollectives
+    from mistralrs_torch_ring._backend import GlooCollectives
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -215,14 +215,14 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path, master_ip: str) -> None:
 
 
 def test_rank0_listens_only_on_master_ip_when_it_is_an_address(tmp_path: Path) -> None:
-    from mistralrs_ring._backend import GlooCollectives
+    from mistralrs_torch_ring._backend import GlooCollectives
 
     with pytest.raises(ConfigError, match="192.0.2.123 .* is not an address of this machine"):
         GlooCollectives().communicator(_rank0(tmp_path, _free_port(), "192.0.2.123"))
 
 
 def test_a_rank_that_never_joins_is_named_after_the_rendezvous_timeout(tmp_path: Path) -> None:
-    from mistralrs_ring._backend import GlooCollectives
+    from mistralrs_torch_ring._backend import GlooCollectives
 
     started = time.monotonic()
     with pytest.raises(CollectiveError) as raised:
@@ -235,7 +235,7 @@ def test_a_rank_that_never_joins_is_named_after_the_rendezvous_timeout(tmp_path:
 
 
 def test_a_rank_whose_rank0_never_comes_fails_within_the_timeout(tmp_path: Path) -> None:
-    from mistralrs_ring._backend import GlooCollectives
+    from mistralrs_torch_ring._backend import GlooCollectives
 
     paths = _configs(tmp_path, master_port=_free_port())
     started = time.monotonic()

@@ -1,6 +1,0 @@
-"""``mistralrs doctor``: diagnose the machine, the plugins and the features, and verify every backend."""
-
-from mistralrs.doctor._doctor import run_doctor
-from mistralrs.doctor._report import DOCTOR_SCHEMA, SECTIONS, DoctorReport, Verification
-
-__all__ = ["DOCTOR_SCHEMA", "SECTIONS", "DoctorReport", "Verification", "run_doctor"]

@@ -1,6 +1,0 @@
-"""Reference documents generated from the installed manifests: the support matrix and the features reference."""
-
-from mistralrs.reference._features_doc import features_reference_markdown
-from mistralrs.reference._matrix import support_matrix_markdown
-
-__all__ = ["features_reference_markdown", "support_matrix_markdown"]

@@ -1,7 +1,0 @@
-"""Resolution: which features are active here, and why the others are not."""
-
-from mistralrs.resolution._resolver import STATUSES, FeatureStatus, Resolution, resolve
-from mistralrs.resolution._rules import Problem
-from mistralrs.resolution._selection import Selection, read_selection
-
-__all__ = ["STATUSES", "FeatureStatus", "Problem", "Resolution", "Selection", "read_selection", "resolve"]

@@ -1,0 +1,94 @@
+"""mistralrs: pluggable hardware backends for LLM inference.
+
+The core defines the plugin contract (hooks, feature manifests, the op
+contract), discovers plugins through entry points, probes the system and
+resolves which features are active. Importing it imports no torch.
+"""
+
+from mistralrs_torch._errors import (
+    CollectiveError,
+    ConfigError,
+    FallbackError,
+    ManifestError,
+    MistralrsError,
+    PluginAPIVersionError,
+    PluginError,
+    SelectionError,
+    SystemProfileError,
+    UnsupportedCallError,
+    Violation,
+)
+from mistralrs_torch._hookspecs import hookimpl, hookspec
+from mistralrs_torch._version import PLUGIN_API_VERSION, __version__
+from mistralrs_torch.features import (
+    AutoCondition,
+    EnvVar,
+    FeatureManifest,
+    GPURequirement,
+    LibraryRequirement,
+    ModuleRequirement,
+)
+from mistralrs_torch.plugins import BrokenPlugin, InstalledFeature, PluginInfo, PluginManager
+from mistralrs_torch.resolution import FeatureStatus, Resolution, Selection, read_selection, resolve
+from mistralrs_torch.system import GPU, SystemSnapshot, load_system, probe_system
+
+# The op contract is needed only when a runtime binds backends; importing it lazily keeps
+# `mistralrs plugins list` start-up short (see benchmarks/startup.py).
+_LAZY = {name: "mistralrs_torch.ops" for name in (
+    "AttentionBackend", "CallSpec", "CheckResult", "CollectiveBackend", "Communicator", "Device", "MatmulBackend", "Support")}
+_LAZY["Runtime"] = "mistralrs_torch.runtime"  # imports torch
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mistralrs_torch' has no attribute {name!r}")
+
+
+__all__ = [
+    "GPU",
+    "PLUGIN_API_VERSION",
+    "AttentionBackend",
+    "AutoCondition",
+    "BrokenPlugin",
+    "CallSpec",
+    "CheckResult",
+    "CollectiveBackend",
+    "CollectiveError",
+    "Communicator",
+    "ConfigError",
+    "Device",
+    "EnvVar",
+    "FallbackError",
+    "FeatureManifest",
+    "FeatureStatus",
+    "GPURequirement",
+    "InstalledFeature",
+    "LibraryRequirement",
+    "ManifestError",
+    "MatmulBackend",
+    "MistralrsError",
+    "ModuleRequirement",
+    "PluginAPIVersionError",
+    "PluginError",
+    "PluginInfo",
+    "PluginManager",
+    "Resolution",
+    "Runtime",
+    "Selection",
+    "SelectionError",
+    "Support",
+    "SystemProfileError",
+    "SystemSnapshot",
+    "UnsupportedCallError",
+    "Violation",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "load_system",
+    "probe_system",
+    "read_selection",
+    "resolve",
+]

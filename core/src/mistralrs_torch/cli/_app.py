@@ -1,0 +1,266 @@
+"""The ``mistralrs`` command line: ``mistralrs plugins list|resolve|system``.
+
+Exit status: 0 on success, 1 when the requested feature set is invalid, a
+configuration is malformed or a strict-mode plugin is broken, 2 on usage
+errors. Errors print as one message with its fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+from typing import Any
+
+import click
+
+from mistralrs_torch._errors import MistralrsError, SelectionError, SystemProfileError
+from mistralrs_torch._version import __version__
+from mistralrs_torch.cli import _render
+from mistralrs_torch.cli._launch import launch_command
+from mistralrs_torch.plugins import PluginManager
+from mistralrs_torch.resolution import Resolution, read_selection, resolve
+from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
+
+__all__ = ["cli", "main"]
+
+
+class _Failure(click.ClickException):
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MistralrsError as exc:
+            raise _Failure(str(exc)) from None
+
+
+class _RootGroup(_Group):
+    """The top-level group: built-in commands, then commands plugins add (mistralrs_cli_commands)."""
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        manager = PluginManager(environ=os.environ, strict=False)
+        commands: dict[str, click.Command] = {}
+        valid = lambda r: isinstance(r, (list, tuple)) and all(isinstance(c, click.Command) for c in r)  # noqa: E731
+        for _, result in manager.call_each("mistralrs_cli_commands", valid):
+            commands.update({c.name: c for c in result if c.name and c.name not in self.commands})
+        return commands
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._plugin_commands().get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._plugin_commands()])
+
+
+class _SystemParam(click.ParamType):
+    name = "FILE_OR_NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> SystemSnapshot:
+        if isinstance(value, SystemSnapshot):
+            return value
+        try:
+            return load_system(value)
+        except SystemProfileError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_system_option = click.option(
+    "--system", "system", type=_SystemParam(), default=None,
+    help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) or a JSON file from `plugins system --json`.")
+_features_option = click.option(
+    "--features", default=None, metavar="FEATURES",
+    help="Explicit selection, e.g. 'cuda cudnn flash-attn' ('auto' or 'none' also work); overrides MISTRALRS_FEATURES.")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON with a versioned schema.")
+
+
+@click.group(cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mistralrs")
+def cli() -> None:
+    """mistralrs: pluggable hardware backends for LLM inference."""
+
+
+@cli.group(cls=_Group)
+def plugins() -> None:
+    """Inspect installed backend plugins and the features they provide."""
+
+
+def _resolve(features: str | None, system: SystemSnapshot | None) -> tuple[PluginManager, Resolution]:
+    manager = PluginManager(environ=os.environ)
+    snapshot = system if system is not None else manager.probe_system()
+    selection = read_selection(features, os.environ)
+    return manager, resolve(manager.features, manager.broken, selection, snapshot, os.environ)
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    import json
+
+    click.echo(json.dumps(data, indent=2))
+
+
+@plugins.command("list")
+@_system_option
+@_features_option
+@_json_option
+def list_command(system: SystemSnapshot | None, features: str | None, as_json: bool) -> None:
+    """List every installed feature with its status (active, available, unavailable, broken) and why."""
+    manager, resolution = _resolve(features, system)
+    if as_json:
+        _print_json(_render.list_json(resolution, manager))
+    else:
+        click.echo(_render.list_text(resolution, manager))
+
+
+@plugins.command("resolve")
+@_features_option
+@_system_option
+@_json_option
+@click.option("--explain", is_flag=True,
+              help="Also bind the ops (imports torch) and show, per op, the winning backend, the runners-up and why "
+                   "each other was skipped.")
+@click.option("--paged-attn", is_flag=True, help="With --explain: opt in to paged attention where it is opt-in.")
+def resolve_command(features: str | None, system: SystemSnapshot | None, as_json: bool, explain: bool,
+                    paged_attn: bool) -> None:
+    """Show the active feature set and why, or every rule the selection breaks with its fix."""
+    try:
+        manager, resolution = _resolve(features, system)
+    except SelectionError as exc:
+        if not as_json:
+            raise
+        _print_json({"schema": _render.RESOLVE_SCHEMA, "mistralrs": __version__, "selection": {"source": exc.source},
+                     "active": [], "features": [],
+                     "errors": [{"feature": v.feature, "rule": v.rule, "message": v.message, "fix": v.fix}
+                                for v in exc.violations]})
+        sys.exit(1)
+    explanation = None
+    if explain:
+        if system is not None:
+            raise _Failure("--explain binds backends on this machine; it cannot be combined with --system")
+        from mistralrs_torch.runtime import Runtime
+
+        explanation = Runtime(resolution, manager, paged_attention=paged_attn or None, environ=os.environ).explain()
+    if as_json:
+        _print_json({**_render.resolve_json(resolution), **({"explain": explanation} if explanation else {})})
+    else:
+        click.echo(_render.resolve_text(resolution))
+        if explanation:
+            from mistralrs_torch.runtime import explain_text
+
+            click.echo("\nexplain:\n" + explain_text(explanation))
+
+
+def _doctor(system: SystemSnapshot | None, features: str | None, as_json: bool, verify: bool, paged_attn: bool) -> None:
+    from mistralrs_torch.doctor import run_doctor
+
+    progress = _progress if sys.stderr.isatty() and not as_json else (lambda _: None)
+    report = run_doctor(features=features, system=system, verify=verify, paged_attention=paged_attn or None,
+                        progress=progress)
+    if progress is _progress:
+        click.echo("\r\033[K", err=True, nl=False)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        click.echo(report.to_text())
+    sys.exit(report.exit_code)
+
+
+def _progress(message: str) -> None:
+    click.echo(f"\r\033[K{message}", err=True, nl=False)
+
+
+_doctor_options = [
+    _system_option, _features_option, _json_option,
+    click.option("--verify/--no-verify", default=True, help="Run each bound backend against a float64 reference (default on)."),
+    click.option("--paged-attn", is_flag=True, help="Opt in to paged attention where it is opt-in (metal, cpu)."),
+]
+
+
+def _with_options(function: Any) -> Any:
+    for option in reversed(_doctor_options):
+        function = option(function)
+    return function
+
+
+@plugins.command("doctor")
+@_with_options
+def plugins_doctor_command(system: SystemSnapshot | None, features: str | None, as_json: bool, verify: bool,
+                           paged_attn: bool) -> None:
+    """Diagnose this machine: system, accelerators, libraries, plugins, features, configuration,
+    recommendation, and verification of every bound backend. Exit 1 when anything is an error."""
+    _doctor(system, features, as_json, verify, paged_attn)
+
+
+@cli.command("doctor")
+@_with_options
+def doctor_command(system: SystemSnapshot | None, features: str | None, as_json: bool, verify: bool,
+                   paged_attn: bool) -> None:
+    """Alias of `mistralrs plugins doctor`."""
+    _doctor(system, features, as_json, verify, paged_attn)
+
+
+@plugins.command("test")
+@click.argument("name")
+@_json_option
+def test_command(name: str, as_json: bool) -> None:
+    """Run the conformance kit on the installed plugin NAME (its entry-point name, as `plugins list` shows).
+
+    Checks the plugin contract, then runs every backend of its active features on the kit's cases: each call it
+    claims must match the float64 reference, each call it refuses must say why. Exit 1 when anything fails."""
+    from mistralrs_torch.testing import run_kit
+
+    results = run_kit(name, os.environ)
+    if as_json:
+        _print_json({"schema": "mistralrs.plugins.test/1", "plugin": name,
+                     "results": [{"check": r.check, "status": r.status, "detail": r.detail} for r in results]})
+    else:
+        for r in results:
+            click.echo(f"{r.status.upper():8s} {r.check}" + (f": {r.detail}" if r.detail else ""))
+        counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+        click.echo(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    sys.exit(1 if any(r.status == "failed" for r in results) else 0)
+
+
+@plugins.command("matrix")
+@click.option("--markdown", is_flag=True, help="Print the Markdown table (the only format for now).")
+def matrix_command(markdown: bool) -> None:
+    """The support matrix of the installed features: platforms, hardware, ops, requirements and exclusions."""
+    from mistralrs_torch.reference import support_matrix_markdown
+
+    click.echo(support_matrix_markdown(PluginManager(environ=os.environ).features), nl=False)
+
+
+@plugins.command("reference")
+def reference_command() -> None:
+    """The features reference (docs/features.md) for the installed features, as Markdown."""
+    from mistralrs_torch.reference import features_reference_markdown
+
+    click.echo(features_reference_markdown(PluginManager(environ=os.environ).features), nl=False)
+
+
+@plugins.command("system")
+@_system_option
+@_json_option
+def system_command(system: SystemSnapshot | None, as_json: bool) -> None:
+    """Show the system snapshot resolution uses (save it with --json to evaluate this machine elsewhere)."""
+    snapshot = system if system is not None else PluginManager(environ=os.environ).probe_system()
+    if as_json:
+        click.echo(snapshot.dumps())
+    else:
+        click.echo(_render.system_text(snapshot))
+
+
+cli.add_command(launch_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # A plugin whose native code crashes the interpreter (segfault at import) cannot be quarantined: at
+    # least the dying process prints the Python stack, which names the plugin module being imported.
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
+    cli(prog_name="mistralrs")

@@ -1,0 +1,130 @@
+"""``mistralrs doctor``: every section, verification of each bound backend, one exit status."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mistralrs_torch._errors import ConfigError, SelectionError
+from mistralrs_torch._settings import env_flag
+from mistralrs_torch.doctor._configuration import environment_checks
+from mistralrs_torch.doctor._installation import installation_checks
+from mistralrs_torch.doctor._report import DoctorReport
+from mistralrs_torch.doctor._sections import (
+    accelerator_checks,
+    feature_checks,
+    library_checks,
+    plugin_checks,
+    recommendation_checks,
+    system_checks,
+)
+from mistralrs_torch.ops import CheckResult
+from mistralrs_torch.plugins import PluginManager
+from mistralrs_torch.resolution import Resolution, read_selection, resolve
+from mistralrs_torch.system import SystemSnapshot
+
+__all__ = ["run_doctor"]
+
+
+def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = None, verify: bool = True,
+               paged_attention: bool | None = None, environ: Mapping[str, str] | None = None,
+               manager: PluginManager | None = None, progress: Callable[[str], None] = lambda _: None) -> DoctorReport:
+    """Diagnose this machine (or ``system``): verification runs only on this machine and when ``verify``."""
+    environ = os.environ if environ is None else environ
+    configuration: list[CheckResult] = []
+    try:
+        strict = env_flag(environ, "MISTRALRS_STRICT_PLUGINS")
+    except ConfigError as exc:
+        strict = False
+        configuration.append(CheckResult("environment", "error", str(exc)))
+    manager = manager or PluginManager(environ=environ, strict=False)
+    here = system is None
+    snapshot = manager.probe_system() if here else system
+    assert snapshot is not None
+    configuration += environment_checks(environ, manager) + installation_checks(environ)
+    resolution: Resolution | None = None
+    feature_problems: list[CheckResult] = []
+    try:
+        selection = read_selection(features, environ)
+        configuration.append(CheckResult("selection", "info", selection.source))
+        resolution = resolve(manager.features, manager.broken, selection, snapshot, environ)
+    except SelectionError as exc:
+        feature_problems = [CheckResult(v.feature, "error", v.message, v.fix) for v in exc.violations]
+    except ConfigError as exc:
+        configuration.append(CheckResult("configuration", "error", str(exc)))
+    runtime, verifications, note, confirmed = None, [], "", []
+    if resolution is None:
+        note = "skipped: fix the errors above first"
+    elif not here:
+        note = f"skipped: --system {snapshot.source} describes another machine"
+    elif not verify:
+        note = "skipped (--no-verify)"
+    else:
+        from mistralrs_torch.doctor._confirm import confirm_with_torch
+        from mistralrs_torch.doctor._verify import verify_runtime
+        from mistralrs_torch.runtime import Runtime
+
+        confirmed = confirm_with_torch(snapshot)
+        try:
+            runtime = Runtime(resolution, manager, paged_attention=paged_attention, environ=environ)
+        except ConfigError as exc:
+            configuration.append(CheckResult("configuration", "error", str(exc)))
+            note = "skipped: fix the errors above first"
+        else:
+            configuration += [CheckResult("device", "info", f"{runtime.device.torch_device} ({runtime.device.name}, "
+                                          f"from {runtime.device.feature})"),
+                              CheckResult("paged attention", "info", "on" if runtime.paged_attention_enabled else
+                                          "off (opt-in here: --paged-attn or MISTRALRS_PAGED_ATTN=1)"),
+                              *_device_layers_check(runtime, environ)]
+            verifications = verify_runtime(runtime, progress)
+    if resolution is not None:
+        active = frozenset(resolution.active)
+        for info, checks in manager.call_each("mistralrs_doctor_checks", _is_check_list, active=active, system=snapshot,
+                                             environ=environ):
+            configuration += [CheckResult(c.name, c.status, c.message, c.fix, info.name) for c in checks]
+    bound = None
+    if runtime is not None:
+        bound = {"attention": {b.feature for b in runtime.attention_backends},
+                 "matmul": {b.feature for b in runtime.matmul_backends},
+                 "collectives": {b.feature for b in runtime.collective_backends}}
+    sections = {
+        "system": tuple(system_checks(snapshot, confirmed)),
+        "accelerators": tuple(accelerator_checks(snapshot)),
+        "libraries": tuple(library_checks(snapshot, manager)),
+        "plugins": tuple(plugin_checks(manager, strict)),  # after hooks ran: late quarantines show too
+        "features": tuple(feature_problems + (feature_checks(resolution, bound) if resolution else [])),
+        "configuration": tuple(configuration),
+        "recommendation": tuple(recommendation_checks(resolution) if resolution else ()),
+    }
+    return DoctorReport(snapshot.source, sections, tuple(verifications), note)
+
+
+_STATUSES = ("ok", "info", "warning", "error")
+
+
+def _is_check_list(result: object) -> bool:
+    return isinstance(result, (list, tuple)) and all(
+        isinstance(c, CheckResult) and c.status in _STATUSES
+        and all(isinstance(v, str) for v in (c.name, c.message, c.fix, c.plugin)) for c in result)
+
+
+def _device_layers_check(runtime: Any, environ: Mapping[str, str]) -> list[CheckResult]:
+    """MISTRALRS_DEVICE_LAYERS, when set, judged against this runtime's devices and collective mode."""
+    from mistralrs_torch.parallel._device_map import DEVICE_LAYERS_VAR, device_map_entries, device_mapping_mode
+
+    value = environ.get(DEVICE_LAYERS_VAR, "").strip()
+    if not value:
+        return []
+    mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices, environ)
+    if mode == "disabled":
+        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={value!r} is set, but {reason}",
+                            f"unset {DEVICE_LAYERS_VAR}: each process here computes on one device")]
+    try:
+        entries = device_map_entries(value, runtime.devices)
+    except ConfigError as exc:
+        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={value!r}: {exc}",
+                            f"fix {DEVICE_LAYERS_VAR} or unset it for the automatic map")]
+    placed = ", ".join(f"{device}: {count} layer{'s' if count != 1 else ''}" for device, count in entries)
+    return [CheckResult("device layers", "info", f"explicit map from {DEVICE_LAYERS_VAR}: {placed} "
+                        f"({sum(c for _, c in entries)} layers: a model with another count is refused)")]

@@ -1,0 +1,31 @@
+"""The generic CPU backend: reference implementations of every op in plain torch."""
+
+from mistralrs_torch.generic._attention import (
+    GenericAttention,
+    TorchAttention,
+    bottom_right_causal_mask,
+    dense_attention,
+    gather_paged_kv,
+    paged_attention,
+)
+from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
+from mistralrs_torch.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
+from mistralrs_torch.generic._matmul import GenericMatmul, TorchMatmul, dequantize_int8
+from mistralrs_torch.generic._sdpa import sdpa_kernel_refusal
+
+__all__ = [
+    "TORCH_DTYPES",
+    "GenericAttention",
+    "GenericMatmul",
+    "SingleProcessCollectives",
+    "SingleProcessCommunicator",
+    "TorchAttention",
+    "TorchBackend",
+    "TorchMatmul",
+    "bottom_right_causal_mask",
+    "dense_attention",
+    "dequantize_int8",
+    "gather_paged_kv",
+    "paged_attention",
+    "sdpa_kernel_refusal",
+]

@@ -1,0 +1,40 @@
+"""Running one model over several devices or processes: rendezvous, communicator, device map, tensor parallelism.
+
+- :mod:`._variables`, :mod:`._rendezvous` (no torch): where ranks meet (torchrun variables) and the finite timeouts.
+- :mod:`._communicator`: collectives on torch.distributed, for the collective plugins to build on.
+- :mod:`._device_map` (no torch): the layer-to-device map when one process drives several devices.
+- :mod:`._tensor_parallel`: column- and row-parallel linear layers loaded as per-rank slices.
+- :mod:`._launcher` (no torch): what `mistralrs launch` runs.
+
+Names are imported on first use, so that the light parts never pull in torch
+(plugins read the rendezvous helpers from their doctor checks).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    **dict.fromkeys(("COLLECTIVE_ENV_VARS", "COLLECTIVE_TIMEOUT_VAR", "DEFAULT_TIMEOUT", "RENDEZVOUS_TIMEOUT_VAR"),
+                    "_variables"),
+    **dict.fromkeys(("TORCHRUN_VARS", "Rendezvous", "Timeouts", "collective_timeouts", "is_loopback",
+                     "is_power_of_two", "is_wildcard", "torchrun_rendezvous", "valid_host"), "_rendezvous"),
+    "TorchDistributedCommunicator": "_communicator",
+    **dict.fromkeys(("DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
+                     "parse_device_map", "plan_device_map"), "_device_map"),
+    **dict.fromkeys(("ColumnParallelLinear", "ParallelMLP", "RowParallelLinear", "load_replicated", "load_shard",
+                     "rank_device", "shard_range", "tensor_shapes"), "_tensor_parallel"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"mistralrs_torch.parallel.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mistralrs_torch.parallel' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,63 @@
+"""The built-in generic CPU plugin, registered through the same hooks as any other.
+
+It ships the "cpu" feature, always active at the lowest priority, so the
+framework works with no plugin installed ("Generic CPU: no features needed").
+Its backends (mistralrs_torch.generic) import torch only when a runtime binds them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mistralrs_torch._hookspecs import hookimpl
+from mistralrs_torch.features import OPS, FeatureManifest
+
+if TYPE_CHECKING:
+    from mistralrs_torch.ops import AttentionBackend, CollectiveBackend, Device, MatmulBackend
+    from mistralrs_torch.system import SystemSnapshot
+
+__all__ = ["GENERIC_CPU", "PLUGIN_NAME"]
+
+PLUGIN_NAME = "builtin"
+GENERIC_CPU = FeatureManifest(
+    name="cpu",
+    summary="Generic CPU (built in, no features needed)",
+    distribution="mistralrs-torch",
+    provides=OPS,
+    priority=-1000,
+    paged_attention="opt-in",
+    recommended_for=("generic-cpu",),
+)
+
+
+@hookimpl
+def mistralrs_features() -> tuple[FeatureManifest, ...]:
+    return (GENERIC_CPU,)
+
+
+@hookimpl
+def mistralrs_devices(active: frozenset[str], system: SystemSnapshot) -> tuple[Device, ...]:
+    from mistralrs_torch.ops import Device
+
+    return (Device("cpu", system.cpu.model, GENERIC_CPU.name, system.memory_total),)
+
+
+@hookimpl
+def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBackend, ...]:
+    from mistralrs_torch.generic import GenericAttention
+
+    return (GenericAttention(),)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
+    from mistralrs_torch.generic import GenericMatmul
+
+    return (GenericMatmul(),)
+
+
+@hookimpl
+def mistralrs_collective_backends(active: frozenset[str]) -> tuple[CollectiveBackend, ...]:
+    from mistralrs_torch.generic import SingleProcessCollectives
+
+    return (SingleProcessCollectives(),)

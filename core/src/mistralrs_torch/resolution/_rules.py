@@ -1,0 +1,109 @@
+"""Evaluate one manifest's rules against a system snapshot and the environment.
+
+Each broken rule becomes a Problem with a message and a fix in the seed's voice.
+Nothing here names a plugin: every rule comes from manifest data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mistralrs_torch._settings import env_flag
+from mistralrs_torch.features import FeatureManifest
+from mistralrs_torch.features._manifest import PLATFORM_LABELS
+from mistralrs_torch.system import SystemSnapshot
+
+__all__ = ["Problem", "auto_condition_problem", "disabled_by", "hardware_problems"]
+
+_VENDOR = {
+    "nvidia": ("NVIDIA GPU", "check that `nvidia-smi` lists it and that CUDA_VISIBLE_DEVICES does not hide it"),
+    "apple": ("Apple GPU (MPS)", "run on a Mac with Apple Silicon or an AMD GPU"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One rule a feature breaks here: which rule, what is wrong, and the fix."""
+
+    rule: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.fix}"
+
+
+def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
+    """Platform, CPU, GPU, library and module rules that fail on ``system`` (empty when all hold)."""
+    problems = []
+    remove = f"remove the {m.name} feature"
+    if m.platforms and system.os not in m.platforms:
+        where = PLATFORM_LABELS.get(system.os, system.os)
+        text = f"{m.name} is {m.platform_label}-only" if len(m.platforms) == 1 else \
+            f"{m.name} runs on {m.platform_label}, not {where}"
+        # The other rules follow from the platform; one clear reason beats several echoes of it.
+        return [Problem("platform", text, remove)]
+    if m.cpu_archs and system.arch not in m.cpu_archs:
+        problems.append(Problem("cpu", f"{m.name} needs a {' or '.join(m.cpu_archs)} CPU; this one is {system.arch}", remove))
+    if m.gpu is not None:
+        problems += _gpu_problems(m, system)
+    for library in m.libraries:
+        if library.name not in system.libraries:
+            problems.append(Problem("library", library.missing, library.fix))
+    for module in m.modules:
+        if module.module not in system.modules:
+            problems.append(Problem("module", f"{module.distribution} is not installed (module {module.module} not found)",
+                                    module.install))
+    return problems
+
+
+def _gpu_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
+    gpu = m.gpu
+    assert gpu is not None
+    label, fix = _VENDOR[gpu.vendor]
+    gpus = system.gpus_of(gpu.vendor)
+    if len(gpus) < gpu.min_count:
+        if not gpus:
+            return [Problem("gpu", f"{m.name} needs an {label}; none is visible", fix)]
+        return [Problem("gpu", f"{m.name} needs {gpu.min_count} {label}s; {len(gpus)} visible", fix)]
+    problems = []
+    low, high = gpu.min_compute_capability, gpu.below_compute_capability
+    for g in gpus:
+        cc = g.compute_capability
+        if cc is None:
+            continue
+        if low is not None and cc < low:
+            problems.append(Problem("compute-capability",
+                                    f"{m.name} needs compute capability >= {low[0]}.{low[1]}; GPU {g.index} ({g.name}) has {g.cc_label}",
+                                    f"use a GPU with compute capability >= {low[0]}.{low[1]}, or remove the {m.name} feature"))
+        elif high is not None and cc >= high:
+            window = f"{low[0]}.x" if low is not None and high == (low[0] + 1, 0) else f"below {high[0]}.{high[1]}"
+            problems.append(Problem("compute-capability",
+                                    f"{m.name} needs compute capability {window}; GPU {g.index} ({g.name}) has {g.cc_label}",
+                                    gpu.newer_gpu_fix or f"remove the {m.name} feature"))
+        if problems:
+            break
+    return problems
+
+
+def disabled_by(m: FeatureManifest, environ: Mapping[str, str]) -> str | None:
+    """The ``VAR=value`` that switches this feature off, if any (a non-boolean value is a ConfigError)."""
+    for name in m.disabled_by:
+        if env_flag(environ, name):
+            return f"{name}={environ[name]}"
+    return None
+
+
+def auto_condition_problem(m: FeatureManifest, system: SystemSnapshot, environ: Mapping[str, str]) -> str | None:
+    """Why auto mode leaves an otherwise runnable feature out (it stays available), or None."""
+    if m.auto.env_set and not any(environ.get(name) for name in m.auto.env_set):
+        return f"set {' or '.join(m.auto.env_set)} to activate {m.name} (auto mode enables it only then)"
+    if m.auto.min_gpus and m.gpu is not None:
+        count = len(system.gpus_of(m.gpu.vendor))
+        if count < m.auto.min_gpus:
+            return (f"auto mode enables {m.name} with {m.auto.min_gpus} or more GPUs; {count} visible "
+                    f"(select it explicitly to use it)")
+    return None
+
+

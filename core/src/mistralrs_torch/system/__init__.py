@@ -1,0 +1,38 @@
+"""System snapshots: facts about a host, probed here or loaded from a profile."""
+
+from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
+from mistralrs_torch.system._probe import installed_version, probe_system, visible_device_filter
+from mistralrs_torch.system._profiles import PROFILE_NAMES, load_system
+from mistralrs_torch.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, TorchBuild
+
+__all__ = [
+    "CPU",
+    "BlasInfo",
+    "GPU",
+    "GPUFacts",
+    "HARDWARE_CLASSES",
+    "PROFILE_NAMES",
+    "SCHEMA",
+    "SystemSnapshot",
+    "TorchBuild",
+    "blas_info",
+    "cuda_init_error",
+    "hardware_classes",
+    "installed_version",
+    "load_system",
+    "probe_system",
+    "visible_device_filter",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Deep probes (they import torch when called) load on first use: `plugins list` never needs them.
+    if name in ("BlasInfo", "blas_info"):
+        from mistralrs_torch.system import _blas
+
+        return getattr(_blas, name)
+    if name in ("GPUFacts", "cuda_init_error"):
+        from mistralrs_torch.system import _gpu_facts
+
+        return getattr(_gpu_facts, name)
+    raise AttributeError(f"module 'mistralrs_torch.system' has no attribute {name!r}")

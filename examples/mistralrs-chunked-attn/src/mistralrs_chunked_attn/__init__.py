@@ -1,5 +1,0 @@
-"""mistralrs-chunked-attn: memory-bounded chunked attention on the CPU (feature chunked-attn)."""
-
-from mistralrs_chunked_attn._manifest import CHUNKED_ATTN
-
-__all__ = ["CHUNKED_ATTN"]

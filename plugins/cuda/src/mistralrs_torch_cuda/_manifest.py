@@ -1,0 +1,44 @@
+"""The cuda and cudnn feature manifests (data only: no torch, no CUDA)."""
+
+from __future__ import annotations
+
+from mistralrs_torch import EnvVar, FeatureManifest, GPURequirement, LibraryRequirement
+
+__all__ = ["CUDA", "CUDNN"]
+
+_NVIDIA = ("nvidia-ampere", "nvidia-hopper", "nvidia-older", "multi-gpu-nvidia")
+
+CUDA = FeatureManifest(
+    name="cuda",
+    summary="NVIDIA GPU acceleration",
+    distribution="mistralrs-torch-cuda",
+    excludes=("metal",),
+    platforms=("linux", "windows"),
+    gpu=GPURequirement(vendor="nvidia"),
+    libraries=(LibraryRequirement(
+        "cuda",
+        missing="CUDA not found: torch was built without CUDA",
+        fix="install a CUDA build of torch (on Linux x86_64, `pip install torch` from PyPI is one); "
+            "nvcc is needed only to build kernels such as flash-attn"),),
+    priority=100,
+    provides=("device", "attention", "matmul"),
+    paged_attention="default",
+    env_vars=(EnvVar("CUDA_VISIBLE_DEVICES", "which GPUs are visible, by index or UUID"),),
+    recommended_for=_NVIDIA,
+)
+
+CUDNN = FeatureManifest(
+    name="cudnn",
+    summary="NVIDIA cuDNN backend",
+    distribution="mistralrs-torch-cuda",
+    requires=("cuda",),
+    platforms=("linux", "windows"),
+    libraries=(LibraryRequirement(
+        "cudnn",
+        missing="cuDNN not found",
+        fix="install the cuDNN wheel matching torch's CUDA (pip install nvidia-cudnn-cu12, or -cu13) "
+            "and a torch built with cuDNN"),),
+    priority=90,
+    provides=("attention",),
+    recommended_for=_NVIDIA,
+)

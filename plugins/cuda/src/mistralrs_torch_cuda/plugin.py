@@ -1,0 +1,63 @@
+"""Entry point of mistralrs-torch-cuda: registers the cuda and cudnn features. Imports no torch until a runtime binds them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
+from mistralrs_torch_cuda._manifest import CUDA, CUDNN
+
+if TYPE_CHECKING:
+    from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, MatmulBackend
+
+
+@hookimpl
+def mistralrs_features() -> tuple[FeatureManifest, ...]:
+    return (CUDA, CUDNN)
+
+
+@hookimpl
+def mistralrs_devices(active: frozenset[str], system: SystemSnapshot) -> tuple[Device, ...]:
+    if CUDA.name not in active:
+        return ()
+    from mistralrs_torch_cuda._devices import cuda_devices
+
+    return cuda_devices(system)
+
+
+@hookimpl
+def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBackend, ...]:
+    if CUDA.name not in active:
+        return ()
+    from mistralrs_torch_cuda._backends import CudnnAttention, configure_cudnn, cuda_attention, torch_cudnn_check
+    from mistralrs_torch_cuda._facts import CudaFacts
+
+    # Binding is the one moment the selection turns into torch state: cuDNN on (and autotuned)
+    # with cudnn, off without it.
+    configure_cudnn(CUDNN.name in active)
+    facts = CudaFacts.from_torch()
+    backends: list[AttentionBackend] = [cuda_attention(facts)]
+    if CUDNN.name in active:
+        backends.append(CudnnAttention(facts, None if facts.unusable else torch_cudnn_check))
+    return tuple(backends)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
+    if CUDA.name not in active:
+        return ()
+    from mistralrs_torch_cuda._backends import cuda_matmul
+
+    return (cuda_matmul(),)
+
+
+@hookimpl
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
+                            environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
+    from mistralrs_torch_cuda._checks import cuda_checks
+
+    # torch is asked only when doctor already imported it (verification on) and only about this machine.
+    torch = sys.modules.get("torch") if system.local else None
+    return tuple(cuda_checks(active, system, environ, torch))

@@ -1,5 +1,0 @@
-"""mistralrs-metal: Apple GPUs through torch MPS (feature metal)."""
-
-from mistralrs_metal._manifest import METAL
-
-__all__ = ["METAL"]

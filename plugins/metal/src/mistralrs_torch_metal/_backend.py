@@ -1,0 +1,34 @@
+"""Metal through torch MPS: the device, attention and matmul backends (imports torch)."""
+
+from __future__ import annotations
+
+import torch
+
+from mistralrs_torch.generic import TorchAttention, TorchMatmul
+from mistralrs_torch.ops import Device
+from mistralrs_torch.system import SystemSnapshot
+
+__all__ = ["MPS_PRIORITY", "mps_attention", "mps_devices", "mps_dtypes", "mps_matmul"]
+
+MPS_PRIORITY = 100
+
+
+def mps_dtypes() -> tuple[str, ...]:
+    """What MPS computes in: float64 never; bfloat16 from macOS 14."""
+    bf16 = torch.backends.mps.is_macos_or_newer(14, 0) if torch.backends.mps.is_available() else False
+    return ("float32", "float16", "bfloat16") if bf16 else ("float32", "float16")
+
+
+def mps_devices(system: SystemSnapshot) -> tuple[Device, ...]:
+    if not torch.backends.mps.is_available():
+        return ()
+    gpu = next(iter(system.gpus_of("apple")), None)
+    return (Device("mps", gpu.name if gpu else "Apple GPU", "metal", int(torch.mps.recommended_max_memory())),)
+
+
+def mps_attention() -> TorchAttention:
+    return TorchAttention("mps-attention", "metal", MPS_PRIORITY, "mps", mps_dtypes())
+
+
+def mps_matmul() -> TorchMatmul:
+    return TorchMatmul("mps-matmul", "metal", MPS_PRIORITY, "mps", mps_dtypes())

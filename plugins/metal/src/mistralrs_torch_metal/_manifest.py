@@ -1,0 +1,22 @@
+"""The metal feature manifest (data only)."""
+
+from __future__ import annotations
+
+from mistralrs_torch import FeatureManifest, GPURequirement, LibraryRequirement
+
+__all__ = ["METAL"]
+
+METAL = FeatureManifest(
+    name="metal",
+    summary="Apple GPU acceleration",
+    distribution="mistralrs-torch-metal",
+    excludes=("cuda",),
+    platforms=("macos",),
+    gpu=GPURequirement(vendor="apple"),
+    libraries=(LibraryRequirement("mps", missing="torch MPS backend not found",
+                                  fix="install torch for macOS (pip install torch) on Apple Silicon or an AMD GPU"),),
+    priority=100,
+    provides=("device", "attention", "matmul"),
+    paged_attention="opt-in",
+    recommended_for=("apple-silicon",),
+)

@@ -1,0 +1,51 @@
+"""Entry point of mistralrs-torch-mkl: registers the mkl feature. Imports no torch until a runtime binds it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
+from mistralrs_torch_mkl._manifest import MKL
+
+if TYPE_CHECKING:
+    from mistralrs_torch.ops import CheckResult, MatmulBackend
+
+
+@hookimpl
+def mistralrs_features() -> tuple[FeatureManifest, ...]:
+    return (MKL,)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active: frozenset[str], system: SystemSnapshot,
+                              environ: Mapping[str, str]) -> tuple[MatmulBackend, ...]:
+    if MKL.name not in active:
+        return ()
+    from mistralrs_torch_mkl._backend import MKLMatmul
+
+    return (MKLMatmul(environ, system.cpu.flags),)
+
+
+@hookimpl
+def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
+                            environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
+    if MKL.name not in active:
+        return ()
+    from mistralrs_torch.ops import CheckResult  # here, not at the top: `plugins list` never needs the op contract
+
+    threads = [f"{name}={environ[name]}" for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS") if name in environ]
+    checks = [CheckResult("mkl threads", "info", ", ".join(threads) if threads else
+                          "MKL_NUM_THREADS and OMP_NUM_THREADS unset: one thread per available core")]
+    # The BLAS proof needs torch; report it only when doctor already imported torch (verification on),
+    # so `doctor --no-verify` stays light, and only for this machine, not a loaded profile.
+    if system.local and "torch" in sys.modules:
+        from mistralrs_torch.system import blas_info
+
+        info = blas_info()
+        checks.append(CheckResult("mkl blas", "ok", f"torch's BLAS is MKL {info.mkl_version} "
+                                  f"(CPU capability {info.cpu_capability})") if info.is_mkl else
+                      CheckResult("mkl blas", "error", f"torch's BLAS is {info.blas}, not MKL",
+                                  "MKL not found: install Intel oneAPI or standalone MKL, with a torch built with MKL"))
+    return tuple(checks)

@@ -1,5 +1,0 @@
-"""mistralrs-ring: collectives over TCP between ranks on any platform (feature ring)."""
-
-from mistralrs_ring._manifest import RING
-
-__all__ = ["RING"]
