@@ -116,7 +116,7 @@ def install(wheels: Path) -> None:
     if chosen:
         subprocess.run(pip + [str(w) for w in chosen], check=True)
     workspace = sorted((wheels / "workspace").glob("*.whl"))
-    # Force-reinstalled: this build replaces any other `mistralrs` (PyPI's name belongs to another project).
+    # Force-reinstalled: the same version number may already be installed from an earlier build.
     subprocess.run(pip + ["--force-reinstall", *map(str, workspace)], check=True)
     import torch  # the preinstalled torch must still import, with CUDA
 
