@@ -11,6 +11,7 @@ from mistralrs_torch.ops._contract import (
     Support,
     conforms,
 )
+from mistralrs_torch.ops._quantized import QuantizedWeight
 
 __all__ = [
     "AttentionBackend",
@@ -20,6 +21,7 @@ __all__ = [
     "Communicator",
     "Device",
     "MatmulBackend",
+    "QuantizedWeight",
     "Support",
     "conforms",
 ]
