@@ -32,7 +32,7 @@ CUDNN_GQA_BUG = "pytorch/pytorch#193893"
 
 
 def _bug_hits(facts: CudaFacts | None, call: CallSpec) -> bool:
-    return bool(call.extra.get("gqa")) and facts is not None and facts.capability is not None \
+    return bool(call.gqa) and facts is not None and facts.capability is not None \
         and facts.capability[0] == 10
 
 
@@ -123,7 +123,7 @@ class CudnnAttention:
 
     name = "cudnn-attention"
     feature = "cudnn"
-    priority = CUDNN_PRIORITY
+    dispatch_priority = CUDNN_PRIORITY
     #: torch exposes no paged cuDNN attention: paged calls are not a candidate here (cuda-sdpa gathers them).
     paged_attention = None
 
@@ -164,7 +164,7 @@ class CudnnAttention:
         if call.mask not in ("none", "causal"):
             return Support(False, f"mask {call.mask} is not taken: this backend runs causal or unmasked attention "
                                   "only (explicit masks go to the next backend)")
-        if call.mask == "causal" and not call.extra.get("aligned", False):
+        if call.mask == "causal" and not call.aligned:
             return Support(False, "causal attention with a query shorter or longer than the keys: cuDNN aligns the "
                                   "causal mask top-left, the op contract bottom-right")
         if _bug_hits(facts, call):

@@ -15,7 +15,7 @@ METAL = FeatureManifest(
     gpu=GPURequirement(vendor="apple"),
     libraries=(LibraryRequirement("mps", missing="torch MPS backend not found",
                                   fix="install torch for macOS (pip install torch) on Apple Silicon or an AMD GPU"),),
-    priority=100,
+    selection_priority=100,
     provides=("device", "attention", "matmul"),
     paged_attention="opt-in",
     recommended_for=("apple-silicon",),
