@@ -196,7 +196,7 @@ def test_hooks_bind_cuda_and_cudnn_backends_and_set_flags() -> None:
     assert names == ["cuda-sdpa", "cudnn-attention"] and torch.backends.cudnn.benchmark
     assert [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda"}))] == ["cuda-sdpa"]
     assert not torch.backends.cudnn.enabled
-    assert [b.name for b in plugin.mistralrs_matmul_backends(frozenset({"cuda"}))] == ["cuda-matmul"]
+    assert [b.name for b in plugin.mistralrs_matmul_backends(frozenset({"cuda"}))] == ["cuda-int4", "cuda-matmul"]
     for hook in (plugin.mistralrs_attention_backends, plugin.mistralrs_matmul_backends):
         assert hook(frozenset({"cpu", "cudnn"})) == ()
     assert plugin.mistralrs_devices(frozenset({"cpu"}), load_system("h100")) == ()

@@ -51,9 +51,9 @@ def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBacke
 
 @hookimpl
 def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
-    from mistralrs_torch.generic import GenericMatmul
+    from mistralrs_torch.generic import GenericMatmul, TorchInt4Matmul
 
-    return (GenericMatmul(),)
+    return (TorchInt4Matmul(), GenericMatmul())
 
 
 @hookimpl

@@ -241,4 +241,5 @@ def quantized_linear_cases() -> Iterator[OpCase]:
     yield _quantized(5, 96, 256, 4, 32, False, True, smoke=True)
     yield _quantized(3, 64, 96, 8, 32, True, True, smoke=True)
     yield _quantized(17, 128, 512, 4, 128, False, False)
+    yield _quantized(3, 40, 64, 4, 32, False, True)  # an output count that is not a multiple of 16
     yield _quantized(2, 40, 64, 8, 64, False, True)

@@ -21,7 +21,7 @@ CUDA = FeatureManifest(
         fix="install a CUDA build of torch (on Linux x86_64, `pip install torch` from PyPI is one); "
             "nvcc is needed only to build kernels such as flash-attn"),),
     selection_priority=100,
-    provides=("device", "attention", "matmul"),
+    provides=("device", "attention", "matmul", "layers"),
     paged_attention="default",
     env_vars=(EnvVar("CUDA_VISIBLE_DEVICES", "which GPUs are visible, by index or UUID"),),
     recommended_for=_NVIDIA,

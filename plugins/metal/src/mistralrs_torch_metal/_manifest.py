@@ -16,7 +16,7 @@ METAL = FeatureManifest(
     libraries=(LibraryRequirement("mps", missing="torch MPS backend not found",
                                   fix="install torch for macOS (pip install torch) on Apple Silicon or an AMD GPU"),),
     selection_priority=100,
-    provides=("device", "attention", "matmul"),
+    provides=("device", "attention", "matmul", "layers"),
     paged_attention="opt-in",
     recommended_for=("apple-silicon",),
 )
