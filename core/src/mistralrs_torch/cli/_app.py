@@ -294,6 +294,15 @@ def reference_command() -> None:
     click.echo(features_reference_markdown(PluginManager(environ=os.environ).features), nl=False)
 
 
+@plugins.command("api-reference")
+def api_reference_command() -> None:
+    """The plugin API reference for plugin authors (docs/plugin-api.md), as Markdown: hooks, ops, CallSpec,
+    tolerances and every manifest field, from the code."""
+    from mistralrs_torch.reference import plugin_api_markdown
+
+    click.echo(plugin_api_markdown(), nl=False)
+
+
 @plugins.command("system")
 @_system_option
 @_json_option
