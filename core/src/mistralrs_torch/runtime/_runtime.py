@@ -16,7 +16,7 @@ import torch
 from mistralrs_torch._errors import ConfigError, UnsupportedCallError
 from mistralrs_torch._settings import env_flag
 from mistralrs_torch.ops import AttentionBackend, CallSpec, CollectiveBackend, Communicator, Device, MatmulBackend
-from mistralrs_torch.parallel._rendezvous import torchrun_rendezvous
+from mistralrs_torch.parallel._rendezvous import local_rank, torchrun_rendezvous
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.runtime._dispatch import Binding, Dispatcher
@@ -38,10 +38,8 @@ def _mask_kind(causal: bool, mask: torch.Tensor | None) -> str:
 def _default_device(devices: tuple[Device, ...], environ: Mapping[str, str]) -> Device:
     """The first device of the highest-priority feature; a launched rank (LOCAL_RANK) takes that feature's
     LOCAL_RANK-th device, so ranks sharing a machine's GPUs do not all load onto the first one."""
-    raw = environ.get("LOCAL_RANK", "").strip()
-    local_rank = int(raw) if raw.isdigit() else 0  # a bad value is the communicator's error to report
     same = [d for d in devices if d.feature == devices[0].feature]
-    return same[local_rank % len(same)]
+    return same[local_rank(environ) % len(same)]
 
 
 class Runtime:
