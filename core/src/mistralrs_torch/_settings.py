@@ -18,6 +18,8 @@ CORE_ENV_VARS = {
     "MISTRALRS_STRICT_PLUGINS": "1 makes any broken plugin a fatal error (for CI)",
     "MISTRALRS_NO_FALLBACK": "1 turns a fallback to a lower-priority backend into an error",
     "MISTRALRS_PAGED_ATTN": "1 opts in to paged attention where it is opt-in (metal, cpu); on by default with cuda",
+    "MISTRALRS_DEBUG": "1 lets torch's own native messages (C++ warnings and stacks) reach the terminal while ranks "
+                       "start, instead of a log file that a start-up error names",
     "MISTRALRS_DEVICE_LAYERS": "explicit layer-to-device map when one process drives several devices, e.g. "
                                "'0:16;1:16' (layers per accelerator ordinal, in order); replaces the automatic map; "
                                "refused under NCCL, where each process holds one device",

@@ -294,8 +294,14 @@ def reference_command() -> None:
 @plugins.command("system")
 @_system_option
 @_json_option
-def system_command(system: SystemSnapshot | None, as_json: bool) -> None:
+@click.option("--schema", is_flag=True, help="Print the JSON Schema of snapshot files (docs/system.schema.json).")
+def system_command(system: SystemSnapshot | None, as_json: bool, schema: bool) -> None:
     """Show the system snapshot resolution uses (save it with --json to evaluate this machine elsewhere)."""
+    if schema:
+        from mistralrs_torch.system import snapshot_json_schema
+
+        _print_json(snapshot_json_schema())
+        return
     snapshot = system if system is not None else PluginManager(environ=os.environ).probe_system()
     if as_json:
         click.echo(snapshot.dumps())

@@ -28,9 +28,10 @@ __all__ = ["Startup"]
 
 #: How often a waiting rank reads who has joined.
 _POLL = 0.1
-#: What a store call may take beyond the deadline before it counts as unanswered, and how long rank 0
-#: waits for the others to read its verdict.
-_SLACK = 1.0
+#: What a store call begun just before the deadline may take beyond it before it counts as unanswered.
+_CALL_SLACK = 0.25
+#: How long rank 0 waits, after its own deadline, for the ranks that joined to read which ranks did not.
+_VERDICT_WAIT = 1.0
 
 
 class Startup:
@@ -44,7 +45,7 @@ class Startup:
         self.joined: set[int] = set()
 
     def _call(self, call: Any) -> Any:
-        return within(self.deadline + _SLACK - time.monotonic(), call)
+        return within(self.deadline + _CALL_SLACK - time.monotonic(), call)
 
     def connect_host(self) -> str:
         """Where this rank reaches the store (rank 0 listening on every interface reaches itself on loopback)."""
@@ -177,9 +178,14 @@ class Startup:
             # process, and the store with it, goes away.
             store.set(f"{p}verdict", " ".join(map(str, missing)))
             readers = len(self.joined) - 1
-            until = time.monotonic() + _SLACK
+            until = time.monotonic() + _VERDICT_WAIT
             while store.add(f"{p}verdict-read", 0) < readers and time.monotonic() < until:
                 time.sleep(0.02)
+        else:  # leaving on its own clock: rank 0 need not wait for this rank to read its verdict
+            try:
+                self._call(lambda: store.add(f"{p}verdict-read", 1))
+            except (RuntimeError, Late):
+                pass  # rank 0 has already gone: this rank's own view of who joined stands
         raise self._never_joined(missing, f"the rendezvous timed out after {self.timeout:g}s "
                                           f"({RENDEZVOUS_TIMEOUT_VAR})")
 

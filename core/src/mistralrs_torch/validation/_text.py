@@ -32,8 +32,9 @@ def shown(value: object, limit: int = SHOWN) -> str:
 
     short = _Short()
     short.maxlevel, short.maxstring, short.maxother = 2, limit, limit
-    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 6
-    return short.repr(value)
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 4
+    text = short.repr(value)
+    return text if len(text) <= 2 * limit else text[:2 * limit] + "..."
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
