@@ -27,7 +27,8 @@ PROFILES = ROOT / "core" / "src" / "mistralrs_torch" / "system" / "profiles"
 
 def test_the_published_schema_is_the_one_the_loader_checks() -> None:
     published = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    assert published == snapshot_json_schema(), "regenerate: mistralrs plugins system --schema > docs/system.schema.json"
+    assert published == snapshot_json_schema(), \
+        "regenerate it: mistralrs plugins system --schema > docs/system.schema.json"
     jsonschema.Draft202012Validator.check_schema(published)
 
 

@@ -69,8 +69,8 @@ def _parse(value: str | list[Any], source: str) -> Selection:
         return Selection(mode="none", source=source)
     for reserved in ("auto", "none"):
         if reserved in names:
-            raise ConfigError(f"{source}: {reserved!r} cannot be combined with feature names ({shown(' '.join(names))}): "
-                              f"use {reserved!r} alone, or list only features")
+            raise ConfigError(f"{source}: {reserved!r} cannot be combined with feature names "
+                              f"({shown(' '.join(names))}): use {reserved!r} alone, or list only features")
     return Selection(mode="explicit", features=names, source=source)
 
 

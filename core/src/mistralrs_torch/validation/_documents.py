@@ -32,7 +32,8 @@ def _read_text(path: str, what: str, max_bytes: int, fix: str) -> str:
     except FileNotFoundError:
         raise InputError(path, "does not exist", fix) from None
     except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})", "check the path and its permissions") from None
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})", "check the path and its permissions") \
+            from None
     if len(raw) > max_bytes:
         size = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes >> 10} KiB"
         raise InputError(path, f"is over {size}: too large for {what}", fix)

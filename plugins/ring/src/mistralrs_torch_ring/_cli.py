@@ -40,7 +40,8 @@ def ring() -> None:
               help="Comma-separated addresses: one per rank, or one per machine (ranks go to machines in "
                    "contiguous blocks).")
 @click.option("--master-ip", default=None, help="Rank 0's address for the rendezvous [default: the first host].")
-@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True, help="Rendezvous port on rank 0's machine.")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True,
+              help="Rendezvous port on rank 0's machine.")
 @click.option("--base-port", type=click.IntRange(1, 65535), default=12345, show_default=True,
               help="First ring port on each machine (port/right_port; gloo itself picks its data ports).")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Folder for rank<k>.json.")

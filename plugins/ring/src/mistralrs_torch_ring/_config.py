@@ -179,8 +179,8 @@ def check_ring_config(path: str | Path) -> tuple[RingConfig | None, list[Problem
     for name in _PORTS:
         value = ints[name]
         if value is not None and not 1 <= value <= 65535:
-            problems.append(Problem(path, name, f"{shown(value)} is not a TCP port", "use a port in 1..65535 (ports below "
-                                    "1024 need root; 1024..65535 is the usual choice)"))
+            problems.append(Problem(path, name, f"{shown(value)} is not a TCP port", "use a port in 1..65535 (ports "
+                                    "below 1024 need root; 1024..65535 is the usual choice)"))
             ints[name] = None
     world, rank = ints["world_size"], ints["rank"]
     if world is not None and world > MAX_WORLD_SIZE:
@@ -332,8 +332,8 @@ def ring_config_set(world_size: int, hosts: Sequence[str] = ("127.0.0.1",), *, m
         problems.append(f"{len(hosts)} hosts cannot hold {world_size} ranks evenly: give one host per rank, or a "
                         f"number of hosts that divides {world_size}")
     if master_ip is not None and (len(master_ip) > 253 or is_wildcard(master_ip) or not valid_host(master_ip)):
-        problems.append(f"--master-ip {shown(master_ip)} is not an address the other ranks can connect to: give rank 0's "
-                        "IP address or host name")
+        problems.append(f"--master-ip {shown(master_ip)} is not an address the other ranks can connect to: give "
+                        "rank 0's IP address or host name")
     for name, port in (("--master-port", master_port), ("--base-port", base_port)):
         if not 1 <= port <= 65535:
             problems.append(f"{name} {shown(port)} is not a TCP port: use one in 1..65535")
