@@ -162,7 +162,7 @@ class Startup:
         """Whether every rank has joined; reads rank 0's verdict when it has already given up."""
         p = self.prefix
         self.joined = {int(k) for k in self._call(lambda: store.get(f"{p}joined")).split()}
-        if len(self.joined) >= self.r.world_size:
+        if self.joined.issuperset(range(self.r.world_size)):  # (a rank of a larger world may join too)
             return True
         if not self.r.hosts_store and self._call(lambda: store.check([f"{p}verdict"])):
             missing = [int(k) for k in self._call(lambda: store.get(f"{p}verdict")).split()]
