@@ -5,7 +5,8 @@
     python _ring_worker.py fault VICTIM HOW   all_reduce in a loop; rank VICTIM kills itself (HOW=kill)
                                               or is stopped by the test (HOW=stop)
     python _ring_worker.py join               only the start-up: a CollectiveError from it is the RESULT,
-                                              with the seconds the rendezvous took
+                                              with the seconds the rendezvous took (it starts once the
+                                              file RING_WORKER_GO names exists, when that is set)
 
 The rank's configuration comes from RING_CONFIG, as in production. A rank
 prints one JSON line prefixed RESULT; exit status 0 (collectives passed),
@@ -118,6 +119,9 @@ def fault(comm: object, victim: int, how: str) -> None:
 
 
 def join(runtime: Runtime) -> None:
+    go = os.environ.get("RING_WORKER_GO")  # a file the test creates when this rank may start to join
+    while go and not os.path.exists(go):
+        time.sleep(0.05)
     started = time.monotonic()
     try:
         runtime.communicator()

@@ -52,11 +52,9 @@ class Ranks:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.exited: dict[int, float] = {}
 
-    def start(self, *args: str, frozen: int | None = None, only: int | None = None) -> None:
-        """Start every rank (or ``only`` that one); ``frozen`` is stopped (SIGSTOP) at once, before it could join."""
+    def start(self, *args: str, frozen: int | None = None) -> None:
+        """Start every rank; ``frozen`` is stopped (SIGSTOP) at once, long before it could join."""
         for rank, env in enumerate(self.envs):
-            if only is not None and rank != only:
-                continue
             with open(self.folder / f"rank{rank}.out", "wb") as out, open(self.folder / f"rank{rank}.err", "wb") as err:
                 self.procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env, stdout=out,
                                                    stderr=err, start_new_session=True))
@@ -213,9 +211,10 @@ def test_a_store_host_frozen_at_start_up_fails_the_others_within_the_timeout(ran
     """Rank 0 listens, then freezes: the kernel still accepts connections on its behalf, and torch's own store
     client once waited about twice the timeout there. Rank 1's whole start-up stays within its timeout."""
     group = ranks(2)
+    go = group.folder / "go"
     group.envs[0]["MISTRALRS_RENDEZVOUS_TIMEOUT"] = "120"
-    group.envs[1]["MISTRALRS_RENDEZVOUS_TIMEOUT"] = str(JOIN_TIMEOUT)
-    group.start("join", only=0)
+    group.envs[1].update(MISTRALRS_RENDEZVOUS_TIMEOUT=str(JOIN_TIMEOUT), RING_WORKER_GO=str(go))
+    group.start("join")  # rank 1 imports meanwhile, and starts its rendezvous only once rank 0 is frozen
     deadline = time.monotonic() + 150
     while True:  # until rank 0's store listens
         assert group.procs[0].poll() is None and time.monotonic() < deadline, group.errors(0)
@@ -225,7 +224,7 @@ def test_a_store_host_frozen_at_start_up_fails_the_others_within_the_timeout(ran
         except OSError:
             time.sleep(0.1)
     os.kill(group.procs[0].pid, signal.SIGSTOP)
-    group.start("join", only=1)
+    go.touch()
     group.wait([1], time.monotonic() + 150)
     assert group.procs[1].returncode == 3, group.errors(1)
     result = group.result(1)
