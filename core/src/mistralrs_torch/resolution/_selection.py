@@ -83,7 +83,7 @@ def _config_schema(where: str) -> Any:
 
 
 def _config_features(path: str, table: tuple[str, ...]) -> Selection | None:
-    from mistralrs_torch.validation import problems, read_toml
+    from mistralrs_torch.validation import problem_lines, problems, read_toml
 
     name = os.path.basename(path)
     data: Any = read_toml(path, "a configuration file", max_bytes=_MAX_CONFIG_BYTES,
@@ -100,9 +100,7 @@ def _config_features(path: str, table: tuple[str, ...]) -> Selection | None:
                                   f"not {type(data).__name__}: write [tool.mistralrs] with {_FEATURES_HELP}")
     found = problems(_config_schema(where), data)
     if found:
-        raise ConfigError("\n".join([f"{where} is not a valid mistralrs configuration:",
-                                      *(f"  - {field} {problem}" if field else f"  - {problem}"
-                                        for field, problem in found)]))
+        raise ConfigError("\n".join([f"{where} is not a valid mistralrs configuration:", *problem_lines(found)]))
     if "features" not in data:
         return None
     return _parse(data["features"], where)

@@ -123,6 +123,7 @@ class SystemSnapshot:
         The format is docs/system.schema.json (:func:`mistralrs_torch.system.snapshot_json_schema`).
         """
         from mistralrs_torch.system._schema import snapshot_problems
+        from mistralrs_torch.validation import problem_lines
 
         where = source or "system snapshot"
         if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
@@ -133,7 +134,7 @@ class SystemSnapshot:
         problems = snapshot_problems(data)
         if problems:
             raise SystemProfileError("\n".join([f"{where} is a malformed system snapshot:",
-                                                 *(f"  - {field} {problem}" for field, problem in problems),
+                                                 *problem_lines(problems),
                                                  "compare it with `mistralrs plugins system --json` or "
                                                  "docs/system.schema.json"]))
         values = {k: v for k, v in data.items() if k != "schema"}

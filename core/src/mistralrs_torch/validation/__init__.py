@@ -36,12 +36,13 @@ if TYPE_CHECKING:
         Schema,
         Text,
         json_schema,
+        problem_lines,
         problems,
     )
 
 #: Loaded on first use: every start-up reads environment variables, few read a structured file.
 _SCHEMA_NAMES = ("Const", "Flag", "Integer", "ListOf", "MapOf", "Nullable", "OneOf", "Record", "Schema", "Text",
-                 "json_schema", "problems")
+                 "json_schema", "problem_lines", "problems")
 
 
 def __getattr__(name: str) -> object:
@@ -73,6 +74,7 @@ __all__ = [
     "parse_flag",
     "parse_int",
     "parse_seconds",
+    "problem_lines",
     "problems",
     "read_json",
     "read_toml",

@@ -27,6 +27,7 @@ __all__ = [
     "Schema",
     "Text",
     "json_schema",
+    "problem_lines",
     "problems",
 ]
 
@@ -293,6 +294,11 @@ def problems(schema: Schema, value: Any, path: str = "") -> list[tuple[str, str]
     if walk.full():
         walk.found.append(("", "... (further problems not shown)"))
     return walk.found
+
+
+def problem_lines(found: list[tuple[str, str]]) -> list[str]:
+    """Problems as the lines of an error message: "  - gpus[0].index is -1, outside 0..1023"."""
+    return [f"  - {field} {problem}" if field else f"  - {problem}" for field, problem in found]
 
 
 def json_schema(schema: Schema) -> dict[str, Any]:
