@@ -437,3 +437,42 @@ def test_strict_mode_off_spellings_keep_a_broken_plugin_a_warning(fake_plugin) -
         entry_point = fake_plugin("raise SystemExit(3)\n", name="broken")
         manager = PluginManager(entry_points=[entry_point], environ={"MISTRALRS_STRICT_PLUGINS": value})
         assert [b.plugin.name for b in manager.broken] == ["broken"]
+
+
+def test_a_plugin_api_1_manifest_or_backend_is_refused_pointing_at_the_migration(fake_plugin) -> None:
+    manifest_v1 = fake_plugin("""
+        from mistralrs_torch import FeatureManifest, hookimpl
+
+        @hookimpl
+        def mistralrs_features():
+            return (FeatureManifest(name="oldmanifest", summary="x", distribution="old", priority=5),)
+        """, name="oldmanifest")
+    backend_v1 = fake_plugin("""
+        from mistralrs_torch import FeatureManifest, Support, hookimpl
+
+        @hookimpl
+        def mistralrs_features():
+            return (FeatureManifest(name="oldbackend", summary="x", distribution="old", provides=("matmul",)),)
+
+        class Old:
+            name, feature, priority = "old-matmul", "oldbackend", 10
+            def supports(self, call):
+                return Support(True)
+            def linear(self, x, weight, bias=None):
+                return x
+
+        @hookimpl
+        def mistralrs_matmul_backends(active):
+            return (Old(),) if "oldbackend" in active else ()
+        """, name="oldbackend")
+    manager = PluginManager(entry_points=[manifest_v1, backend_v1], environ={})
+    (broken,) = manager.broken
+    assert broken.stage == "hook mistralrs_features" and "selection_priority" in broken.error
+    assert "#migrating-from-plugin-api-1x" in broken.error
+    from mistralrs_torch import MatmulBackend
+
+    manager.collect("mistralrs_matmul_backends", MatmulBackend, frozenset({"cpu", "oldbackend"}))
+    late = manager.broken[-1]
+    assert late.plugin.name == "oldbackend" and late.stage == "hook mistralrs_matmul_backends"
+    assert late.error == ("returned Old has no dispatch_priority (plugin API 1.x called it priority: see "
+                          "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)")

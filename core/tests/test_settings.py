@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mistralrs_torch import PLUGIN_API_VERSION, ConfigError, MistralrsError
-from mistralrs_torch._settings import CORE_ENV_VARS, env_flag, env_list
+from mistralrs_torch._settings import CORE_ENV_VARS
+from mistralrs_torch.validation import env_flag, env_list
 from mistralrs_torch._version import supports_api_version
 
 

@@ -1,9 +1,11 @@
-"""mistralrs: pluggable hardware backends for LLM inference.
+"""mistralrs-torch: pluggable hardware backends for LLM inference.
 
 The core defines the plugin contract (hooks, feature manifests, the op
 contract), discovers plugins through entry points, probes the system and
 resolves which features are active. Importing it imports no torch.
 """
+
+from typing import TYPE_CHECKING
 
 from mistralrs_torch._errors import (
     CollectiveError,
@@ -34,10 +36,28 @@ from mistralrs_torch.plugins import BrokenPlugin, InstalledFeature, PluginInfo, 
 from mistralrs_torch.resolution import FeatureStatus, Resolution, Selection, read_selection, resolve
 from mistralrs_torch.system import GPU, SystemSnapshot, load_system, probe_system
 
+if TYPE_CHECKING:
+    from mistralrs_torch.ops import (
+        AttentionBackend,
+        CallSpec,
+        CheckResult,
+        CollectiveBackend,
+        Communicator,
+        Device,
+        LayerBackend,
+        MatmulBackend,
+        PreparedWeight,
+        QuantizedWeight,
+        Support,
+        kernel_for,
+    )
+    from mistralrs_torch.runtime import Runtime
+
 # The op contract is needed only when a runtime binds backends; importing it lazily keeps
 # `mistralrs plugins list` start-up short (see benchmarks/startup.py).
 _LAZY = {name: "mistralrs_torch.ops" for name in (
-    "AttentionBackend", "CallSpec", "CheckResult", "CollectiveBackend", "Communicator", "Device", "MatmulBackend", "Support")}
+    "AttentionBackend", "CallSpec", "CheckResult", "CollectiveBackend", "Communicator", "Device", "LayerBackend",
+    "MatmulBackend", "PreparedWeight", "QuantizedWeight", "Support", "kernel_for")}
 _LAZY["Runtime"] = "mistralrs_torch.runtime"  # imports torch
 
 
@@ -69,6 +89,7 @@ __all__ = [
     "GPURequirement",
     "InputError",
     "InstalledFeature",
+    "LayerBackend",
     "LibraryRequirement",
     "ManifestError",
     "MatmulBackend",
@@ -79,6 +100,8 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "PluginManager",
+    "PreparedWeight",
+    "QuantizedWeight",
     "Resolution",
     "Runtime",
     "Selection",
@@ -91,6 +114,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "hookspec",
+    "kernel_for",
     "load_system",
     "probe_system",
     "read_selection",

@@ -1,13 +1,8 @@
-"""The core's own environment variables, parsed with errors that say what to write instead."""
+"""The core's own environment variables and what each does (parsed by :mod:`mistralrs_torch.validation`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from mistralrs_torch._errors import InputError
-from mistralrs_torch.validation import parse_flag, shown
-
-__all__ = ["CORE_ENV_VARS", "env_flag", "env_list"]
+__all__ = ["CORE_ENV_VARS"]
 
 #: Variables the core reads, with what they do (doctor judges unknown MISTRALRS_* names against these
 #: and the ones manifests declare).
@@ -28,23 +23,3 @@ CORE_ENV_VARS = {
                                "'0:16;1:16' (layers per accelerator ordinal, in order); replaces the automatic map; "
                                "refused under NCCL, where each process holds one device",
 }
-
-#: Names a list variable may hold, and how long each may be (plugin and feature names are short).
-_MAX_ITEMS, _MAX_ITEM_LENGTH = 64, 100
-
-
-def env_flag(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
-    """A boolean variable; raises InputError (a ConfigError) on a value that is neither true nor false."""
-    raw = environ.get(name)
-    return default if raw is None else parse_flag(raw, name)
-
-
-def env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
-    """A comma- or space-separated list variable, empty when unset; InputError past 64 names of 100 characters."""
-    items = tuple(item for item in environ.get(name, "").replace(",", " ").split() if item)
-    long = next((item for item in items if len(item) > _MAX_ITEM_LENGTH), None)
-    if long is not None or len(items) > _MAX_ITEMS:
-        problem = f"names {shown(long)}, longer than {_MAX_ITEM_LENGTH} characters" if long is not None else \
-            f"names {len(items)} entries, more than {_MAX_ITEMS}"
-        raise InputError(name, problem, f"list at most {_MAX_ITEMS} names, separated by commas or spaces")
-    return items

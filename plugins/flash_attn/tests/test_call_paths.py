@@ -403,7 +403,7 @@ def test_a_flash_attention_3_that_fails_to_import_says_so(monkeypatch: pytest.Mo
 
 
 def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mistralrs_torch._errors import FallbackError
+    from mistralrs_torch import FallbackError
     from mistralrs_torch.runtime import Dispatcher
 
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)

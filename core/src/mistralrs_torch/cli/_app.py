@@ -19,7 +19,7 @@ from mistralrs_torch._errors import MistralrsError, SelectionError, SystemProfil
 from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
-from mistralrs_torch._settings import env_flag
+from mistralrs_torch.validation import env_flag
 from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mistralrs_torch._errors import ConfigError
-from mistralrs_torch._settings import CORE_ENV_VARS, env_list
+from mistralrs_torch._settings import CORE_ENV_VARS
+from mistralrs_torch.validation import env_list
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.validation import did_you_mean, shown

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from mistralrs_torch._errors import ConfigError, SelectionError
-from mistralrs_torch._settings import env_flag
+from mistralrs_torch.validation import env_flag
 from mistralrs_torch.doctor._configuration import environment_checks
 from mistralrs_torch.doctor._installation import installation_checks
 from mistralrs_torch.doctor._report import DoctorReport

@@ -12,6 +12,7 @@ from mistralrs_torch.ops._contract import (
     MatmulBackend,
     Support,
     conforms,
+    contract_problem,
     kernel_for,
     op_methods,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "QuantizedWeight",
     "Support",
     "conforms",
+    "contract_problem",
     "kernel_for",
     "op_methods",
     "op_spec",

@@ -57,6 +57,7 @@ __all__ = [
     "MatmulBackend",
     "Support",
     "conforms",
+    "contract_problem",
     "kernel_for",
 ]
 
@@ -250,15 +251,32 @@ def op_methods(kind: type) -> tuple[str, ...]:
     return tuple(op.name for op in OPS if op.kind == name)
 
 
-def conforms(item: object, kind: type) -> bool:
-    """Whether ``item`` is a ``kind``: backends need identity, ``supports`` and at least one op method."""
+def contract_problem(item: object, kind: type) -> str:
+    """What keeps ``item`` from being a ``kind`` ("" when nothing): backends need their identity (name,
+    feature, an int dispatch_priority), ``supports`` (but collective backends) and at least one op method."""
+    label = f"{type(item).__name__}"
     if kind not in BACKEND_PROTOCOLS.values():
-        return isinstance(item, kind)
+        return "" if isinstance(item, kind) else f"{label} is not a {kind.__name__}"
     required = ("name", "feature", "dispatch_priority") + (() if kind is CollectiveBackend else ("supports",))
+    missing = [a for a in required if not hasattr(item, a)]
+    if missing:
+        hint = (" (plugin API 1.x called it priority: see "
+                "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)"
+                if "dispatch_priority" in missing and hasattr(item, "priority") else "")
+        return f"{label} has no {', '.join(missing)}{hint}"
+    if not isinstance(getattr(item, "dispatch_priority"), int):
+        return f"{label}.dispatch_priority is {getattr(item, 'dispatch_priority')!r}, not an int"
+    if not all(callable(getattr(item, a)) for a in required[3:]):
+        return f"{label}.supports is not callable"
     methods: list[Callable[..., Any] | None] = [getattr(item, op, None) for op in op_methods(kind)]
-    return (all(hasattr(item, a) for a in required) and isinstance(getattr(item, "dispatch_priority", None), int)
-            and all(callable(getattr(item, a)) for a in required[3:])
-            and all(m is None or callable(m) for m in methods) and any(callable(m) for m in methods))
+    if not all(m is None or callable(m) for m in methods) or not any(callable(m) for m in methods):
+        return f"{label} implements none of {', '.join(op_methods(kind))} (each a method, or None when not implemented)"
+    return ""
+
+
+def conforms(item: object, kind: type) -> bool:
+    """Whether ``item`` is a ``kind`` (see :func:`contract_problem`)."""
+    return not contract_problem(item, kind)
 
 
 def kernel_for(backend: Any, op: str, call: CallSpec) -> Callable[..., Any]:

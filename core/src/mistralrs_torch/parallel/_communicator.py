@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from mistralrs_torch._errors import CollectiveError, ConfigError, UnsupportedCallError
-from mistralrs_torch._settings import env_flag
+from mistralrs_torch.validation import env_flag
 from mistralrs_torch.parallel._diagnosis import failure
 from mistralrs_torch.parallel._heartbeat import Heartbeat
 from mistralrs_torch.parallel._native_log import DEBUG_VAR, NativeLog

@@ -19,7 +19,7 @@ import pluggy
 
 from mistralrs_torch import _hookspecs
 from mistralrs_torch._errors import MistralrsError, PluginError
-from mistralrs_torch._settings import env_flag, env_list
+from mistralrs_torch.validation import env_flag, env_list
 from mistralrs_torch._version import PLUGIN_API_VERSION, __version__, supports_api_version
 from mistralrs_torch.features import FeatureManifest
 from mistralrs_torch.plugins import _builtin
@@ -138,10 +138,11 @@ class PluginManager:
             self._system = system
         return self._system
 
-    def call_each(self, hook: str, check: Callable[[Any], bool], **kwargs: Any) -> list[tuple[PluginInfo, Any]]:
+    def call_each(self, hook: str, check: Callable[[Any], bool | str], **kwargs: Any) -> list[tuple[PluginInfo, Any]]:
         """Call one hook on every healthy plugin; results failing ``check`` quarantine their plugin.
 
-        Returns (plugin, result) pairs for results that are not None.
+        ``check`` answers True/False, or a problem text ("" when the result is fine). Returns (plugin, result)
+        pairs for results that are not None.
         """
         results = []
         broken_before = len(self._broken)
@@ -150,8 +151,9 @@ class PluginManager:
             result = self._guarded(info, f"hook {hook}", lambda: _call(impl, kwargs))
             if result is None or info.name not in self._info:
                 continue
-            if not check(result):
-                self._quarantine(info, f"hook {hook}", f"returned {type(result).__name__}, which breaks the hook's contract")
+            problem = _problem(check(result), result)
+            if problem:
+                self._quarantine(info, f"hook {hook}", problem)
                 continue
             results.append((info, result))
         self._raise_if_strict(broken_before)
@@ -191,10 +193,12 @@ class PluginManager:
         A plugin whose result is not a sequence of ``kind``, or that returns a backend of a
         feature that is not active or not its own, breaks the contract and is quarantined.
         """
-        from mistralrs_torch.ops import conforms
+        from mistralrs_torch.ops import contract_problem
 
-        def valid(result: Any) -> bool:
-            return isinstance(result, (list, tuple)) and all(conforms(item, kind) for item in result)
+        def valid(result: Any) -> str:
+            if not isinstance(result, (list, tuple)):
+                return f"returned {type(result).__name__}, not a sequence of {kind.__name__}"
+            return next((f"returned {p}" for p in (contract_problem(item, kind) for item in result) if p), "")
 
         items = []
         broken_before = len(self._broken)
@@ -236,7 +240,7 @@ class PluginManager:
             return
         self._info[info.name] = info
         impls = [i for i in self._impls("mistralrs_features") if i.plugin_name == info.name]
-        manifests = self._guarded(info, "hook mistralrs_features", lambda: [m for i in impls for m in (i.function() or ())])
+        manifests = self._guarded(info, "hook mistralrs_features", lambda: _manifests_of(impls))
         if manifests is not None:
             self._accept_features(info, manifests)
 
@@ -309,10 +313,26 @@ def _api_version_problem(manifest: FeatureManifest, info: PluginInfo) -> str:
     text = (f"feature {manifest.name!r} targets plugin API {manifest.api_version!r}; mistralrs-torch {__version__} "
             f"supports {ours}.0 through {PLUGIN_API_VERSION}")
     if manifest.api_version.split(".")[0].isdigit() and int(manifest.api_version.split(".")[0]) < int(ours):
-        return (f"{text}: {info.distribution} was written for an older plugin API; its authors update it as "
-                f"docs/writing-a-plugin.md#migrating-from-plugin-api-1x says, or install mistralrs-torch 0.1's "
-                f"API-1 release beside it")
+        return (f"{text}: {info.distribution} was written for an older plugin API (the releases named mistralrs*, "
+                f"before mistralrs-torch); its authors update it as docs/writing-a-plugin.md#migrating-from-plugin-"
+                f"api-1x says")
     return f"{text}: install a version of {info.distribution} written for it, or upgrade mistralrs-torch"
+
+
+def _manifests_of(impls: Sequence[pluggy.HookImpl]) -> list[object]:
+    try:
+        return [m for impl in impls for m in (impl.function() or ())]
+    except TypeError as exc:
+        if "'priority'" in str(exc):  # FeatureManifest(priority=...) of plugin API 1.x
+            raise TypeError(f"{exc} (plugin API 1.x's priority is selection_priority in 2.0: see "
+                            "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)") from exc
+        raise
+
+
+def _problem(verdict: bool | str, result: object) -> str:
+    if isinstance(verdict, str):
+        return verdict
+    return "" if verdict else f"returned {type(result).__name__}, which breaks the hook's contract"
 
 
 def _traceback() -> str:

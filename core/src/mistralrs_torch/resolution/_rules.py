@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mistralrs_torch._settings import env_flag
+from mistralrs_torch.validation import env_flag
 from mistralrs_torch.features import FeatureManifest
 from mistralrs_torch.features._manifest import PLATFORM_LABELS
 from mistralrs_torch.system import SystemSnapshot

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mistralrs_torch._errors import ConfigError, OpInputError, UnsupportedCallError
-from mistralrs_torch._settings import env_flag
+from mistralrs_torch.validation import env_flag
 from mistralrs_torch.ops import (
     BACKEND_KINDS,
     BACKEND_PROTOCOLS,

@@ -16,7 +16,9 @@ from mistralrs_torch.validation._documents import MAX_DEPTH, read_json, read_tom
 from mistralrs_torch.validation._text import SHOWN, did_you_mean, shown
 from mistralrs_torch.validation._values import (
     MAX_SECONDS,
+    env_flag,
     env_int,
+    env_list,
     env_seconds,
     parse_flag,
     parse_int,
@@ -68,7 +70,9 @@ __all__ = [
     "Schema",
     "Text",
     "did_you_mean",
+    "env_flag",
     "env_int",
+    "env_list",
     "env_seconds",
     "json_schema",
     "parse_flag",

@@ -15,7 +15,9 @@ from mistralrs_torch.validation._text import shown
 
 __all__ = [
     "MAX_SECONDS",
+    "env_flag",
     "env_int",
+    "env_list",
     "env_seconds",
     "parse_flag",
     "parse_int",
@@ -98,3 +100,24 @@ def env_seconds(environ: Mapping[str, str], name: str, default: float, high: flo
     """The seconds variable ``name`` (see :func:`parse_seconds`), ``default`` when unset or blank."""
     raw = environ.get(name, "")
     return parse_seconds(raw, name, high, fix) if raw.strip() else default
+
+
+#: Names a list variable may hold, and how long each may be (plugin and feature names are short).
+_MAX_ITEMS, _MAX_ITEM_LENGTH = 64, 100
+
+
+def env_flag(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A boolean variable; raises InputError (a ConfigError) on a value that is neither true nor false."""
+    raw = environ.get(name)
+    return default if raw is None else parse_flag(raw, name)
+
+
+def env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma- or space-separated list variable, empty when unset; InputError past 64 names of 100 characters."""
+    items = tuple(item for item in environ.get(name, "").replace(",", " ").split() if item)
+    long = next((item for item in items if len(item) > _MAX_ITEM_LENGTH), None)
+    if long is not None or len(items) > _MAX_ITEMS:
+        problem = f"names {shown(long)}, longer than {_MAX_ITEM_LENGTH} characters" if long is not None else \
+            f"names {len(items)} entries, more than {_MAX_ITEMS}"
+        raise InputError(name, problem, f"list at most {_MAX_ITEMS} names, separated by commas or spaces")
+    return items

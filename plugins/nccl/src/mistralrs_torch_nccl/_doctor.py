@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mistralrs_torch import CheckResult, ConfigError, SystemSnapshot
-from mistralrs_torch._settings import env_flag
 from mistralrs_torch.parallel import MAX_WORLD_SIZE, collective_timeouts, is_power_of_two, torchrun_rendezvous
-from mistralrs_torch.validation import env_int, shown
+from mistralrs_torch.validation import env_flag, env_int, shown
 from mistralrs_torch_nccl._world import LOCAL_WORLD_SIZE_VAR, local_world_size
 
 __all__ = ["nccl_checks"]
@@ -16,7 +15,7 @@ __all__ = ["nccl_checks"]
 def _mapping(gpus: int, environ: Mapping[str, str], why_on: str) -> CheckResult:
     """The device-mapping mode with NCCL off, by the core's rule (ranks sharing this machine turn it off too)."""
     from mistralrs_torch.ops import Device
-    from mistralrs_torch.parallel._device_map import device_mapping_mode
+    from mistralrs_torch.parallel import device_mapping_mode
 
     mode, reason = device_mapping_mode((), [Device(f"cuda:{i}", "GPU", "cuda") for i in range(gpus)], environ)
     return CheckResult("device mapping", "info", f"off: {reason}" if mode == "disabled" else

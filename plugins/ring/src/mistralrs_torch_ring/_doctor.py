@@ -6,7 +6,7 @@ import socket
 from collections.abc import Mapping
 
 from mistralrs_torch import CheckResult, ConfigError
-from mistralrs_torch.parallel._rendezvous import collective_timeouts, is_loopback, is_wildcard, torchrun_rendezvous
+from mistralrs_torch.parallel import collective_timeouts, is_loopback, is_wildcard, torchrun_rendezvous
 from mistralrs_torch_ring._config import check_ring_config
 from mistralrs_torch_ring._rendezvous import ring_rendezvous
 

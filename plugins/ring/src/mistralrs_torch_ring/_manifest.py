@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mistralrs_torch import AutoCondition, EnvVar, FeatureManifest
-from mistralrs_torch.parallel._variables import COLLECTIVE_ENV_VARS
+from mistralrs_torch.parallel import COLLECTIVE_ENV_VARS
 
 __all__ = ["RING"]
 
