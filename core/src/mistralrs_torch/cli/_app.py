@@ -19,7 +19,7 @@ from mistralrs_torch._errors import MistralrsError, SelectionError, SystemProfil
 from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
-from mistralrs_torch.validation import env_flag
+from mistralrs_torch.validation import env_flag, shown
 from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
@@ -306,7 +306,7 @@ def test_command(name: str, features: str | None, verbose: bool, as_json: bool) 
     chosen = tuple(f for f in (features or "").replace(",", " ").split() if f)
     report = run_kit(name, chosen or None, os.environ)
     if as_json:
-        _print_json({"schema": "mistralrs.plugins.test/2", "plugin": name, "features": list(report.features),
+        _print_json({"schema": "mistralrs.plugins.test/2", "plugin": shown(name), "features": list(report.features),
                      "verdict": report.verdict, "counts": report.counts(),
                      "results": [{"check": r.check, "status": r.status, "detail": r.detail, "ran": r.ran,
                                   "cases": [{"case": c.case, "dtype": c.dtype, "device": c.device,

@@ -25,6 +25,7 @@ from mistralrs_torch.plugins import InstalledFeature, PluginManager
 from mistralrs_torch.plugins._builtin import PLUGIN_NAME as BUILTIN
 from mistralrs_torch.resolution import Resolution, Selection, resolve
 from mistralrs_torch.testing._verify import TOLERANCES, CaseResult, run_case
+from mistralrs_torch.validation import shown
 
 __all__ = ["VERDICT_EXIT_CODES", "KitReport", "KitResult", "run_kit"]
 
@@ -192,12 +193,12 @@ def run_kit(entry_point: str, features: Sequence[str] | None = None,
     if not mine:
         installed = sorted({f.plugin.name for f in manager.features})
         return KitReport(entry_point, (), (KitResult("discovery", "failed", f"no installed plugin named "
-                                                     f"{entry_point!r}: installed plugins are {', '.join(installed)}"),))
+                                                     f"{shown(entry_point)}: installed plugins are {', '.join(installed)}"),))
     names = [f.manifest.name for f in mine]
     unknown = [n for n in features or () if n not in names]
     if unknown:
-        return KitReport(entry_point, tuple(names), (KitResult("features", "failed", f"{entry_point} ships "
-                         f"{', '.join(names)}, not {', '.join(unknown)}: name features of this plugin"),))
+        return KitReport(entry_point, tuple(names), (KitResult("features", "failed", f"{shown(entry_point)} ships "
+                         f"{', '.join(names)}, not {shown(' '.join(unknown))}: name features of this plugin"),))
     plugin = PluginUnderTest(entry_point, mine[0].plugin.distribution, tuple(f.manifest for f in mine))
     results = []
     for check in CONTRACT_CHECKS:
