@@ -16,6 +16,7 @@ __all__ = [
     "FallbackError",
     "ManifestError",
     "MistralrsError",
+    "ModelLoadError",
     "PluginAPIVersionError",
     "PluginError",
     "SelectionError",
@@ -47,6 +48,10 @@ class ConfigError(MistralrsError):
 
 class SystemProfileError(ConfigError):
     """A system snapshot given with --system cannot be found or read."""
+
+
+class ModelLoadError(ConfigError):
+    """A model path is missing, truncated or unsupported; the message names the file and the field."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from mistralrs_torch._errors import MistralrsError, SelectionError, SystemProfil
 from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
+from mistralrs_torch.cli._run import run_command
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
@@ -255,6 +256,7 @@ def system_command(system: SystemSnapshot | None, as_json: bool) -> None:
 
 
 cli.add_command(launch_command)
+cli.add_command(run_command)
 
 
 def main() -> None:

@@ -24,8 +24,10 @@ class TensorSlice:
 
 
 def load_safetensors(path: str | PathLike[str], device: str = "cpu", *, names: Iterable[str] | None = None,
-                     slices: Mapping[str, TensorSlice] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file on ``device``; a name in ``slices`` reads only that slice from disk."""
+                     slices: Mapping[str, TensorSlice] | None = None,
+                     dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file on ``device``, cast to ``dtype`` when given (floating-point tensors only: integer
+    ones, such as quantized codes, keep theirs); a name in ``slices`` reads only that slice from disk."""
     slices = slices or {}
     with safe_open(str(path), framework="pt", device=device) as file:
         available = list(file.keys())
@@ -50,4 +52,6 @@ def load_safetensors(path: str | PathLike[str], device: str = "cpu", *, names: I
                     raise ConfigError(f"slice of {name!r} along dim {part.dim}: the tensor has {rank} dimensions")
                 index = (slice(None),) * (part.dim % rank) + (slice(part.start, part.stop),)
                 tensors[name] = view[index]
+    if dtype is not None:
+        tensors = {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
     return tensors

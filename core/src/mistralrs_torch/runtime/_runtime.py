@@ -130,7 +130,8 @@ class Runtime:
         """Attention of q (batch, heads, q len, D) against a block-table KV cache (blocks, block size, kv heads, D)."""
         if not self.paged_attention_enabled:
             raise UnsupportedCallError(
-                f"paged attention is opt-in on {self.device.feature}: pass --paged-attn or set MISTRALRS_PAGED_ATTN=1")
+                f"paged attention is opt-in on {self.device.feature}: create the runtime with "
+                "Runtime.create(paged_attention=True), or pass --paged-attn or set MISTRALRS_PAGED_ATTN=1")
         key = (q.dtype, q.device, q.shape[-1], k_cache.shape[1], q.shape[1] == k_cache.shape[2])
         function = self._paged_cache.get(key)
         if function is None:
@@ -164,9 +165,11 @@ class Runtime:
         return tensor.to(self.device.torch_device)
 
     def load_safetensors(self, path: str | Path, *, names: list[str] | None = None,
-                         slices: Mapping[str, TensorSlice] | None = None) -> dict[str, torch.Tensor]:
-        """Load a safetensors file onto the default device, reading only ``slices`` of the tensors named there."""
-        return load_safetensors(path, self.device.torch_device, names=names, slices=slices)
+                         slices: Mapping[str, TensorSlice] | None = None,
+                         dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Load a safetensors file onto the default device, reading only ``slices`` of the tensors named there and
+        casting floating-point tensors to ``dtype`` when given."""
+        return load_safetensors(path, self.device.torch_device, names=names, slices=slices, dtype=dtype)
 
     def communicator(self) -> Communicator:
         """This process's communicator from the highest-priority collective backend (created once)."""
