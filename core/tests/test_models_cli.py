@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from mistralrs_torch.cli import cli
 from mistralrs_torch.models import load
+from mistralrs_torch.models._progress import Progress
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +81,20 @@ def test_model_errors_exit_1_with_one_line_and_no_traceback(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
     result = _run("-m", str(tmp_path / "nothing.gguf"), "--prompt", "hi")
     assert result.exit_code == 1 and "nothing.gguf does not exist" in result.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_load_draws_a_progress_bar_only_on_a_terminal(model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    terminal = _Terminal()
+    bar = Progress("loading tiny.gguf", 3, terminal)
+    for _ in range(3):
+        bar.advance()
+    bar.close()
+    assert "\rloading tiny.gguf [" + "#" * 30 + "] 3/3" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\r\033[K")  # erased once done
+    load(model_file)
+    assert capsys.readouterr().out == ""  # stdout is not a terminal here: nothing drawn

@@ -152,10 +152,11 @@ def test_unsupported_architecture_names_the_field(tmp_path: Path, tiny, tiny_lla
 
 
 def test_unsupported_tokenizer_and_missing_hyperparameter(tmp_path: Path, tiny, tiny_llama) -> None:
-    spm = tiny.write_gguf(tmp_path / "spm.gguf", tiny_llama, lambda name, array: Q.F32,
-                     {"tokenizer.ggml.model": ("llama", gguf.GGUFValueType.STRING)})
-    with pytest.raises(ModelLoadError, match=r"spm\.gguf: tokenizer\.ggml\.model 'llama' is not supported"):
-        load(spm)
+    unigram = tiny.write_gguf(tmp_path / "t5.gguf", tiny_llama, lambda name, array: Q.F32,
+                              {"tokenizer.ggml.model": ("t5", gguf.GGUFValueType.STRING)})
+    with pytest.raises(ModelLoadError, match=r"t5\.gguf: tokenizer\.ggml\.model 't5' is not supported \(supported: "
+                                             r"gpt2, byte-level BPE; llama, SentencePiece BPE\)"):
+        load(unigram)
     partial = tiny.write_gguf(tmp_path / "partial.gguf", tiny_llama, lambda name, array: Q.F32,
                          {"llama.rope.scaling.type": ("yarn", gguf.GGUFValueType.STRING)})
     with pytest.raises(ModelLoadError, match=r"partial\.gguf: llama\.rope\.scaling\.type 'yarn' is not supported"):
@@ -166,3 +167,39 @@ def test_chat_template_is_read_from_the_file(tmp_path: Path, tiny, tiny_llama) -
     model = load(tiny.write_gguf(tmp_path / "tiny.gguf", tiny_llama, lambda name, array: Q.F32))
     assert model.tokenizer.chat_template == tiny.chat_template
     assert model.tokenizer.stop_ids == frozenset({2})
+
+
+def _sentencepiece_gguf(path: Path) -> Path:
+    """Only a SentencePiece vocabulary (llama.cpp's "llama" tokenizer): specials, 256 byte pieces, then scored
+    pieces from which the merges are implied, as Llama 2 and Mistral GGUF files carry them (no merges list)."""
+    pieces = ["▁", *"abcdefghijklmnopqrstuvwxyz", "▁t", "he", "▁the", "in", "▁a", "er", "on", "▁s", "at", "▁c",
+              "▁cat", "▁m", "▁mat", "▁sat"]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    writer.add_token_types([2, 3, 3, *[6] * 256, *[1] * len(pieces)])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_sentencepiece_vocabulary_tokenizes_as_transformers_does(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from mistralrs_torch.models._tokenizer import tokenizer_from_gguf
+
+    path = _sentencepiece_gguf(tmp_path / "spm.gguf")
+    ours = tokenizer_from_gguf(read_gguf(path)[0], str(path))
+    reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in ["the cat sat on the mat", " leading space", "naïve 日本 🙂", "a\nb", "</s>the"]:
+        ids = ours.encode(text)
+        assert ids == reference(text).input_ids, text
+        assert ids[0] == 1  # a BOS, which SentencePiece files get unless they say otherwise
+        assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True), text

@@ -142,16 +142,23 @@ def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     return byte_level
 
 
-def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokenizer:
-    """A byte-level BPE tokenizer (tokenizer.ggml.model "gpt2") from the vocabulary and merges in GGUF metadata."""
-    kind = metadata.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelLoadError(f"{source}: tokenizer.ggml.model {kind!r} is not supported (supported: gpt2, byte-level "
-                             "BPE): use the model's Hugging Face folder, whose tokenizer.json this runner reads")
-    tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
-    if not tokens or not merges:
-        raise ModelLoadError(f"{source} has no {'tokenizer.ggml.tokens' if not tokens else 'tokenizer.ggml.merges'}: "
-                             "the file carries no usable tokenizer; get a complete GGUF file")
+def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
+    """BPE merges a SentencePiece vocabulary implies: every split of a token into two tokens, best score first.
+
+    The same order as transformers' generate_merges: within a token by the pieces' ids, then by score, then by
+    the pieces' lengths (a stable sort, so ties keep vocabulary order).
+    """
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges: list[tuple[str, str, float]] = []
+    for token, score in zip(tokens, scores):
+        pairs = [(token[:i], token[i:], score) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+        merges.extend(sorted(pairs, key=lambda pair: (vocab[pair[0]], vocab[pair[1]])))
+    merges.sort(key=lambda pair: (pair[2], len(pair[0]), len(pair[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
+def _byte_level(tokens: Sequence[str], merges: Sequence[str], pre: str) -> Tokenizer:
+    """GPT-2-style byte-level BPE (tokenizer.ggml.model "gpt2")."""
     spelling = _bytes_to_unicode()
     alphabet = set(spelling.values())
     # A token outside the byte alphabet (a mislabelled control token) is respelled byte by byte, as transformers does.
@@ -159,13 +166,46 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokeniz
              for i, t in enumerate(tokens)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], dropout=None,
                                    continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
-    backend.pre_tokenizer = _pre_tokenizer(str(metadata.get("tokenizer.ggml.pre", "default")))
+    backend.pre_tokenizer = _pre_tokenizer(pre)
     backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _sentencepiece(tokens: Sequence[str], merges: Sequence[tuple[str, str]]) -> Tokenizer:
+    """SentencePiece BPE with byte fallback (tokenizer.ggml.model "llama"), built as transformers' LlamaTokenizer."""
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=list(merges), fuse_unk=True,
+                                   byte_fallback=True, dropout=None))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(content=" ", left=1)])
+    return backend
+
+
+def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokenizer:
+    """The tokenizer embedded in GGUF metadata: byte-level BPE ("gpt2") or SentencePiece BPE ("llama")."""
+    kind = metadata.get("tokenizer.ggml.model")
+    tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
+    scores = metadata.get("tokenizer.ggml.scores")
+    if kind not in ("gpt2", "llama"):
+        raise ModelLoadError(f"{source}: tokenizer.ggml.model {kind!r} is not supported (supported: gpt2, byte-level "
+                             "BPE; llama, SentencePiece BPE): use the model's Hugging Face folder, whose "
+                             "tokenizer.json this runner reads")
+    missing = "tokenizer.ggml.tokens" if not tokens else "tokenizer.ggml.merges" if kind == "gpt2" and not merges \
+        else "tokenizer.ggml.scores" if kind == "llama" and not merges and not scores else None
+    if missing:
+        raise ModelLoadError(f"{source} has no {missing}: the file carries no usable tokenizer; get a complete "
+                             "GGUF file")
+    if kind == "gpt2":
+        backend = _byte_level(tokens, merges, str(metadata.get("tokenizer.ggml.pre", "default")))
+    else:
+        backend = _sentencepiece(tokens, [tuple(m.split(" ", 1)) for m in merges] if merges
+                                 else _merges_from_scores(tokens, scores))
     types = metadata.get("tokenizer.ggml.token_type") or ()
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                                for t, kind in zip(tokens, types) if kind == _CONTROL and set(t) <= alphabet])
+    alphabet = set(_bytes_to_unicode().values())
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, kind_ in zip(tokens, types)
+                                if kind_ == _CONTROL and (kind != "gpt2" or set(t) <= alphabet)])
     backend.add_tokens([AddedToken(t, normalized=False, special=False)
-                        for t, kind in zip(tokens, types) if kind == _USER_DEFINED])
+                        for t, kind_ in zip(tokens, types) if kind_ == _USER_DEFINED])
 
     def special(key: str) -> str | None:
         index = metadata.get(f"tokenizer.ggml.{key}")
@@ -175,7 +215,8 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokeniz
              "pad_token": "padding_token_id"}
     special_tokens = {name: text for name, key in names.items() if (text := special(key)) is not None}
     bos = special_tokens.get("bos_token")
-    if metadata.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
+    # A SentencePiece file that does not say otherwise gets a BOS, as llama.cpp and transformers give it.
+    if metadata.get("tokenizer.ggml.add_bos_token", kind == "llama") and bos is not None:
         bos_id = int(metadata["tokenizer.ggml.bos_token_id"])
         backend.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1",
                                                                special_tokens=[(bos, bos_id)])
