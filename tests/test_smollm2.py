@@ -115,8 +115,8 @@ def test_tokenizer_ids_and_chat_template_equal_transformers(models: tuple[Any, A
 def test_mistralrs_run_answers_paris() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MISTRALRS_")}
     result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "run", "-m", str(_model_file()), "--prompt",
-                             "What is the capital of France?"], capture_output=True, text=True, timeout=300,
-                            env=env, check=False)
+                             "What is the capital of France?", "--max-tokens", "16"], capture_output=True,
+                            text=True, timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout, result.stdout
     assert "tokens/s decode" in result.stderr

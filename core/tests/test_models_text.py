@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from mistralrs_torch import ModelLoadError
 from mistralrs_torch.models import TextStream, TextTokenizer
 from mistralrs_torch.models._config import config_from_hf
-from mistralrs_torch.models._rope import rope_inv_freq
+from mistralrs_torch.ops import rope_inv_freq
 
 
 def _byte_tokenizer(tiny: Any) -> TextTokenizer:

@@ -17,6 +17,7 @@ __all__ = [
     "ManifestError",
     "MistralrsError",
     "ModelLoadError",
+    "OpInputError",
     "PluginAPIVersionError",
     "PluginError",
     "SelectionError",
@@ -80,6 +81,13 @@ class SelectionError(MistralrsError):
 
 class UnsupportedCallError(MistralrsError):
     """No bound backend supports an op call; the message lists each backend's reason."""
+
+
+class OpInputError(MistralrsError, ValueError):
+    """An op was called with tensors that break its contract (shape, dtype, device, layout or values).
+
+    The message names the argument, what it is and what the op expects.
+    """
 
 
 class FallbackError(UnsupportedCallError):

@@ -112,7 +112,7 @@ def recommendation_checks(resolution: Resolution) -> list[CheckResult]:
     for hardware in classes:
         label = HARDWARE_CLASSES[hardware][0]
         wanted = [f for f in installed.values() if hardware in f.manifest.recommended_for]  # type: ignore[union-attr]
-        wanted.sort(key=lambda f: -f.manifest.priority)  # type: ignore[union-attr]
+        wanted.sort(key=lambda f: -f.manifest.selection_priority)  # type: ignore[union-attr]
         kept: list = []
         for f in wanted:  # keep the runnable, higher-priority side of every exclusion
             rival = next((k for k in kept if f.name in k.manifest.excludes or k.name in f.manifest.excludes), None)

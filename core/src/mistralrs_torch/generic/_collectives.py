@@ -43,7 +43,7 @@ class SingleProcessCollectives:
 
     name = "single-process"
     feature = "cpu"
-    priority = -1000
+    dispatch_priority = -1000
 
     def communicator(self, environ: Mapping[str, str]) -> SingleProcessCommunicator:
         return SingleProcessCommunicator()

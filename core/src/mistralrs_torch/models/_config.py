@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from mistralrs_torch._errors import ModelLoadError
+from mistralrs_torch.ops import ROPE_TYPES
 
-__all__ = ["ARCHITECTURES", "ROPE_TYPES", "ModelConfig", "config_from_gguf", "config_from_hf", "read_json"]
+__all__ = ["ARCHITECTURES", "ModelConfig", "config_from_gguf", "config_from_hf", "read_json"]
 
 #: Hugging Face model_type / GGUF general.architecture values this runner implements (one Llama-family class).
 ARCHITECTURES = ("llama", "mistral", "qwen2")
-#: rope_type values rope_inv_freq computes.
-ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclass(frozen=True)

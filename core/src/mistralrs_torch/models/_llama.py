@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from mistralrs_torch.models._config import ModelConfig
 from mistralrs_torch.models._layers import Attention, Embedding, KVCache, Linear, RMSNorm, Weight
-from mistralrs_torch.models._rope import rope_inv_freq
+from mistralrs_torch.ops import rope_inv_freq
 from mistralrs_torch.runtime import Runtime
 
 __all__ = ["LlamaForCausalLM"]
@@ -94,7 +94,7 @@ class LlamaForCausalLM:
         c = self.config
         return KVCache(self.runtime, c.sliding_windows, capacity, c.num_kv_heads, c.head_dim, self.dtype)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
         """Logits (float32) of the last token (vocab,), or of every token (tokens, vocab), after feeding ``ids``.
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from mistralrs_torch._errors import ConfigError, ModelLoadError
+from mistralrs_torch.models._layers import Weight
 from mistralrs_torch.models._llama import LlamaForCausalLM
 from mistralrs_torch.models._model import Model
 from mistralrs_torch.models._progress import Progress
@@ -66,13 +67,13 @@ def load(path: str | PathLike[str], *, runtime: Runtime | None = None,
     check_complete(source, names)
     progress = Progress(f"loading {source.path.name}", len(names))
 
-    def weight(name: str) -> torch.Tensor | object:
+    def weight(name: str) -> Weight:
         value = source.weight(name)
         progress.advance()
         return value
 
     try:
-        network = LlamaForCausalLM(source.config, runtime, weight, chosen)  # type: ignore[arg-type]
+        network = LlamaForCausalLM(source.config, runtime, weight, chosen)
     finally:
         progress.close()
     return Model(network, source.tokenizer, source.path)

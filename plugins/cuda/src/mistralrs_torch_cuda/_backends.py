@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 import torch
 
-from mistralrs_torch.generic import TorchAttention, TorchMatmul, dense_attention, sdpa_kernel_refusal
+from mistralrs_torch.generic import TorchAttention, TorchLayers, TorchMatmul, dense_attention, sdpa_kernel_refusal
 from mistralrs_torch.ops import CallSpec, Support
 from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label
 
 __all__ = ["CUDA_DTYPES", "CUDA_PRIORITY", "CUDNN_PRIORITY", "CudaSDPA", "CudnnAttention", "configure_cudnn",
-           "cuda_attention", "cuda_matmul", "torch_cudnn_check"]
+           "cuda_attention", "cuda_layers", "cuda_matmul", "torch_cudnn_check"]
 
 #: Above the generic CPU backend (-1000); below cuDNN (200), FlashAttention-2 (300) and -3 (400).
 CUDA_PRIORITY = 100
@@ -32,7 +32,7 @@ CUDNN_GQA_BUG = "pytorch/pytorch#193893"
 
 
 def _bug_hits(facts: CudaFacts | None, call: CallSpec) -> bool:
-    return bool(call.extra.get("gqa")) and facts is not None and facts.capability is not None \
+    return bool(call.gqa) and facts is not None and facts.capability is not None \
         and facts.capability[0] == 10
 
 
@@ -65,6 +65,11 @@ def cuda_attention(facts: CudaFacts | None = None) -> CudaSDPA:
 def cuda_matmul() -> TorchMatmul:
     """cuBLAS through torch's linear; weight-only int8 dequantised on the GPU, then one cuBLAS GEMM."""
     return TorchMatmul("cuda-matmul", "cuda", CUDA_PRIORITY, "cuda", CUDA_DTYPES)
+
+
+def cuda_layers() -> TorchLayers:
+    """RMSNorm and rotary embedding in torch on the GPU."""
+    return TorchLayers("cuda-layers", "cuda", CUDA_PRIORITY, "cuda", CUDA_DTYPES)
 
 
 def configure_cudnn(cudnn_active: bool) -> dict[str, bool]:
@@ -123,7 +128,7 @@ class CudnnAttention:
 
     name = "cudnn-attention"
     feature = "cudnn"
-    priority = CUDNN_PRIORITY
+    dispatch_priority = CUDNN_PRIORITY
     #: torch exposes no paged cuDNN attention: paged calls are not a candidate here (cuda-sdpa gathers them).
     paged_attention = None
 
@@ -164,7 +169,7 @@ class CudnnAttention:
         if call.mask not in ("none", "causal"):
             return Support(False, f"mask {call.mask} is not taken: this backend runs causal or unmasked attention "
                                   "only (explicit masks go to the next backend)")
-        if call.mask == "causal" and not call.extra.get("aligned", False):
+        if call.mask == "causal" and not call.aligned:
             return Support(False, "causal attention with a query shorter or longer than the keys: cuDNN aligns the "
                                   "causal mask top-left, the op contract bottom-right")
         if _bug_hits(facts, call):

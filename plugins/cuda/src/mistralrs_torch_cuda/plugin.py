@@ -10,7 +10,7 @@ from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs_torch_cuda._manifest import CUDA, CUDNN
 
 if TYPE_CHECKING:
-    from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, MatmulBackend
+    from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, LayerBackend, MatmulBackend
 
 
 @hookimpl
@@ -49,8 +49,18 @@ def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ..
     if CUDA.name not in active:
         return ()
     from mistralrs_torch_cuda._backends import cuda_matmul
+    from mistralrs_torch_cuda._int4 import CudaInt4Matmul
 
-    return (cuda_matmul(),)
+    return (CudaInt4Matmul(), cuda_matmul())
+
+
+@hookimpl
+def mistralrs_layer_backends(active: frozenset[str]) -> tuple[LayerBackend, ...]:
+    if CUDA.name not in active:
+        return ()
+    from mistralrs_torch_cuda._backends import cuda_layers
+
+    return (cuda_layers(),)
 
 
 @hookimpl

@@ -77,7 +77,7 @@ class FlashAttention2:
 
     name = "flash-attn-package"
     feature = "flash-attn"
-    priority = FA2_PRIORITY
+    dispatch_priority = FA2_PRIORITY
 
     def __init__(self, module: ModuleType, version: str, facts: GPUFacts) -> None:
         self.module, self.version, self.facts = module, version, facts
@@ -102,7 +102,7 @@ class FlashAttention2:
         if call.op == "paged_attention":
             if self._paged_refusal:
                 return Support(False, self._paged_refusal)
-            block = int(call.extra.get("block_size", 0))
+            block = call.block_size
             if block <= 0 or block % FA2_PAGE_MULTIPLE:
                 return Support(False, f"block size {block} is not a multiple of {FA2_PAGE_MULTIPLE}, which flash-attn's "
                                       f"paged KV cache needs: allocate the cache in blocks of {FA2_PAGE_MULTIPLE}")
@@ -131,7 +131,7 @@ class FlashAttention3:
 
     name = "flash-attn-v3"
     feature = "flash-attn-v3"
-    priority = FA3_PRIORITY
+    dispatch_priority = FA3_PRIORITY
 
     def __init__(self, module: ModuleType | None, version: str, facts: GPUFacts, import_error: str = "") -> None:
         self.module, self.version, self.facts = module, version, facts
@@ -203,7 +203,7 @@ class TorchFlashAttention:
 
     name = "flash-attn-torch"
     feature = "flash-attn"
-    priority = FA2_PRIORITY
+    dispatch_priority = FA2_PRIORITY
     #: torch has no paged flash kernel: paged calls are not a candidate here (cuda-sdpa gathers them).
     paged_attention = None
 
@@ -225,7 +225,7 @@ class TorchFlashAttention:
         if self.facts.capability is None or not low <= self.facts.capability <= high:
             return Support(False, f"torch's FlashAttention-2 kernel needs compute capability {low[0]}.{low[1]} to "
                                   f"{high[0]}.{high[1]}; {self.facts.gpu or 'this GPU'} has {self.facts.cc_label}")
-        if call.mask == "causal" and not call.extra.get("aligned", False):
+        if call.mask == "causal" and not call.aligned:
             return Support(False, "causal attention with a query shorter or longer than the keys: torch's flash "
                                   "kernel aligns the causal mask top-left, the op contract bottom-right (install "
                                   "flash-attn for bottom-right causal: pip install flash-attn --no-build-isolation)")

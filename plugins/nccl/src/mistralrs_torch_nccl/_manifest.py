@@ -20,7 +20,7 @@ NCCL = FeatureManifest(
                                   fix="install the NCCL wheel matching torch's CUDA (pip install nvidia-nccl-cu12, or -cu13)"),),
     disabled_by=("MISTRALRS_NO_NCCL",),
     auto=AutoCondition(min_gpus=2),
-    priority=10,
+    selection_priority=10,
     provides=("collectives",),
     env_vars=(EnvVar("MISTRALRS_MN_LOCAL_WORLD_SIZE", "number of GPUs to use (defaults to all; a power of two)"),
               EnvVar("MISTRALRS_NO_NCCL", "1 disables NCCL and uses device mapping instead"),

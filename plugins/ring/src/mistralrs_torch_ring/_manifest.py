@@ -13,7 +13,7 @@ RING = FeatureManifest(
     distribution="mistralrs-torch-ring",
     excludes=("nccl",),
     auto=AutoCondition(env_set=("RING_CONFIG",)),
-    priority=20,
+    selection_priority=20,
     provides=("collectives",),
     env_vars=(EnvVar("RING_CONFIG", "path to this process's ring JSON configuration"), *COLLECTIVE_ENV_VARS),
     recommended_for=("multi-node",),
