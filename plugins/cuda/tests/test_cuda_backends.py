@@ -20,7 +20,7 @@ from mistralrs_torch.testing import references as ref
 from mistralrs_torch.ops import CallSpec, Support, op_spec
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch_cuda import _backends, plugin
-from mistralrs_torch_cuda._backends import CUDNN_OP_ARGUMENTS, CudnnAttention, configure_cudnn, cuda_attention, cuda_matmul
+from mistralrs_torch_cuda._backends import CUDNN_OP_ARGUMENTS, CudaSDPA, CudnnAttention, cuda_attention, cuda_matmul
 from mistralrs_torch_cuda._devices import cuda_devices
 from mistralrs_torch_cuda._facts import CudaFacts
 
@@ -181,25 +181,39 @@ def test_int8_linear_dequantises_on_the_inputs_device() -> None:
 
 # -- flags, devices, hooks ------------------------------------------------------------------------------
 
-@pytest.mark.usefixtures("cudnn_flags")
-def test_binding_sets_the_cudnn_flags_the_selection_implies() -> None:
-    assert configure_cudnn(True) == {"torch.backends.cudnn.enabled": True, "torch.backends.cudnn.benchmark": True,
-                                     "torch.backends.cuda.cudnn_sdp_enabled": True}
-    assert torch.backends.cudnn.enabled and torch.backends.cudnn.benchmark and torch.backends.cuda.cudnn_sdp_enabled()
-    configure_cudnn(False)
-    assert not (torch.backends.cudnn.enabled or torch.backends.cudnn.benchmark or torch.backends.cuda.cudnn_sdp_enabled())
+def _flags() -> tuple[bool, bool, bool]:
+    return torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cuda.cudnn_sdp_enabled()
 
 
-@pytest.mark.usefixtures("cudnn_flags")
-def test_hooks_bind_cuda_and_cudnn_backends_and_set_flags() -> None:
+def test_hooks_bind_cuda_and_cudnn_backends_without_touching_torch_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CudaFacts, "from_torch", classmethod(lambda cls: pytest.fail("a hook asked torch")))
+    before = _flags()
     names = [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda", "cudnn"}))]
-    assert names == ["cuda-sdpa", "cudnn-attention"] and torch.backends.cudnn.benchmark
+    assert names == ["cuda-sdpa", "cudnn-attention"]
     assert [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda"}))] == ["cuda-sdpa"]
-    assert not torch.backends.cudnn.enabled
     assert [b.name for b in plugin.mistralrs_matmul_backends(frozenset({"cuda"}))] == ["cuda-int4", "cuda-matmul"]
+    assert [b.name for b in plugin.mistralrs_layer_backends(frozenset({"cuda"}))] == ["cuda-layers"]
+    assert _flags() == before
     for hook in (plugin.mistralrs_attention_backends, plugin.mistralrs_matmul_backends):
         assert hook(frozenset({"cpu", "cudnn"})) == ()
     assert plugin.mistralrs_devices(frozenset({"cpu"}), load_system("h100")) == ()
+
+
+def test_without_cudnn_sdpa_keeps_off_cudnn_during_its_own_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def spy(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return q
+
+    monkeypatch.setattr(CudaSDPA, "attention", lambda self, *a, **k: spy(*a, **k))
+    call = CallSpec("attention", "bfloat16", "cuda", 64, "causal")
+    q = torch.zeros(1)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    CudaSDPA(H100, cudnn=False).kernel_for(call)(q, q, q, causal=True)
+    assert CudaSDPA(H100, cudnn=True).kernel_for(call) is None  # torch's SDPA as is, cuDNN allowed
+    CudaSDPA(H100, cudnn=True).attention(q, q, q, causal=True)
+    assert seen == [False, True] and torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def _props(name: str, major: int, minor: int, uuid: str, total: int) -> types.SimpleNamespace:

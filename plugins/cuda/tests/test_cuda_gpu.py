@@ -106,12 +106,12 @@ def test_cuda_matmul_and_int8_match_the_reference(dtype: torch.dtype) -> None:
     assert _error(out8, expected8) <= TOLERANCES[_name(dtype)].max_error
 
 
-@pytest.mark.usefixtures("cudnn_flags")
 def test_the_runtime_binds_the_gpu_and_records_why_cudnn_was_skipped() -> None:
+    flags = torch.backends.cudnn.enabled, torch.backends.cuda.cudnn_sdp_enabled()
     runtime = Runtime.create(features="cuda cudnn", environ={})
     assert runtime.device.torch_device == "cuda:0" and "compute capability" in runtime.device.name
     assert runtime.device.memory_total > 0
-    assert torch.backends.cudnn.enabled and torch.backends.cudnn.benchmark
+    assert (torch.backends.cudnn.enabled, torch.backends.cuda.cudnn_sdp_enabled()) == flags  # binding sets no flag
     q, k, v = _on_gpu(torch.bfloat16, *_dense(1, 64))
     runtime.attention(q, k, v, causal=True)  # decode: cuDNN's top-left causal cannot take it
     (binding,) = runtime.bindings

@@ -125,7 +125,6 @@ def test_flash_attention_3_paged_matches_the_reference(block_size: int) -> None:
     _paged_case(_fa3(), torch.bfloat16, block_size)
 
 
-@pytest.mark.usefixtures("cudnn_flags")
 def test_the_runtime_binds_flash_attn_and_doctor_names_the_same_implementation() -> None:
     _ampere_or_newer()
     runtime = Runtime.create(features="flash-attn", environ={})

@@ -340,3 +340,13 @@ def test_hooks_bind_flash_attention_3_on_a_hopper_selection(monkeypatch: pytest.
     assert backend.facts == facts
     if facts.unusable:
         assert backend.supports(_call()).reason == facts.unusable
+
+
+def test_the_attention_hook_asks_torch_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mistralrs_torch_flash_attn import plugin
+
+    monkeypatch.setattr(GPUFacts, "from_torch", classmethod(lambda cls: pytest.fail("a hook asked torch")))
+    names = [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda", "flash-attn"}))]
+    assert names in (["flash-attn-package"], ["flash-attn-torch"])
+    assert [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda", "flash-attn-v3"}))] == \
+        ["flash-attn-v3"]

@@ -127,7 +127,7 @@ class PluginManager:
         """This machine's snapshot, with every plugin's probe facts merged in (computed once)."""
         if self._system is None:
             system = probe_system([r for f in self.features for r in f.manifest.modules], self._environ)
-            for facts in self._call_each("mistralrs_probe_system", system=system):
+            for facts in self._mapping_results("mistralrs_probe_system", system=system):
                 system = system.with_facts({k: v for k, v in facts.items() if k not in system.libraries})
             self._system = system
         return self._system
@@ -203,7 +203,7 @@ class PluginManager:
         self._raise_if_strict(broken_before)
         return items
 
-    def _call_each(self, hook: str, **kwargs: Any) -> list[Any]:
+    def _mapping_results(self, hook: str, **kwargs: Any) -> list[Any]:
         return [r for _, r in self.call_each(hook, lambda r: isinstance(r, Mapping), **kwargs)]
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:

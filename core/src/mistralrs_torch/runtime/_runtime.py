@@ -69,10 +69,19 @@ class Runtime:
     quantized_linear: Callable[..., torch.Tensor]
 
     def __init__(self, resolution: Resolution, manager: PluginManager, *, paged_attention: bool | None = None,
-                 environ: Mapping[str, str] = os.environ) -> None:
+                 environ: Mapping[str, str] = os.environ, dry_run: bool = False) -> None:
         if paged_attention is not None and not isinstance(paged_attention, bool):
             raise ConfigError(f"paged_attention={paged_attention!r} must be True, False or None (the device's "
                               "default, or MISTRALRS_PAGED_ATTN)")
+        if not isinstance(dry_run, bool):
+            raise ConfigError(f"dry_run={dry_run!r} must be True or False")
+        if not resolution.system.local and not dry_run:
+            raise ConfigError(f"the selection was resolved for {resolution.system.source}, another machine than this "
+                              "one: a runtime runs ops on this machine's hardware. Pass dry_run=True to only explain "
+                              "what would be bound there (its ops then refuse to run), or resolve on this machine "
+                              "(no system=)")
+        #: Built for another machine's snapshot: explain() works, every op refuses to run.
+        self.dry_run = dry_run
         self.resolution = resolution
         self.environ = environ
         active = frozenset(resolution.active)
@@ -112,18 +121,33 @@ class Runtime:
             setattr(self, name, dispatcher)  # the op is the dispatcher itself: no extra call on the hot path
         if not self.paged_attention_enabled:
             self.paged_attention = self._paged_attention_refused
+        if dry_run:
+            for name in self._dispatchers:
+                setattr(self, name, self._dry_run_refused)
         self._communicator: Communicator | None = None
 
     @classmethod
     def create(cls, features: str | None = None, *, system: SystemSnapshot | None = None,
                paged_attention: bool | None = None, environ: Mapping[str, str] | None = None,
-               manager: PluginManager | None = None) -> Runtime:
-        """Discover plugins, resolve the selection in force (``features`` overrides it) and bind."""
+               manager: PluginManager | None = None, dry_run: bool = False) -> Runtime:
+        """Discover plugins, resolve the selection in force (``features`` overrides it) and bind.
+
+        ``system`` describing another machine (a profile, a --system file) needs ``dry_run=True``: such a runtime
+        explains what would be bound there, and its ops refuse to run here.
+        """
+        if features is not None and not isinstance(features, str):
+            raise ConfigError(f"features={features!r} must be a string like 'cuda cudnn', 'auto' or 'none'")
+        if system is not None and not isinstance(system, SystemSnapshot):
+            raise ConfigError(f"system={system!r} must be a SystemSnapshot (mistralrs_torch.load_system(NAME_OR_FILE))")
         environ = os.environ if environ is None else environ
         manager = manager or PluginManager(environ=environ)
         snapshot = system or manager.probe_system()
         resolution = resolve(manager.features, manager.broken, read_selection(features, environ), snapshot, environ)
-        return cls(resolution, manager, paged_attention=paged_attention, environ=environ)
+        return cls(resolution, manager, paged_attention=paged_attention, environ=environ, dry_run=dry_run)
+
+    def _dry_run_refused(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedCallError(f"this runtime is a dry run for {self.resolution.system.source}: its ops do not run "
+                                   "here; create one without system= (and dry_run) to run ops on this machine")
 
     def _paged_attention_refused(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise UnsupportedCallError(

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from mistralrs_torch.generic import TorchBackend
 from mistralrs_torch.ops import CallSpec, PreparedWeight, QuantizedWeight, Support
+from mistralrs_torch.system import FactsOnFirstUse
 from mistralrs_torch_cuda._facts import CudaFacts
 
 __all__ = ["CUDA_INT4_PRIORITY", "CudaInt4Matmul"]
@@ -27,7 +28,7 @@ def _inner_k_tiles(in_features: int) -> int:
     return next(tiles for tiles in (8, 4, 2) if in_features % (16 * tiles) == 0)
 
 
-class CudaInt4Matmul(TorchBackend):
+class CudaInt4Matmul(FactsOnFirstUse, TorchBackend):
     """quantized_linear for 4-bit weights with bfloat16 activations on an Ampere or newer NVIDIA GPU."""
 
     linear = None
@@ -37,12 +38,8 @@ class CudaInt4Matmul(TorchBackend):
         super().__init__("cuda-int4", "cuda", CUDA_INT4_PRIORITY, "cuda", ("bfloat16",))
         self._facts = facts
 
-    @property
-    def facts(self) -> CudaFacts:
-        # Asked of torch on the first support question (bind time), never in the hook that creates the backend.
-        if self._facts is None:
-            self._facts = CudaFacts.from_torch()
-        return self._facts
+    def facts_from_torch(self) -> CudaFacts:
+        return CudaFacts.from_torch()
 
     def supports(self, call: CallSpec) -> Support:
         general = super().supports(call)

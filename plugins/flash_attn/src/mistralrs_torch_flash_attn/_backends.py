@@ -19,7 +19,7 @@ import torch
 
 from mistralrs_torch.generic import sdpa_kernel_refusal
 from mistralrs_torch.ops import CallSpec, Support
-from mistralrs_torch.system import GPUFacts
+from mistralrs_torch.system import FactsOnFirstUse, GPUFacts
 
 __all__ = ["FA2_PRIORITY", "FA3_PRIORITY", "FlashAttention2", "FlashAttention3", "TorchFlashAttention",
            "torch_flash_check"]
@@ -71,7 +71,7 @@ def _parameters(function: Callable[..., object] | None) -> frozenset[str]:
         return frozenset()
 
 
-class FlashAttention2:
+class FlashAttention2(FactsOnFirstUse):
     """FlashAttention-2 from the flash-attn package: dense (flash_attn_func) and paged decode
     (flash_attn_with_kvcache with a block table), compute capability 8.0 and newer."""
 
@@ -79,8 +79,8 @@ class FlashAttention2:
     feature = "flash-attn"
     dispatch_priority = FA2_PRIORITY
 
-    def __init__(self, module: ModuleType, version: str, facts: GPUFacts) -> None:
-        self.module, self.version, self.facts = module, version, facts
+    def __init__(self, module: ModuleType, version: str, facts: GPUFacts | None = None) -> None:
+        self.module, self.version, self._facts = module, version, facts
         self._func = module.flash_attn_func
         self._kvcache = getattr(module, "flash_attn_with_kvcache", None)
         # flash-attn gained paged KV caches (block_table) in 2.5.0.
@@ -121,7 +121,7 @@ class FlashAttention2:
         return _first(out).transpose(1, 2)
 
 
-class FlashAttention3:
+class FlashAttention3(FactsOnFirstUse):
     """FlashAttention-3 from flash_attn_interface (distribution flash_attn_3): Hopper only.
 
     Built from the import of the module at bind time; when that import failed,
@@ -133,8 +133,9 @@ class FlashAttention3:
     feature = "flash-attn-v3"
     dispatch_priority = FA3_PRIORITY
 
-    def __init__(self, module: ModuleType | None, version: str, facts: GPUFacts, import_error: str = "") -> None:
-        self.module, self.version, self.facts = module, version, facts
+    def __init__(self, module: ModuleType | None, version: str, facts: GPUFacts | None = None,
+                 import_error: str = "") -> None:
+        self.module, self.version, self._facts = module, version, facts
         self._broken = import_error
         self._func = getattr(module, "flash_attn_func", None)
         self._kvcache = getattr(module, "flash_attn_with_kvcache", None)
@@ -193,7 +194,7 @@ def _torch_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
                      scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))[0]
 
 
-class TorchFlashAttention:
+class TorchFlashAttention(FactsOnFirstUse):
     """FlashAttention-2 as built into torch (SDPBackend.FLASH_ATTENTION), used when flash-attn is not installed.
 
     Dense only; its causal mask is top-left, so causal calls are taken only when
@@ -207,8 +208,9 @@ class TorchFlashAttention:
     #: torch has no paged flash kernel: paged calls are not a candidate here (cuda-sdpa gathers them).
     paged_attention = None
 
-    def __init__(self, facts: GPUFacts, check: Callable[[CallSpec], str] | None = None, note: str = "") -> None:
-        self.facts, self._check, self.note = facts, check, note
+    def __init__(self, facts: GPUFacts | None = None, check: Callable[[CallSpec], str] | None = None,
+                 note: str = "") -> None:
+        self._facts, self._check, self.note = facts, check, note
         self._op_refusal = "" if _flash_op is not None else (
             f"torch {torch.__version__} has no aten._scaled_dot_product_flash_attention: install flash-attn "
             "(pip install flash-attn --no-build-isolation) or a newer torch")
