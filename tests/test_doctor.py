@@ -22,7 +22,7 @@ from mistralrs_torch.system import PROFILE_NAMES
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "docs" / "doctor.schema.json"
 GROUP = "mistralrs.plugins"
-GENERIC = {"generic-attention", "generic-matmul", "generic-layers"}
+GENERIC = {"cpu-attention", "cpu-matmul", "cpu-layers"}
 OPS = tuple(op.name for op in REGISTRY)
 
 _FAKE_BACKEND_PLUGIN = '''

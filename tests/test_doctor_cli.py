@@ -271,7 +271,7 @@ def test_resolve_explain_shows_a_winner_per_op(shared: dict[str, Done]) -> None:
         (line,) = [line for line in explain.splitlines() if line.startswith(f"{op} (")]
         winner = line.rsplit(": ", 1)[1]
         assert winner and winner != "NO BACKEND", line
-    assert "attention (float32 on cpu, head size 128, mask causal): generic-attention" in explain
+    assert "attention (float32 on cpu, head size 128, mask causal): cpu-attention" in explain
     assert "paged attention off (opt-in: --paged-attn or MISTRALRS_PAGED_ATTN=1)" in explain
     assert "skipped metal: feature unavailable" in explain
     assert "fallbacks: none recorded" in explain

@@ -194,7 +194,7 @@ def test_highest_priority_supporting_backend_wins(make_plugin) -> None:
     high = make_plugin("fake-high", priority=100, offset=1.0)
     pm, resolution, runtime = build([low, high])
     assert {"fake-low", "fake-high"} <= set(resolution.active)
-    assert [b.name for b in runtime.attention_backends] == ["fake-high-backend", "fake-low-backend", "generic-attention"]
+    assert [b.name for b in runtime.attention_backends] == ["fake-high-backend", "fake-low-backend", "cpu-attention"]
     q, k, v = qkv()
     out = runtime.attention(q, k, v, causal=True)
     torch.testing.assert_close(out, dense_attention(q, k, v, causal=True) + 1.0)
@@ -220,13 +220,13 @@ def test_refusing_backend_falls_through_to_generic_and_the_fallback_is_recorded(
     torch.testing.assert_close(out, dense_attention(q, k, v, causal=True))  # the generic result, no offset
     (fallback,) = runtime.fallbacks
     assert isinstance(fallback, Binding)
-    assert fallback.op == "attention" and fallback.chosen == "generic-attention" and fallback.is_fallback
+    assert fallback.op == "attention" and fallback.chosen == "cpu-attention" and fallback.is_fallback
     (skipped,) = fallback.skipped
     assert skipped[0] == "fake-attn-backend" and skipped[1] == "fake-attn"
     assert "head size 32" in skipped[2]
     assert fallback.call.head_size == 32 and fallback.call.dtype == "float32" and fallback.call.mask == "causal"
     described = fallback.describe()
-    assert "fake-attn-backend" in described and "head size 32" in described and "generic-attention" in described
+    assert "fake-attn-backend" in described and "head size 32" in described and "cpu-attention" in described
     # The supported head size goes to the fake backend and is not a fallback.
     q64, k64, v64 = qkv(head_size=64)
     torch.testing.assert_close(runtime.attention(q64, k64, v64, causal=True), dense_attention(q64, k64, v64, causal=True) + 1)
@@ -281,7 +281,7 @@ def test_matmul_choice_is_cached_and_falls_back_by_dtype(make_plugin) -> None:
     out = runtime.linear(x.bfloat16(), w.bfloat16())
     torch.testing.assert_close(out, (x.bfloat16() @ w.bfloat16().T))
     (fallback,) = runtime.fallbacks
-    assert fallback.op == "linear" and fallback.chosen == "generic-matmul"
+    assert fallback.op == "linear" and fallback.chosen == "cpu-matmul"
     assert fallback.skipped[0][0] == "fake-mm-backend-matmul" and "float32" in fallback.skipped[0][2]
 
 
@@ -321,7 +321,7 @@ def test_no_backend_supporting_a_call_raises_with_every_reason(make_plugin) -> N
     assert type(caught.value) is UnsupportedCallError
     message = str(caught.value)
     # each backend with its own reason
-    fake_part, generic_part = message.split("fake-attn-backend", 1)[1], message.split("generic-attention", 1)[1]
+    fake_part, generic_part = message.split("fake-attn-backend", 1)[1], message.split("cpu-attention", 1)[1]
     assert "fake backend runs on cpu only, not meta" in fake_part
     assert "meta" in generic_part and "fake backend" not in generic_part
     with pytest.raises(OpInputError, match="x has dtype int32; expected one of float32"):
@@ -370,7 +370,7 @@ def test_backend_for_a_feature_that_is_not_its_own_active_one_is_quarantined(mak
     (broken,) = pm.broken
     assert broken.plugin.name == "fake_attn" and broken.stage == "hook mistralrs_attention_backends"
     assert repr(backend_feature) in broken.error
-    assert [b.name for b in runtime.attention_backends] == ["generic-attention"]
+    assert [b.name for b in runtime.attention_backends] == ["cpu-attention"]
     q, k, v = qkv()
     torch.testing.assert_close(runtime.attention(q, k, v), dense_attention(q, k, v))
 
@@ -381,7 +381,7 @@ def test_hook_that_raises_or_returns_junk_is_quarantined_and_runtime_works(make_
     good = make_plugin("fake-good", priority=10, offset=3.0)
     pm, _, runtime = build([bad, good])
     assert [b.plugin.name for b in pm.broken] == ["fake_bad"]
-    assert [b.name for b in runtime.attention_backends] == ["fake-good-backend", "generic-attention"]
+    assert [b.name for b in runtime.attention_backends] == ["fake-good-backend", "cpu-attention"]
     q, k, v = qkv()
     torch.testing.assert_close(runtime.attention(q, k, v), dense_attention(q, k, v) + 3.0)
 
@@ -422,20 +422,20 @@ def test_explain_lists_winner_runners_up_and_skipped_reasons(make_plugin) -> Non
     assert resolution.status("fake-mac").status == "unavailable"
     data = runtime.explain()
     attention = data["ops"]["attention"]
-    assert attention["order"] == ["fake-picky-backend", "fake-broad-backend", "generic-attention"]
+    assert attention["order"] == ["fake-picky-backend", "fake-broad-backend", "cpu-attention"]
     assert attention["winner"] == "fake-broad-backend"
-    assert attention["runners_up"] == ["generic-attention"]
+    assert attention["runners_up"] == ["cpu-attention"]
     by_name = {s["backend"] or s["feature"]: s for s in attention["skipped"]}
     assert "head size 128" in by_name["fake-picky-backend"]["reason"]
     assert by_name["fake-picky-backend"]["feature"] == "fake-picky"
     assert "unavailable" in by_name["fake-mac"]["reason"] and "macOS" in by_name["fake-mac"]["reason"]
-    assert data["ops"]["linear"]["winner"] == "generic-matmul"
+    assert data["ops"]["linear"]["winner"] == "cpu-matmul"
     assert data["device"] == "cpu" and data["paged_attention"] is False
-    assert data["collectives"] == ["single-process"]
+    assert data["collectives"] == ["cpu-single-process"]
     assert list(data["ops"]) == [op.name for op in OPS]
     text = explain_text(data)
     assert "attention (float32 on cpu, head size 128, mask causal): fake-broad-backend" in text
-    assert "runners-up: generic-attention" in text
+    assert "runners-up: cpu-attention" in text
     assert "skipped fake-picky-backend: head size 128" in text
     assert "skipped fake-mac:" in text
     assert "fallbacks: none recorded" in text
@@ -466,7 +466,7 @@ def test_paged_attention_opt_in_on_cpu_works(environ, kwargs) -> None:
     q, k_cache, v_cache, table, lens = paged_inputs()
     out = runtime.paged_attention(q, k_cache, v_cache, table, lens)
     torch.testing.assert_close(out, GenericAttention().paged_attention(q, k_cache, v_cache, table, lens))
-    assert runtime.bindings[-1].chosen == "generic-attention" and runtime.bindings[-1].op == "paged_attention"
+    assert runtime.bindings[-1].chosen == "cpu-attention" and runtime.bindings[-1].op == "paged_attention"
     assert runtime.bindings[-1].call.block_size == 4
 
 

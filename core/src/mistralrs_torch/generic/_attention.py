@@ -98,4 +98,4 @@ class GenericAttention(TorchAttention):
     """The generic CPU attention backend: correct for every layout the contract allows, not fast."""
 
     def __init__(self) -> None:
-        super().__init__("generic-attention", "cpu", -1000, "cpu", TORCH_DTYPES)
+        super().__init__("cpu-attention", "cpu", -1000, "cpu", TORCH_DTYPES)

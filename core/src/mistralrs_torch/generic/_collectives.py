@@ -41,7 +41,7 @@ class SingleProcessCommunicator:
 class SingleProcessCollectives:
     """The built-in collective backend, used when no collectives feature is active."""
 
-    name = "single-process"
+    name = "cpu-single-process"
     feature = "cpu"
     dispatch_priority = -1000
 

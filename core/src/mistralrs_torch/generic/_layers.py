@@ -41,4 +41,4 @@ class GenericLayers(TorchLayers):
     """The generic CPU layers backend."""
 
     def __init__(self) -> None:
-        super().__init__("generic-layers", "cpu", -1000, "cpu", TORCH_DTYPES)
+        super().__init__("cpu-layers", "cpu", -1000, "cpu", TORCH_DTYPES)

@@ -44,4 +44,4 @@ class GenericMatmul(TorchMatmul):
     """The generic CPU matmul backend."""
 
     def __init__(self) -> None:
-        super().__init__("generic-matmul", "cpu", -1000, "cpu", TORCH_DTYPES)
+        super().__init__("cpu-matmul", "cpu", -1000, "cpu", TORCH_DTYPES)
