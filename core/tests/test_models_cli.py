@@ -52,7 +52,7 @@ def test_explain_names_the_backend_of_each_op(model_file: Path) -> None:
     result = _run("-m", str(model_file), "--prompt", "the sun", "--raw", "--max-tokens", "3", "--explain")
     assert result.exit_code == 0, result.output
     assert "backends that ran:" in result.stderr
-    assert "paged_attention [float32 on cpu" in result.stderr and "-> generic-attention" in result.stderr
+    assert "paged_attention [float32 on cpu" in result.stderr and "-> cpu-attention" in result.stderr
 
 
 def test_interactive_chat_on_a_terminal(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
