@@ -174,7 +174,7 @@ def test_folder_errors_name_the_file_and_the_field(tmp_path: Path, tiny: Any) ->
     with_config()
     shard = sorted(folder.glob("model-*.safetensors"))[1]
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(ModelLoadError, match=rf"{shard.name}.*(truncated|damaged)"):
+    with pytest.raises(ConfigError, match=rf"{shard.name} is not a readable safetensors file"):
         load(folder)
     shard.unlink()
     with pytest.raises(ModelLoadError, match=rf"model\.safetensors\.index\.json 'weight_map' names {shard.name}, "

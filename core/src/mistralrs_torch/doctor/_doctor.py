@@ -24,6 +24,7 @@ from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import SystemSnapshot
+from mistralrs_torch.validation import shown
 
 __all__ = ["run_doctor"]
 
@@ -126,12 +127,12 @@ def _device_layers_check(runtime: Any, environ: Mapping[str, str]) -> list[Check
         return []
     mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices, environ)
     if mode == "disabled":
-        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={value!r} is set, but {reason}",
+        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={shown(value)} is set, but {reason}",
                             f"unset {DEVICE_LAYERS_VAR}: each process here computes on one device")]
     try:
         entries = device_map_entries(value, runtime.devices)
     except ConfigError as exc:
-        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={value!r}: {exc}",
+        return [CheckResult("device layers", "error", f"{DEVICE_LAYERS_VAR}={shown(value)}: {exc}",
                             f"fix {DEVICE_LAYERS_VAR} or unset it for the automatic map")]
     placed = ", ".join(f"{device}: {count} layer{'s' if count != 1 else ''}" for device, count in entries)
     return [CheckResult("device layers", "info", f"explicit map from {DEVICE_LAYERS_VAR}: {placed} "

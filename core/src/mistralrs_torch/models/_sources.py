@@ -87,11 +87,8 @@ def hf_source(folder: Path, runtime: Runtime, dtype: torch.dtype) -> Source:
     files = _safetensors_files(folder)
 
     def weight(name: str) -> Weight:
-        try:
-            return runtime.load_safetensors(files[name], names=[name], dtype=dtype)[name]
-        except SafetensorError as exc:
-            raise ModelLoadError(f"{files[name]}: tensor {name!r} cannot be read ({exc}): the file is truncated or "
-                                 "damaged; download it again") from None
+        # A damaged shard is load_safetensors' ConfigError, naming the file and the tensor.
+        return runtime.load_safetensors(files[name], names=[name], dtype=dtype)[name]
 
     return Source(folder, config, tokenizer_from_hf(folder, stops), frozenset(files), weight)
 

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Iterable, Mapping
 
 from mistralrs_torch.features import ModuleRequirement
-from mistralrs_torch._distributions import distribution_version
+from mistralrs_torch._distributions import installed_version
 from mistralrs_torch.system._nvml import NVMLError, query_nvml
 from mistralrs_torch.system._snapshot import CPU, GPU, SystemSnapshot, TorchBuild
 
-__all__ = ["installed_version", "probe_system", "visible_device_filter"]
+__all__ = ["probe_system", "visible_device_filter"]
 
 # Wheels that carry a library torch loads, newest CUDA line first.
 _LIBRARY_DISTRIBUTIONS = {
@@ -42,7 +42,7 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
         if torch.mkl:
             libraries["mkl"] = ""
     for library, distributions in _LIBRARY_DISTRIBUTIONS.items():
-        version = _first_installed(distributions)
+        version = installed_version(*distributions)
         if version is not None and (library != "cudnn" or (torch is not None and torch.cudnn)):
             libraries[library] = version
     if _on_path("nvcc"):
@@ -197,7 +197,7 @@ def _torch_build() -> TorchBuild | None:
     config = _read(os.path.join(root, "include", "ATen", "Config.h"))
     cuda_config = _read(os.path.join(root, "include", "ATen", "cuda", "CUDAConfig.h"))
     return TorchBuild(
-        version=assigned("__version__") or _first_installed(("torch",)) or "unknown",
+        version=assigned("__version__") or installed_version("torch") or "unknown",
         cuda=assigned("cuda"),
         hip=assigned("hip"),
         mkl="AT_MKL_ENABLED() 1" in config,
@@ -221,15 +221,6 @@ def _on_path(program: str) -> bool:
                for folder in os.environ.get("PATH", "").split(os.pathsep) if folder for name in names)
 
 
-def installed_version(distribution: str) -> str | None:
-    """The installed version of a distribution, None when absent: for cheap probes (no importlib.metadata)."""
-    return distribution_version(distribution)
-
-
-def _first_installed(distributions: Iterable[str]) -> str | None:
-    return next((v for v in map(distribution_version, distributions) if v is not None), None)
-
-
 def _module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:
     found: dict[str, str] = {}
     for requirement in modules:
@@ -238,7 +229,7 @@ def _module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:
         except (ImportError, ValueError):
             spec = None
         if spec is not None:
-            found[requirement.module] = _first_installed((requirement.distribution,)) or ""
+            found[requirement.module] = installed_version(requirement.distribution) or ""
     return found
 
 
@@ -252,7 +243,8 @@ def visible_device_filter(environ: Mapping[str, str]) -> list[str] | None:
         return None
     entries: list[str] = []
     for entry in (e.strip() for e in raw.split(",")):
-        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+        # Short ASCII digits only: "²".isdigit() holds and int("²") raises; int() refuses 4300 digits.
+        if not ((entry.isascii() and entry.isdigit() and len(entry) <= 6) or entry.startswith(("GPU-", "MIG-"))):
             break
         entries.append(entry)
     return entries
