@@ -17,6 +17,7 @@ __all__ = [
     "InputError",
     "ManifestError",
     "MistralrsError",
+    "ModelLoadError",
     "OpInputError",
     "PluginAPIVersionError",
     "PluginError",
@@ -65,6 +66,10 @@ class InputError(ConfigError):
 
 class SystemProfileError(ConfigError):
     """A system snapshot given with --system cannot be found, read or validated."""
+
+
+class ModelLoadError(ConfigError):
+    """A model path is missing, truncated or unsupported; the message names the file and the field."""
 
 
 @dataclass(frozen=True)

@@ -114,10 +114,10 @@ def test_no_fallback_mode_turns_that_fallback_into_an_error() -> None:
         runtime.int8_linear(torch.randn(2, 33, dtype=torch.bfloat16), w8, torch.rand(8, dtype=torch.bfloat16))
 
 
-def _threads_after_binding(env: dict[str, str]) -> str:
+def _threads_after_binding(env: dict[str, str], before: bool = False) -> str:
     # The runtime's environ is what counts: the process's own MKL_NUM_THREADS=3 must be ignored.
-    code = (f"import torch; from mistralrs_torch.runtime import Runtime; Runtime.create(environ={env!r}); "
-            "print(torch.get_num_threads())")
+    code = (f"import torch; from mistralrs_torch.runtime import Runtime; start = torch.get_num_threads(); "
+            f"Runtime.create(environ={env!r}); print({'start, ' if before else ''}torch.get_num_threads())")
     clean = {k: v for k, v in os.environ.items() if k not in ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
     result = subprocess.run([sys.executable, "-c", code], env={**clean, "MKL_NUM_THREADS": "3"}, capture_output=True,
                             text=True, timeout=120, check=False)
@@ -128,8 +128,24 @@ def _threads_after_binding(env: dict[str, str]) -> str:
 def test_thread_settings_are_honoured() -> None:
     assert _threads_after_binding({"MKL_NUM_THREADS": "1"}) == "1"
     assert _threads_after_binding({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "2"}) == "2"
-    cores = len(os.sched_getaffinity(0))
-    assert _threads_after_binding({}) == str(cores)
+    # Without a variable in the runtime's environment, the count torch started with (from the process's
+    # MKL_NUM_THREADS=3, capped by torch to the cores there are) stands.
+    before, after = _threads_after_binding({}, before=True).split()
+    assert after == before
+
+
+def test_a_thread_count_the_program_set_is_kept() -> None:
+    # The process environment is the runtime's here: its MKL_NUM_THREADS=3 was torch's start-up count, which the
+    # program then overrode; binding must not put 3 (or one per core) back.
+    code = ("import torch; torch.set_num_threads(1); from mistralrs_torch.runtime import Runtime; "
+            "runtime = Runtime.create(); (mkl,) = [b for b in runtime.matmul_backends if b.feature == 'mkl']; "
+            "print(torch.get_num_threads(), mkl.threads)")
+    for env in ({"MKL_NUM_THREADS": "3"}, {}):
+        clean = {k: v for k, v in os.environ.items() if k not in ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
+        result = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["1", "1"], (env, result.stdout)
 
 
 def test_the_backend_reads_cpu_flags_from_the_resolved_snapshot_not_a_new_probe() -> None:

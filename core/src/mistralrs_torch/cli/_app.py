@@ -19,6 +19,7 @@ from mistralrs_torch._errors import MistralrsError, SelectionError, SystemProfil
 from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
+from mistralrs_torch.cli._run import run_command
 from mistralrs_torch.validation import env_flag, shown
 from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
@@ -371,6 +372,7 @@ def system_command(system: SystemSnapshot | None, as_json: bool, schema: bool) -
 
 
 cli.add_command(launch_command)
+cli.add_command(run_command)
 
 
 def main() -> None:

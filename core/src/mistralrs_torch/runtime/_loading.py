@@ -51,8 +51,10 @@ def _index(path: str, name: str, part: TensorSlice, shape: list[int]) -> tuple[s
 
 
 def load_safetensors(path: str | PathLike[str], device: str = "cpu", *, names: Iterable[str] | None = None,
-                     slices: Mapping[str, TensorSlice] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file on ``device``; a name in ``slices`` reads only that slice from disk.
+                     slices: Mapping[str, TensorSlice] | None = None,
+                     dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file on ``device``, cast to ``dtype`` when given (floating-point tensors only: integer
+    ones, such as quantized codes, keep theirs); a name in ``slices`` reads only that slice from disk.
 
     ConfigError, naming the file (and the tensor), for a file that is missing, unreadable or corrupt, a
     tensor it does not hold, and a slice outside its tensor.
@@ -88,4 +90,6 @@ def load_safetensors(path: str | PathLike[str], device: str = "cpu", *, names: I
             except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
                 raise ConfigError(f"{path}: tensor {shown(name)} cannot be read ({_first_line(exc)}): {_FIX}") \
                     from None
+    if dtype is not None:
+        tensors = {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
     return tensors

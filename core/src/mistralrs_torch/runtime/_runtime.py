@@ -177,9 +177,11 @@ class Runtime:
         return tensor.to(self.device.torch_device)
 
     def load_safetensors(self, path: str | Path, *, names: list[str] | None = None,
-                         slices: Mapping[str, TensorSlice] | None = None) -> dict[str, torch.Tensor]:
-        """Load a safetensors file onto the default device, reading only ``slices`` of the tensors named there."""
-        return load_safetensors(path, self.device.torch_device, names=names, slices=slices)
+                         slices: Mapping[str, TensorSlice] | None = None,
+                         dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Load a safetensors file onto the default device, reading only ``slices`` of the tensors named there and
+        casting floating-point tensors to ``dtype`` when given."""
+        return load_safetensors(path, self.device.torch_device, names=names, slices=slices, dtype=dtype)
 
     def communicator(self) -> Communicator:
         """This process's communicator from the highest-priority collective backend (created once)."""

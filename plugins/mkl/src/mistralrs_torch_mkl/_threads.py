@@ -1,4 +1,4 @@
-"""MKL/OpenMP thread settings: honour MKL_NUM_THREADS and OMP_NUM_THREADS, else one thread per core."""
+"""MKL/OpenMP thread settings: honour MKL_NUM_THREADS and OMP_NUM_THREADS; otherwise leave torch's count alone."""
 
 from __future__ import annotations
 
@@ -27,14 +27,19 @@ def requested_threads(environ: Mapping[str, str]) -> tuple[int, str] | None:
 
 
 def configure_threads(environ: Mapping[str, str]) -> tuple[int, str]:
-    """Set torch's intra-op threads and return (threads, where the number came from)."""
+    """Apply a thread count the runtime's environment asks for, and return (threads, where the number came from).
+
+    torch reads both variables from the process environment at start-up and, without them, already uses one
+    thread per physical core. So the count is changed only when the runtime's environment names one the
+    process's own environment did not: a program that called torch.set_num_threads keeps its count.
+    """
     import torch
 
     requested = requested_threads(environ)
-    if requested is not None:
-        torch.set_num_threads(requested[0])
+    if requested is None:
+        return torch.get_num_threads(), "torch's own setting (one per physical core unless the program set it)"
+    threads, name = requested
+    if environ.get(name) != os.environ.get(name):
+        torch.set_num_threads(threads)
         return requested
-    # Unset: one thread per core the process may run on (oversubscribing hyperthreads slows GEMM).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(cores)
-    return cores, "default (one per available core)"
+    return torch.get_num_threads(), f"{name} (applied by torch at start-up, or the program's own setting since)"

@@ -1,0 +1,119 @@
+"""``mistralrs run -m PATH``: generate from a local model (Hugging Face folder or GGUF file), greedy.
+
+With ``--prompt`` one user message goes through the model's chat template
+(``--raw`` sends it as is) and the answer streams to stdout, then the speeds
+go to stderr; ``--json`` prints one result object instead. Without
+``--prompt`` on a terminal it is an interactive chat. The model runner is
+imported only when the command runs, so other commands stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from mistralrs_torch.models import Generation, Model
+
+__all__ = ["run_command"]
+
+RUN_SCHEMA = "mistralrs.run/1"
+
+
+def _stats(result: Generation) -> str:
+    return (f"prompt {result.prompt_tokens} tokens, {result.prefill_tokens_per_second:.1f} tokens/s prefill; "
+            f"{len(result.tokens)} generated, {result.decode_tokens_per_second:.1f} tokens/s decode "
+            f"({result.finish_reason})")
+
+
+def _explain(model: Model) -> str:
+    return "\n".join(["backends that ran:", *(f"  {b.describe()}" for b in model.runtime.bindings)])
+
+
+def _ids(model: Model, messages: list[dict[str, str]], raw: bool) -> list[int]:
+    return model.tokenizer.encode(messages[-1]["content"]) if raw else model.tokenizer.encode_chat(messages)
+
+
+def _chat(model: Model, max_tokens: int, raw: bool, explain: bool) -> None:
+    """Turn by turn until end of input or /exit; each turn re-reads the whole conversation."""
+    click.echo("chat with the model: an empty line is skipped, /exit or Ctrl-D ends", err=True)
+    messages: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            click.echo(err=True)
+            break
+        if line.strip() == "/exit":
+            break
+        if not line.strip():
+            continue
+        messages = [{"role": "user", "content": line}] if raw else [*messages, {"role": "user", "content": line}]
+        result = model.generate(_ids(model, messages, raw), max_tokens=max_tokens,
+                                on_text=lambda piece: click.echo(piece, nl=False))
+        click.echo()
+        click.echo(_stats(result), err=True)
+        messages.append({"role": "assistant", "content": result.text})
+    if explain:
+        click.echo(_explain(model), err=True)
+
+
+def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]:
+    return {"schema": RUN_SCHEMA, "model": str(model.path), "architecture": model.config.architecture,
+            "dtype": dtype, "text": result.text, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": len(result.tokens), "finish_reason": result.finish_reason,
+            "prefill_seconds": result.prefill_seconds, "decode_seconds": result.decode_seconds,
+            "prefill_tokens_per_second": result.prefill_tokens_per_second,
+            "decode_tokens_per_second": result.decode_tokens_per_second,
+            "active_features": list(model.runtime.resolution.active),
+            "backends": [{"op": b.op, "backend": b.chosen, "call": b.describe(), "fallback": b.is_fallback}
+                         for b in model.runtime.bindings]}
+
+
+@click.command("run")
+@click.option("-m", "--model", "path", required=True, metavar="PATH",
+              help="A local Hugging Face model folder (config.json, safetensors, tokenizer.json) or a .gguf file.")
+@click.option("--prompt", default=None, help="One user message (through the chat template unless --raw). "
+                                             "Without it, on a terminal: an interactive chat.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most tokens to generate.")
+@click.option("--features", default=None, metavar="FEATURES",
+              help="Explicit selection, e.g. 'cuda flash-attn' ('auto' or 'none' also work); overrides "
+                   "MISTRALRS_FEATURES.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere]; quantized "
+                   "weights stay quantized.")
+@click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result (schema mistralrs.run/1) instead of "
+                                                      "streaming text.")
+@click.option("--explain", is_flag=True, help="Also print which backend ran each op.")
+def run_command(path: str, prompt: str | None, max_tokens: int, features: str | None, dtype: str | None, raw: bool,
+                as_json: bool, explain: bool) -> None:
+    """Generate text with a local model through the bound backends (greedy decoding).
+
+    Example: mistralrs run -m SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is the capital of France?"
+    """
+    if prompt is None and not sys.stdin.isatty():
+        raise click.UsageError("no --prompt and no terminal for an interactive chat: pass --prompt TEXT")
+    if prompt is None and as_json:
+        raise click.UsageError("--json prints one result, so it needs --prompt TEXT")
+    from mistralrs_torch.models import load
+    from mistralrs_torch.runtime import Runtime
+
+    model = load(path, runtime=Runtime.create(features, paged_attention=True), dtype=dtype)
+    if prompt is None:
+        _chat(model, max_tokens, raw, explain)
+        return
+    ids = _ids(model, [{"role": "user", "content": prompt}], raw)
+    if as_json:
+        result = model.generate(ids, max_tokens=max_tokens)
+        click.echo(json.dumps(_result_json(model, result, str(model.dtype).removeprefix("torch.")), indent=2))
+        return
+    result = model.generate(ids, max_tokens=max_tokens, on_text=lambda piece: click.echo(piece, nl=False))
+    click.echo()
+    click.echo(_stats(result), err=True)
+    if explain:
+        click.echo(_explain(model), err=True)
