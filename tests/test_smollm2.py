@@ -97,6 +97,48 @@ def test_logits_match_transformers_on_prefill_and_decode(models: tuple[Any, Any,
     assert clear >= STEPS // 2
 
 
+QUESTIONS = ["What is the capital of France?", "Name three colours.",
+             "Write one sentence about the sea, the wind and the old lighthouse on the hill."]
+
+
+def test_a_batch_of_three_gives_each_prompt_its_greedy_tokens_alone(models: tuple[Any, Any, Any]) -> None:
+    """Three chat prompts of different lengths prefilled together, then decoded together: every step's logits
+    within the tolerance of the prompt run alone, the tokens equal where the alone run's top-2 margin exceeds it
+    (after a near tie that went the other way, that prompt's runs are different sequences and comparing stops)."""
+    from mistralrs_torch.models import Engine, SamplingParams
+
+    ours = models[0]
+    prompts = [ours.tokenizer.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+    assert len({len(p) for p in prompts}) == 3
+    params = SamplingParams(max_tokens=16)
+
+    def run(batch: list[list[int]]) -> list[list[Any]]:
+        engine = Engine(ours, keep_logits=True)
+        ids = [engine.add(p, params) for p in batch]
+        steps: dict[int, list[Any]] = {i: [] for i in ids}
+        while engine.has_unfinished:
+            for output in engine.step():
+                steps[output.request_id].append(output.logits)
+        return [steps[i] for i in ids]
+
+    together = run(prompts)
+    worst, clear, compared = 0.0, 0, 0
+    for prompt, mine in zip(prompts, together, strict=True):
+        for alone, batched in zip(run([prompt])[0], mine):
+            worst = max(worst, float((alone - batched).abs().max()))
+            compared += 1
+            top2 = alone.topk(2).values
+            if float(top2[0] - top2[1]) > TOLERANCE:
+                assert int(batched.argmax()) == int(alone.argmax())
+                clear += 1
+            elif int(batched.argmax()) != int(alone.argmax()):
+                break
+    print(f"batch of 3 against alone: max logit difference {worst:.2e} (tolerance {TOLERANCE:g}); "
+          f"{clear}/{compared} steps with a clear top-2 margin")
+    assert worst < TOLERANCE
+    assert clear >= 0.8 * compared
+
+
 TEXTS = ["Hello world", "What is the capital of France?", "  leading spaces\n\ttabs and\r\nnewlines  ",
          "digits 2024 and 3.14159, 1,000,000", "naïve café, Straße, 日本語, emoji 🙂👍🏽", "def f(x):\n    return x**2",
          "<|im_start|>user\nhi<|im_end|>"]

@@ -135,6 +135,30 @@ def write_gguf(path: Path, model: Any, qtype: Callable[[str, np.ndarray], Any],
     return path
 
 
+#: A tiny Llama-family config: 2 layers, GQA 4/2 heads of 16, a context of 128 tokens.
+SMALL = {"vocab_size": len(tiny_vocab()), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-5}
+
+
+def hf_model(model_type: str, overrides: Mapping[str, Any] | None = None, seed: int = 2) -> Any:
+    """A seeded random transformers model of ``model_type`` ("llama", "mistral", "qwen2") on SMALL + overrides."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, **{**SMALL, **(overrides or {})})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    randomize(model, seed=seed)
+    return model
+
+
+def save_folder(model: Any, folder: Path, **kwargs: Any) -> Path:
+    """A Hugging Face folder of ``model`` (save_pretrained keyword arguments pass through) with the tiny tokenizer."""
+    model.save_pretrained(folder, **kwargs)
+    save_tokenizer(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_llama() -> Any:
     """A seeded random 2-layer Llama (GQA 4/2 heads, head size 16) in float32, and its config."""
@@ -154,4 +178,5 @@ def tiny_llama() -> Any:
 def tiny() -> SimpleNamespace:
     """The helpers above, for test modules (conftest is not importable under --import-mode=importlib)."""
     return SimpleNamespace(chat_template=CHAT_TEMPLATE, vocab=tiny_vocab(), save_tokenizer=save_tokenizer,
-                           randomize=randomize, gguf_permute=gguf_permute, write_gguf=write_gguf)
+                           randomize=randomize, gguf_permute=gguf_permute, write_gguf=write_gguf, hf_model=hf_model,
+                           save_folder=save_folder)

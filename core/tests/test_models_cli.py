@@ -63,10 +63,53 @@ def test_interactive_chat_on_a_terminal(model_file: Path, monkeypatch: pytest.Mo
     assert result.stderr.count("tokens/s decode") == 2
 
 
+def test_sampling_flags_follow_the_seed_and_equal_the_python_api(model_file: Path) -> None:
+    from mistralrs_torch.models import SamplingParams
+
+    flags = ("--temperature", "0.9", "--top-k", "50", "--top-p", "0.95", "--min-p", "0.01",
+             "--repetition-penalty", "1.1", "--max-tokens", "12", "--raw", "--json")
+    first = _run("-m", str(model_file), "--prompt", "the sun", "--seed", "7", *flags)
+    again = _run("-m", str(model_file), "--prompt", "the sun", "--seed", "7", *flags)
+    other = _run("-m", str(model_file), "--prompt", "the sun", "--seed", "8", *flags)
+    assert first.exit_code == again.exit_code == other.exit_code == 0, first.output
+    text = json.loads(first.stdout)["text"]
+    assert text == json.loads(again.stdout)["text"] != json.loads(other.stdout)["text"]
+    model = load(model_file)
+    expected = model.generate(model.tokenizer.encode("the sun"), SamplingParams(
+        max_tokens=12, temperature=0.9, top_k=50, top_p=0.95, min_p=0.01, repetition_penalty=1.1, seed=7))
+    assert text == expected.text
+
+
+def test_stop_strings_cut_the_streamed_answer(model_file: Path) -> None:
+    model = load(model_file)
+    whole = model.generate(model.tokenizer.encode("the sun"), max_tokens=12).text
+    stop = whole[4:6]
+    result = _run("-m", str(model_file), "--prompt", "the sun", "--raw", "--max-tokens", "12", "--stop", "no such",
+                  "--stop", stop)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == whole[:whole.find(stop)] + "\n" and "(stop)" in result.stderr
+
+
+def test_a_kv_cache_too_small_for_the_request_is_an_error_naming_the_fix(model_file: Path) -> None:
+    result = _run("-m", str(model_file), "--prompt", "the sun", "--max-tokens", "60", "--kv-cache-blocks", "1")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "the KV cache is out of blocks: a request of" in result.stderr and "--kv-cache-blocks N" in result.stderr
+
+
 @pytest.mark.parametrize(("args", "message"), [
     ((), "no --prompt and no terminal for an interactive chat: pass --prompt TEXT"),
     (("--prompt", "x", "--max-tokens", "0"), "Invalid value for '--max-tokens'"),
     (("--prompt", "x", "--dtype", "float64"), "Invalid value for '--dtype'"),
+    (("--prompt", "x", "--temperature", "-1"), "Invalid value for '--temperature': -1.0 is not in the range x>=0"),
+    (("--prompt", "x", "--top-p", "0"), "Invalid value for '--top-p': 0.0 is not in the range 0<x<=1"),
+    (("--prompt", "x", "--top-k", "-2"), "Invalid value for '--top-k'"),
+    (("--prompt", "x", "--min-p", "1.5"), "Invalid value for '--min-p': 1.5 is not in the range 0<=x<=1"),
+    (("--prompt", "x", "--repetition-penalty", "0"), "Invalid value for '--repetition-penalty'"),
+    (("--prompt", "x", "--seed", "-1"), "Invalid value for '--seed'"),
+    (("--prompt", "x", "--kv-cache-blocks", "0"), "Invalid value for '--kv-cache-blocks'"),
+    (("--prompt", "x", "--kv-cache-memory", "0"), "Invalid value for '--kv-cache-memory'"),
+    (("--prompt", "x", "--kv-cache-blocks", "9", "--kv-cache-memory", "1"),
+     "--kv-cache-blocks and --kv-cache-memory both size the KV cache: give one"),
 ])
 def test_usage_errors_exit_2(model_file: Path, args: tuple[str, ...], message: str) -> None:
     result = _run("-m", str(model_file), *args)

@@ -31,8 +31,6 @@ PROMPT = [5, 80, 17, 42, 8, 64, 3, 91, 27, 11, 150, 9, 33, 210, 14, 77, 60, 120,
 STEPS = 6
 WINDOW = 8  # Mistral's sliding window: shorter than the prompt, so prefill and decode both slide
 
-SMALL = {"vocab_size": 267, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-5}
 CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # name: (model_type, config overrides, save_pretrained keyword arguments)
     "llama3-rope": ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -44,22 +42,6 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "tied-embeddings": ("llama", {"tie_word_embeddings": True}, {}),
     "sharded": ("llama", {}, {"max_shard_size": "60KB"}),
 }
-
-
-def _transformers_model(model_type: str, overrides: dict[str, Any], tiny: Any) -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(model_type, **{**SMALL, **overrides})
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    tiny.randomize(model, seed=2)
-    return model
-
-
-def _save(model: Any, folder: Path, tiny: Any, **kwargs: Any) -> Path:
-    model.save_pretrained(folder, **kwargs)
-    tiny.save_tokenizer(folder)
-    return folder
 
 
 def _reference_logits(model: Any, tokens: list[int]) -> torch.Tensor:
@@ -90,8 +72,8 @@ def _compare(folder: Path, reference: Any) -> tuple[float, int]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_tiny_checkpoint_matches_transformers_on_prefill_and_decode(tmp_path: Path, tiny: Any, case: str) -> None:
     model_type, overrides, save = CASES[case]
-    reference = _transformers_model(model_type, overrides, tiny)
-    folder = _save(reference, tmp_path / case, tiny, **save)
+    reference = tiny.hf_model(model_type, overrides)
+    folder = tiny.save_folder(reference, tmp_path / case, **save)
     if case == "sharded":
         assert (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").exists()
         assert len(set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())) > 2
@@ -104,10 +86,10 @@ def test_the_sliding_window_is_exercised(tmp_path: Path, tiny: Any) -> None:
     """Without the window the logits differ far beyond the tolerance, in prefill and in decode, so the match above
     (with it) proves the window is applied in both; the decode ring also wraps (20 + 6 tokens, window 8)."""
     model_type, overrides, _ = CASES["mistral-sliding-window"]
-    windowed = _transformers_model(model_type, overrides, tiny)
-    full = _transformers_model(model_type, {"sliding_window": None}, tiny)
+    windowed = tiny.hf_model(model_type, overrides)
+    full = tiny.hf_model(model_type, {"sliding_window": None})
     assert torch.equal(windowed.lm_head.weight, full.lm_head.weight)  # same seed, same weights
-    model = load(_save(windowed, tmp_path / "mistral", tiny))
+    model = load(tiny.save_folder(windowed, tmp_path / "mistral"))
     assert model.config.sliding_windows == (WINDOW, WINDOW)
     cache = model.new_cache(len(PROMPT) + 2)
     prefill = model.forward(PROMPT, cache, all_logits=True)
@@ -121,7 +103,7 @@ def test_the_sliding_window_is_exercised(tmp_path: Path, tiny: Any) -> None:
 def test_tokenizer_and_chat_template_match_transformers(tmp_path: Path, tiny: Any) -> None:
     from transformers import AutoTokenizer
 
-    folder = _save(_transformers_model("llama", {}, tiny), tmp_path / "llama", tiny)
+    folder = tiny.save_folder(tiny.hf_model("llama"), tmp_path / "llama")
     model = load(folder)
     reference = AutoTokenizer.from_pretrained(folder)
     for text in ["the other one", "  naïve café, 日本語 🙂\n\tend", "<|im_start|>user"]:
@@ -137,8 +119,8 @@ def test_tokenizer_and_chat_template_match_transformers(tmp_path: Path, tiny: An
 
 
 def test_dtype_casts_dense_weights_and_stays_close(tmp_path: Path, tiny: Any) -> None:
-    reference = _transformers_model("llama", {}, tiny)
-    folder = _save(reference, tmp_path / "llama", tiny)
+    reference = tiny.hf_model("llama")
+    folder = tiny.save_folder(reference, tmp_path / "llama")
     model = load(folder, dtype=torch.bfloat16)
     assert model.network.embed.table.dtype == torch.bfloat16
     logits = model.forward(PROMPT, model.new_cache(len(PROMPT)), all_logits=True)
@@ -152,7 +134,7 @@ def test_dtype_casts_dense_weights_and_stays_close(tmp_path: Path, tiny: Any) ->
 
 
 def test_folder_errors_name_the_file_and_the_field(tmp_path: Path, tiny: Any) -> None:
-    folder = _save(_transformers_model("llama", {}, tiny), tmp_path / "llama", tiny, max_shard_size="60KB")
+    folder = tiny.save_folder(tiny.hf_model("llama"), tmp_path / "llama", max_shard_size="60KB")
     config = json.loads((folder / "config.json").read_text())
 
     def with_config(**changes: Any) -> None:
@@ -188,6 +170,6 @@ def test_folder_errors_name_the_file_and_the_field(tmp_path: Path, tiny: Any) ->
 def test_a_runtime_without_paged_attention_is_refused_with_the_fix(tmp_path: Path, tiny: Any) -> None:
     from mistralrs_torch.runtime import Runtime
 
-    folder = _save(_transformers_model("llama", {}, tiny), tmp_path / "llama", tiny)
+    folder = tiny.save_folder(tiny.hf_model("llama"), tmp_path / "llama")
     with pytest.raises(ConfigError, match=r"Runtime\.create\(paged_attention=True\)"):
         load(folder, runtime=Runtime.create(paged_attention=False))

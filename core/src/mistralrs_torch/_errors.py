@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "FallbackError",
     "InputError",
+    "KVCacheFullError",
     "ManifestError",
     "MistralrsError",
     "ModelLoadError",
@@ -94,6 +95,14 @@ class SelectionError(MistralrsError):
         lines = [f"the features selected by {source} cannot be enabled here:"]
         lines += [f"  - {v}" for v in self.violations]
         super().__init__("\n".join(lines))
+
+
+class KVCacheFullError(MistralrsError):
+    """The paged KV cache has too few blocks for a sequence: never truncated, refused with the blocks needed."""
+
+    def __init__(self, message: str, *, needed: int, free: int, total: int) -> None:
+        super().__init__(message)
+        self.needed, self.free, self.total = needed, free, total
 
 
 class UnsupportedCallError(MistralrsError):

@@ -1,4 +1,4 @@
-"""``mistralrs run -m PATH``: generate from a local model (Hugging Face folder or GGUF file), greedy.
+"""``mistralrs run -m PATH``: generate from a local model (Hugging Face folder or GGUF file), greedy or sampled.
 
 With ``--prompt`` one user message goes through the model's chat template
 (``--raw`` sends it as is) and the answer streams to stdout, then the speeds
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from mistralrs_torch.models import Generation, Model
+    from mistralrs_torch.models import Generation, Model, SamplingParams
 
 __all__ = ["run_command"]
 
@@ -37,7 +37,7 @@ def _ids(model: Model, messages: list[dict[str, str]], raw: bool) -> list[int]:
     return model.tokenizer.encode(messages[-1]["content"]) if raw else model.tokenizer.encode_chat(messages)
 
 
-def _chat(model: Model, max_tokens: int, raw: bool, explain: bool) -> None:
+def _chat(model: Model, params: SamplingParams, raw: bool, explain: bool) -> None:
     """Turn by turn until end of input or /exit; each turn re-reads the whole conversation."""
     click.echo("chat with the model: an empty line is skipped, /exit or Ctrl-D ends", err=True)
     messages: list[dict[str, str]] = []
@@ -52,8 +52,7 @@ def _chat(model: Model, max_tokens: int, raw: bool, explain: bool) -> None:
         if not line.strip():
             continue
         messages = [{"role": "user", "content": line}] if raw else [*messages, {"role": "user", "content": line}]
-        result = model.generate(_ids(model, messages, raw), max_tokens=max_tokens,
-                                on_text=lambda piece: click.echo(piece, nl=False))
+        result = model.generate(_ids(model, messages, raw), params, on_text=lambda piece: click.echo(piece, nl=False))
         click.echo()
         click.echo(_stats(result), err=True)
         messages.append({"role": "assistant", "content": result.text})
@@ -86,13 +85,33 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere]; quantized "
                    "weights stay quantized.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Sampling temperature; 0 is greedy (the most likely token every time).")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sample among the k most likely tokens only; 0 is off.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+              help="Sample among the most likely tokens holding this much probability; 1 is off.")
+@click.option("--min-p", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
+              help="Drop tokens less likely than this fraction of the most likely one; 0 is off.")
+@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Above 1 discourages tokens already in the text (transformers' penalty); 1 is off.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=None,
+              help="Seed of the sampling: the same seed gives the same text [default: a fresh one each run].")
+@click.option("--stop", "stops", multiple=True, metavar="TEXT",
+              help="Stop where this text appears (not printed); repeat for several.")
+@click.option("--kv-cache-blocks", type=click.IntRange(min=1), default=None,
+              help="KV cache size in blocks of 16 tokens [default: at most 1 GiB].")
+@click.option("--kv-cache-memory", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GIB",
+              help="KV cache size in GiB (instead of --kv-cache-blocks).")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result (schema mistralrs.run/1) instead of "
                                                       "streaming text.")
 @click.option("--explain", is_flag=True, help="Also print which backend ran each op.")
-def run_command(path: str, prompt: str | None, max_tokens: int, features: str | None, dtype: str | None, raw: bool,
-                as_json: bool, explain: bool) -> None:
-    """Generate text with a local model through the bound backends (greedy decoding).
+def run_command(path: str, prompt: str | None, max_tokens: int, features: str | None, dtype: str | None,
+                temperature: float, top_k: int, top_p: float, min_p: float, repetition_penalty: float,
+                seed: int | None, stops: tuple[str, ...], kv_cache_blocks: int | None, kv_cache_memory: float | None,
+                raw: bool, as_json: bool, explain: bool) -> None:
+    """Generate text with a local model through the bound backends (greedy unless --temperature is above 0).
 
     Example: mistralrs run -m SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is the capital of France?"
     """
@@ -100,19 +119,24 @@ def run_command(path: str, prompt: str | None, max_tokens: int, features: str | 
         raise click.UsageError("no --prompt and no terminal for an interactive chat: pass --prompt TEXT")
     if prompt is None and as_json:
         raise click.UsageError("--json prints one result, so it needs --prompt TEXT")
-    from mistralrs_torch.models import load
+    if kv_cache_blocks is not None and kv_cache_memory is not None:
+        raise click.UsageError("--kv-cache-blocks and --kv-cache-memory both size the KV cache: give one")
+    from mistralrs_torch.models import SamplingParams, load
     from mistralrs_torch.runtime import Runtime
 
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repetition_penalty=repetition_penalty, seed=seed, stop=stops)
     model = load(path, runtime=Runtime.create(features, paged_attention=True), dtype=dtype)
+    model.set_kv_cache(blocks=kv_cache_blocks, memory_gib=kv_cache_memory)
     if prompt is None:
-        _chat(model, max_tokens, raw, explain)
+        _chat(model, params, raw, explain)
         return
     ids = _ids(model, [{"role": "user", "content": prompt}], raw)
     if as_json:
-        result = model.generate(ids, max_tokens=max_tokens)
+        result = model.generate(ids, params)
         click.echo(json.dumps(_result_json(model, result, str(model.dtype).removeprefix("torch.")), indent=2))
         return
-    result = model.generate(ids, max_tokens=max_tokens, on_text=lambda piece: click.echo(piece, nl=False))
+    result = model.generate(ids, params, on_text=lambda piece: click.echo(piece, nl=False))
     click.echo()
     click.echo(_stats(result), err=True)
     if explain:

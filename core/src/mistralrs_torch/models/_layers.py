@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from mistralrs_torch.models._batch import StepInputs
 from mistralrs_torch.ops import QuantizedWeight
 from mistralrs_torch.runtime import Runtime
 
-__all__ = ["Attention", "Embedding", "KVCache", "Linear", "RMSNorm", "Weight"]
+__all__ = ["Attention", "Embedding", "Linear", "RMSNorm", "Weight"]
 
 #: A weight as a loader hands it over: a dense tensor, or group-wise quantized codes.
 Weight = torch.Tensor | QuantizedWeight
@@ -69,47 +70,9 @@ class Embedding:
         return table[ids]
 
 
-class KVCache:
-    """One sequence's paged KV cache: per layer, caches (blocks, block size, kv heads, head size) and a block table.
-
-    A layer with a sliding window of W tokens keeps a ring of W slots (position
-    p in slot p mod W): decode then attends over exactly the last W keys, whose
-    order does not matter once RoPE is applied. Blocks are handed out in order;
-    an allocator shared by many sequences is the KV cache manager's job.
-    """
-
-    def __init__(self, runtime: Runtime, windows: tuple[int | None, ...], capacity: int, kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, block_size: int = 16) -> None:
-        self.length = 0
-        self.block_size = block_size
-        self.spans = [capacity if w is None else min(w, capacity) for w in windows]
-        device = runtime.device.torch_device
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        self.tables: dict[int, torch.Tensor] = {}
-        for span in self.spans:
-            blocks = -(-span // block_size)
-            shape = (blocks, block_size, kv_heads, head_dim)
-            self.k.append(torch.zeros(shape, dtype=dtype, device=device))
-            self.v.append(torch.zeros(shape, dtype=dtype, device=device))
-            self.tables.setdefault(span, torch.arange(blocks, dtype=torch.int32, device=device)[None])
-        self.device = device
-
-    def slots(self, layer: int, start: int, count: int) -> torch.Tensor:
-        """Slot of each of positions start .. start + count - 1 in ``layer``'s cache; -1 for ones out of the ring."""
-        span = self.spans[layer]
-        positions = torch.arange(start, start + count, device=self.device)
-        keep = positions >= start + count - span  # of a prompt longer than the window, the last W tokens stay
-        return torch.where(keep, positions % span, -1)
-
-    def visible(self, layer: int, length: int) -> torch.Tensor:
-        """seq_lens for a decode step of a sequence now ``length`` long: the whole ring once it has wrapped."""
-        return torch.tensor([min(length, self.spans[layer])], dtype=torch.int32, device=self.device)
-
-
 @dataclass
 class Attention:
-    """Grouped-query self-attention with RoPE: dense causal attention over a prompt, paged attention per new token."""
+    """Grouped-query self-attention with RoPE: dense causal attention over prompts, paged attention per new token."""
 
     runtime: Runtime
     layer: int
@@ -123,28 +86,30 @@ class Attention:
     inv_freq: torch.Tensor
     window: int | None
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """x (tokens, hidden) at ``positions`` (1, tokens) int64; fills and reads ``cache`` (length before this call)."""
-        rt, tokens = self.runtime, x.shape[0]
-        q = self.q_proj(x).view(1, tokens, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(1, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(1, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rt.rotary_embedding(q, k, positions, self.inv_freq)
-        k_cache, v_cache = cache.k[self.layer], cache.v[self.layer]
-        rt.write_kv_cache(k[0].transpose(0, 1), v[0].transpose(0, 1), k_cache, v_cache,
-                          cache.slots(self.layer, cache.length, tokens))
-        if cache.length == 0:
-            out = rt.attention(q, k, v, causal=True, mask=self._window_mask(tokens))
-        elif tokens == 1:
-            out = rt.paged_attention(q, k_cache, v_cache, cache.tables[cache.spans[self.layer]],
-                                     cache.visible(self.layer, cache.length + 1))
-        else:
-            raise ValueError("a prompt continues a cached sequence only one token at a time (no chunked prefill yet)")
-        return self.o_proj(out.transpose(1, 2).reshape(tokens, self.heads * self.head_dim))
+    def __call__(self, x: torch.Tensor, step: StepInputs) -> torch.Tensor:
+        """x (tokens, hidden) packed as ``step`` lays them out: prompts first, then one token per decoding sequence."""
+        rt, tokens, heads, size = self.runtime, x.shape[0], self.heads, self.head_dim
+        q = self.q_proj(x).view(1, tokens, heads, size).transpose(1, 2)
+        k = self.k_proj(x).view(1, tokens, self.kv_heads, size).transpose(1, 2)
+        v = self.v_proj(x).view(1, tokens, self.kv_heads, size).transpose(1, 2)
+        q, k = rt.rotary_embedding(q, k, step.positions, self.inv_freq)
+        span = step.spans[self.window]
+        k_cache, v_cache = step.cache.keys[self.layer], step.cache.values[self.layer]
+        rt.write_kv_cache(k[0].transpose(0, 1), v[0].transpose(0, 1), k_cache, v_cache, span.slots)
+        outs = []
+        if step.prompts:
+            n = step.prompt_tokens
+            q_, k_, v_ = (self._padded(t[0, :, :n].transpose(0, 1), step) for t in (q, k, v))
+            out = rt.attention(q_, k_, v_, causal=True, mask=span.mask).transpose(1, 2).reshape(-1, heads * size)
+            outs.append(out if step.unpad is None else out[step.unpad])
+        if step.decodes:
+            q_ = q[0, :, step.prompt_tokens:].transpose(0, 1)[:, :, None]  # (decodes, heads, 1, head size)
+            assert span.table is not None and span.lens is not None
+            outs.append(rt.paged_attention(q_, k_cache, v_cache, span.table, span.lens).reshape(-1, heads * size))
+        return self.o_proj(outs[0] if len(outs) == 1 else torch.cat(outs))
 
-    def _window_mask(self, tokens: int) -> torch.Tensor | None:
-        """Within a window of W, query i sees keys i - W < j (causality is the op's); None when the prompt fits."""
-        if self.window is None or tokens <= self.window:
-            return None
-        index = torch.arange(tokens, device=self.inv_freq.device)
-        return (index[None, :] > index[:, None] - self.window)[None, None]
+    @staticmethod
+    def _padded(packed: torch.Tensor, step: StepInputs) -> torch.Tensor:
+        """(prompt tokens, heads, head size) -> (prompts, heads, longest prompt, head size)."""
+        rows = packed if step.pad is None else packed[step.pad]
+        return rows.view(step.prompts, step.prompt_len, *packed.shape[1:]).transpose(1, 2)

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from mistralrs_torch.models._config import ModelConfig
-from mistralrs_torch.models._layers import Attention, Embedding, KVCache, Linear, RMSNorm, Weight
+from mistralrs_torch.models._batch import StepInputs
+from mistralrs_torch.models._cache import KVCache
+from mistralrs_torch.models._layers import Attention, Embedding, Linear, RMSNorm, Weight
 from mistralrs_torch.ops import rope_inv_freq
 from mistralrs_torch.runtime import Runtime
 
@@ -32,13 +34,13 @@ class _DecoderLayer:
         self.attention, self.mlp = attention, mlp
         self.input_norm, self.post_attention_norm = input_norm, post_attention_norm
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        x = x + self.attention(self.input_norm(x), positions, cache)
+    def __call__(self, x: torch.Tensor, step: StepInputs) -> torch.Tensor:
+        x = x + self.attention(self.input_norm(x), step)
         return x + self.mlp(self.post_attention_norm(x))
 
 
 class LlamaForCausalLM:
-    """Token ids in, next-token logits out, one sequence at a time over its paged KV cache."""
+    """Token ids in, next-token logits out, for many sequences at once over the shared paged KV cache."""
 
     def __init__(self, config: ModelConfig, runtime: Runtime, weight: Callable[[str], Weight],
                  dtype: torch.dtype) -> None:
@@ -89,23 +91,25 @@ class LlamaForCausalLM:
                       f"{p}.post_attention_layernorm.weight"]
         return [*names, "model.norm.weight", *([] if c.tie_word_embeddings else ["lm_head.weight"])]
 
-    def new_cache(self, capacity: int) -> KVCache:
-        """An empty cache for a sequence of up to ``capacity`` tokens."""
+    def new_cache(self, blocks: int, block_size: int) -> KVCache:
+        """An empty cache of ``blocks`` blocks of ``block_size`` tokens, shared by the sequences opened in it."""
         c = self.config
-        return KVCache(self.runtime, c.sliding_windows, capacity, c.num_kv_heads, c.head_dim, self.dtype)
+        return KVCache(windows=c.sliding_windows, kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=self.dtype,
+                       device=self.runtime.device.torch_device, blocks=blocks, block_size=block_size,
+                       context=c.max_position_embeddings)
+
+    def cache_block_bytes(self, block_size: int) -> int:
+        """Bytes one cache block takes over all layers, keys and values."""
+        c = self.config
+        return KVCache.block_bytes(layers=c.num_layers, kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+                                   dtype=self.dtype, block_size=block_size)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
-        """Logits (float32) of the last token (vocab,), or of every token (tokens, vocab), after feeding ``ids``.
-
-        The first call on an empty cache is the prompt (prefill); later calls feed one token each (decode).
-        """
-        tokens = ids.shape[0]
-        positions = torch.arange(cache.length, cache.length + tokens, device=ids.device)[None]
-        x = self.embed(ids)
+    def forward(self, step: StepInputs) -> torch.Tensor:
+        """float32 logits (outputs, vocab) of the tokens ``step.outputs`` names (every token when it is None)."""
+        x = self.embed(step.ids)
         for layer in self.layers:
-            x = layer(x, positions, cache)
-        cache.length += tokens
-        x = self.norm(x if all_logits else x[-1:])
-        logits = self.lm_head(x).float()
-        return logits if all_logits else logits[0]
+            x = layer(x, step)
+        if step.outputs is not None:
+            x = x[step.outputs]
+        return self.lm_head(self.norm(x)).float()
