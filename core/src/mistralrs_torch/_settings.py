@@ -16,6 +16,10 @@ CORE_ENV_VARS = {
     "MISTRALRS_CHECK_INPUTS": "1 runs the op input checks that read tensor values (block ids, sequence lengths, "
                               "slots) on every device; they always run for CPU tensors, and are off by default on "
                               "GPUs because reading values synchronises the device",
+    "MISTRALRS_SELECTION": "how each op's backend is chosen: 'priority' (default: the first supporting backend in "
+                           "dispatch priority) or 'measured' (the fastest correct one, timed once per signature)",
+    "MISTRALRS_TUNING_CACHE": "the file measured selection keeps its choices in (default: "
+                              "~/.cache/mistralrs-torch/tuning.json, or under XDG_CACHE_HOME)",
     "MISTRALRS_TRACEBACK": "1 shows a broken plugin's own traceback (as --traceback does)",
     "MISTRALRS_DEBUG": "1 lets torch's own native messages (C++ warnings and stacks) reach the terminal while ranks "
                        "start, instead of a log file that a start-up error names",

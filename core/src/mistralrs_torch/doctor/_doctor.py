@@ -76,6 +76,7 @@ def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = N
         else:
             configuration += [CheckResult("device", "info", f"{runtime.device.torch_device} ({runtime.device.name}, "
                                           f"from {runtime.device.feature})"),
+                              *_selection_checks(runtime),
                               CheckResult("paged attention", "info", "on" if runtime.paged_attention_enabled else
                                           "off (opt-in here: --paged-attn or MISTRALRS_PAGED_ATTN=1)"),
                               *_device_layers_check(runtime, environ)]
@@ -116,6 +117,24 @@ def _is_check_list(result: object) -> bool:
     return isinstance(result, (list, tuple)) and all(
         isinstance(c, CheckResult) and c.status in _STATUSES
         and all(isinstance(v, str) for v in (c.name, c.message, c.fix, c.plugin)) for c in result)
+
+
+def _selection_checks(runtime: Any) -> list[CheckResult]:
+    """The selection policy and, under measured selection, every choice its cache holds for this machine."""
+    tuner = runtime.tuner
+    if tuner is None:
+        return [CheckResult("selection policy", "info", "priority: the first supporting backend in dispatch priority "
+                            "(MISTRALRS_SELECTION=measured times them instead)")]
+    cache = tuner.cache
+    checks = [CheckResult("selection policy", "info", f"measured: the fastest correct backend per signature; "
+                          f"{len(cache.entries)} choice(s) cached in {cache.path or '(memory only)'}")]
+    checks += [CheckResult("selection policy", "warning", note, "nothing to do: it is tuned again as it runs")
+               for note in cache.notes]
+    for key, entry in sorted(cache.entries.items()):
+        timed = ", ".join(f"{name} {seconds * 1e6:.1f} us" for name, seconds in
+                          sorted(entry.get("times", {}).items(), key=lambda kv: kv[1]))
+        checks.append(CheckResult("measured choice", "info", f"{key} -> {entry['winner']} ({timed})"))
+    return checks
 
 
 def _device_layers_check(runtime: Any, environ: Mapping[str, str]) -> list[CheckResult]:

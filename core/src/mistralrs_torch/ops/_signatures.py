@@ -423,3 +423,19 @@ def quantized_weight_check(weight: Any) -> None:
         if tuple(table.shape) != groups:
             raise _fail(op, f"{name} has shape {tuple(table.shape)}; {out} outputs in groups of {weight.group_size} "
                             f"need {groups}")
+
+
+# -- the token count of a call, for measured selection's buckets ------------------------------------------
+
+
+def attention_rows(q: Any, *args: Any, **kwargs: Any) -> int:
+    return int(q.shape[0]) * int(q.shape[-2])
+
+
+def write_kv_cache_rows(k: Any, *args: Any, **kwargs: Any) -> int:
+    return int(k.shape[0])
+
+
+def leading_rows(x: Any, *args: Any, **kwargs: Any) -> int:
+    """Rows of an activation (..., features): every dimension but the last."""
+    return x.numel() // max(1, x.shape[-1]) if x.dim() else 1
