@@ -19,6 +19,7 @@ __all__ = [
     "OPS",
     "PLATFORMS",
     "AutoCondition",
+    "ConfigField",
     "EnvVar",
     "FeatureManifest",
     "GPURequirement",
@@ -31,14 +32,15 @@ PLATFORMS = ("linux", "windows", "macos")
 #: The four kinds of backend work a feature can provide.
 OPS = ("device", "attention", "matmul", "collectives")
 PLATFORM_LABELS = {"linux": "Linux", "windows": "Windows", "macos": "macOS"}
-GPU_VENDORS = ("nvidia", "apple")
+GPU_VENDOR_LABELS = {"nvidia": "NVIDIA", "apple": "Apple", "amd": "AMD"}
+GPU_VENDORS = tuple(GPU_VENDOR_LABELS)
 _FEATURE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 @dataclass(frozen=True)
 class GPURequirement:
-    """GPUs a feature needs: a vendor, how many, and a compute-capability window."""
+    """GPUs a feature needs: a vendor (or several), how many, and a compute-capability window."""
 
     vendor: str
     min_count: int = 1
@@ -47,12 +49,30 @@ class GPURequirement:
     below_compute_capability: tuple[int, int] | None = None
     #: What to do on a GPU newer than the window allows (e.g. "use flash-attn").
     newer_gpu_fix: str = ""
+    #: GPUs of these vendors count too (metal: the AMD GPU Metal drives in an Intel Mac).
+    other_vendors: tuple[str, ...] = ()
+    #: The number of GPUs used must be a power of two (1, 2, 4, 8, ...).
+    power_of_two: bool = False
+    #: Variables that say how many of the visible GPUs are used, the first one set wins (all when none is).
+    count_vars: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check(self.vendor in GPU_VENDORS, f"gpu vendor {self.vendor!r} is not one of {GPU_VENDORS}")
+        for vendor in (self.vendor, *self.other_vendors):
+            _check(vendor in GPU_VENDORS, f"gpu vendor {vendor!r} is not one of {GPU_VENDORS}")
+        _check(_is_str_tuple(self.count_vars) and all(_ENV_NAME.match(v) for v in self.count_vars),
+               f"gpu count_vars {self.count_vars!r} must be a tuple of UPPER_CASE variable names")
         _check(isinstance(self.min_count, int) and self.min_count >= 0, "gpu min_count must be an int >= 0")
         for cc in (self.min_compute_capability, self.below_compute_capability):
             _check(cc is None or _is_cc(cc), f"compute capability {cc!r} must be a (major, minor) pair of ints")
+
+    @property
+    def vendors(self) -> tuple[str, ...]:
+        return (self.vendor, *self.other_vendors)
+
+    @property
+    def label(self) -> str:
+        """The GPUs in words: "NVIDIA GPU", "Apple or AMD GPU"."""
+        return f"{' or '.join(GPU_VENDOR_LABELS[v] for v in self.vendors)} GPU"
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,8 @@ class LibraryRequirement:
     missing: str
     #: Says how to get it: "install Intel oneAPI or standalone MKL".
     fix: str
+    #: The library's name as doctor prints it ("cuDNN"); the fact's name when empty.
+    label: str = ""
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and bool(self.missing) and bool(self.fix), "library requirements need name, missing and fix")
@@ -82,14 +104,29 @@ class ModuleRequirement:
 
 
 @dataclass(frozen=True)
+class ConfigField:
+    """One field of the configuration file a variable points to (RING_CONFIG's JSON object), for the docs."""
+
+    name: str
+    description: str
+    required: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and bool(self.description), "configuration fields need a name and a description")
+
+
+@dataclass(frozen=True)
 class EnvVar:
     """An environment variable a feature reads, for doctor's unknown-variable check and the docs."""
 
     name: str
     description: str
+    #: When the variable names a configuration file: the fields that file holds.
+    fields: tuple[ConfigField, ...] = ()
 
     def __post_init__(self) -> None:
         _check(bool(_ENV_NAME.match(self.name)), f"environment variable name {self.name!r} is not UPPER_CASE")
+        _check(all(isinstance(f, ConfigField) for f in self.fields), f"{self.name}: fields must be ConfigField")
 
 
 @dataclass(frozen=True)
@@ -98,7 +135,7 @@ class AutoCondition:
 
     #: Auto mode activates the feature only when one of these variables is set.
     env_set: tuple[str, ...] = ()
-    #: Auto mode activates the feature only with at least this many GPUs.
+    #: Auto mode activates the feature only when it would use at least this many GPUs.
     min_gpus: int = 0
 
 
@@ -140,11 +177,14 @@ class FeatureManifest:
     cpu_vendor_notes: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: How to get a feature this one requires when no installed plugin provides it.
     install_hints: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: Rules the plugin enforces itself (at bind time and in its doctor checks), in words, for the docs:
+    #: "world_size must be a power of two (2, 4, 8, ...)".
+    rules: tuple[str, ...] = ()
     api_version: str = PLUGIN_API_VERSION
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and bool(_FEATURE_NAME.match(self.name)),
-               f"feature name {self.name!r} must be lower-case words joined by '-' (like 'flash-attn')")
+               f"feature name {self.name!r} must be lower-case words joined by '-' (like 'my-feature')")
         _check(isinstance(self.summary, str) and bool(self.summary), f"feature {self.name!r} needs a summary")
         _check(isinstance(self.distribution, str) and bool(self.distribution), f"feature {self.name!r} needs its distribution name")
         for attr in ("requires", "auto_enables", "excludes"):
@@ -169,6 +209,7 @@ class FeatureManifest:
         _check(all(isinstance(r, LibraryRequirement) for r in self.libraries), f"feature {self.name!r}: libraries must be LibraryRequirement")
         _check(all(isinstance(r, ModuleRequirement) for r in self.modules), f"feature {self.name!r}: modules must be ModuleRequirement")
         _check(all(isinstance(v, EnvVar) for v in self.env_vars), f"feature {self.name!r}: env_vars must be EnvVar")
+        _check(_is_str_tuple(self.rules), f"feature {self.name!r}: rules must be a tuple of sentences")
         _check(isinstance(self.api_version, str), f"feature {self.name!r}: api_version must be a string like '1.0'")
         object.__setattr__(self, "cpu_vendor_notes", MappingProxyType(dict(self.cpu_vendor_notes)))
         object.__setattr__(self, "install_hints", MappingProxyType(dict(self.install_hints)))

@@ -1,7 +1,7 @@
 """System snapshots: facts about a host, probed here or loaded from a profile."""
 
 from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
-from mistralrs_torch.system._probe import installed_version, probe_system, visible_device_filter
+from mistralrs_torch.system._probe import installed_version, module_versions, probe_system, visible_device_filter
 from mistralrs_torch.system._profiles import PROFILE_NAMES, load_system
 from mistralrs_torch.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, TorchBuild
 
@@ -20,6 +20,7 @@ __all__ = [
     "hardware_classes",
     "installed_version",
     "load_system",
+    "module_versions",
     "probe_system",
     "visible_device_filter",
 ]

@@ -10,10 +10,9 @@ from collections.abc import Mapping
 
 from mistralrs_torch import ConfigError
 from mistralrs_torch.parallel._rendezvous import Rendezvous, is_power_of_two, torchrun_rendezvous
+from mistralrs_torch_nccl._manifest import LOCAL_WORLD_SIZE_VAR
 
 __all__ = ["LOCAL_WORLD_SIZE_VAR", "local_world_size", "nccl_rendezvous"]
-
-LOCAL_WORLD_SIZE_VAR = "MISTRALRS_MN_LOCAL_WORLD_SIZE"
 
 
 def _count(environ: Mapping[str, str], name: str, gpu_count: int) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 
 from mistralrs_torch import ConfigError
 from mistralrs_torch.parallel._rendezvous import is_loopback, is_power_of_two, is_wildcard, valid_host
+from mistralrs_torch_ring._manifest import RING_CONFIG_FIELDS
 
 __all__ = [
     "FIELDS",
@@ -43,15 +44,7 @@ __all__ = [
 ]
 
 #: field -> (required, what it is, as the messages say it)
-FIELDS = {
-    "master_ip": (True, "the address of rank 0, which hosts the rendezvous"),
-    "master_port": (True, "the rendezvous port on rank 0's machine"),
-    "port": (True, "this process's ring port"),
-    "right_port": (True, "the ring port of the next rank"),
-    "right_ip": (False, "the address of the next rank (default localhost)"),
-    "rank": (True, "this process's rank"),
-    "world_size": (True, "the number of processes"),
-}
+FIELDS = {f.name: (f.required, f.description) for f in RING_CONFIG_FIELDS}
 _PORTS = ("master_port", "port", "right_port")
 _MAX_BYTES = 1 << 20
 _DUPLICATES = object()
