@@ -271,3 +271,19 @@ def test_an_intel_mac_without_a_metal_gpu_is_a_generic_cpu() -> None:
     data = json.loads(json.dumps(load_system("intel-mac-amd").to_json()))
     data["gpus"] = []
     assert hardware_classes(SystemSnapshot.from_json(data)) == ("generic-cpu",)
+
+
+SYSTEM_PROFILER = json.dumps({"SPDisplaysDataType": [
+    {"_name": "Intel UHD Graphics 630", "sppci_model": "Intel UHD Graphics 630", "spdisplays_vendor": "Intel",
+     "spdisplays_vram": "1536 MB"},
+    {"_name": "AMD Radeon Pro 5500M", "sppci_model": "AMD Radeon Pro 5500M", "spdisplays_vendor": "sppci_vendor_amd",
+     "spdisplays_vram": "8 GB"},
+]})
+
+
+def test_an_intel_macs_amd_gpu_is_read_from_system_profiler() -> None:
+    from mistralrs_torch.system._probe import mac_amd_gpus
+
+    assert mac_amd_gpus(SYSTEM_PROFILER) == [GPU(index=0, name="AMD Radeon Pro 5500M", vendor="amd",
+                                                 memory_total=8 * 1024**3)]
+    assert mac_amd_gpus("not json") == mac_amd_gpus("[]") == mac_amd_gpus('{"SPDisplaysDataType": "x"}') == []
