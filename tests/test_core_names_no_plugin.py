@@ -41,7 +41,8 @@ def _plugin_names() -> set[str]:
         if installed.manifest.name == "cpu":
             continue
         plugin = installed.plugin
-        names |= {installed.manifest.name, plugin.name, plugin.distribution, plugin.value.partition(":")[0].split(".")[0]}
+        package = plugin.value.partition(":")[0].split(".")[0]
+        names |= {installed.manifest.name, plugin.name, plugin.distribution, package}
     return names
 
 
@@ -52,14 +53,16 @@ def _literals(tree: ast.AST) -> list[tuple[int, str]]:
                   and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
     found = [(node.lineno, node.value) for node in ast.walk(tree)
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
-    found += [(node.lineno, alias.name) for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    found += [(node.lineno, alias.name) for node in ast.walk(tree) if isinstance(node, ast.Import)
+              for alias in node.names]
     found += [(node.lineno, node.module) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
     return found
 
 
 def _hits(source: str, names: set[str]) -> list[tuple[int, str, str]]:
     """(line, name, text) for each plugin name in the literals and imports of ``source``."""
-    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")(?![\w-])")
+    alternatives = "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
+    pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])")
     return [(line, name, text) for line, text in _literals(ast.parse(source)) for name in pattern.findall(text)]
 
 
@@ -94,5 +97,6 @@ def test_the_check_catches_a_plugin_name(source: str, name: str) -> None:
 
 
 def test_docstrings_and_words_containing_a_name_are_not_hits() -> None:
-    source = '"""mentions cuda in a docstring"""\ndef f():\n    """and nccl here"""\n    return "during string ring-buffer"\n'
+    source = ('"""mentions cuda in a docstring"""\n'
+              'def f():\n    """and nccl here"""\n    return "during string ring-buffer"\n')
     assert _hits(source, _plugin_names()) == []

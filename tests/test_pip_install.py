@@ -37,7 +37,8 @@ def _uv() -> list[str]:
     pytest.fail("uv is not installed: python3 -m pip install uv (the README's set-up does)")
 
 
-def _run(args: list[str | Path], env: dict[str, str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str | Path], env: dict[str, str], cwd: Path,
+         timeout: int = 300) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
                             timeout=timeout, check=False)
     assert result.returncode == 0, f"{' '.join(map(str, args))} failed ({result.returncode}):\n" \
@@ -95,7 +96,8 @@ def test_plain_pip_installs_the_core_then_a_plugin_into_a_fresh_environment(whee
     exported = _run([*_uv(), "export", "--locked", "--no-dev", "--no-emit-workspace", "--no-hashes", "--quiet",
                      "--format", "requirements-txt", "--project", ROOT], env, tmp_path)
     locked.write_text(exported.stdout, encoding="utf-8")
-    _run([*_uv(), "pip", "install", "--offline", "--no-deps", "--quiet", "--python", python, "-r", locked], env, tmp_path)
+    _run([*_uv(), "pip", "install", "--offline", "--no-deps", "--quiet", "--python", python, "-r", locked],
+         env, tmp_path)
     # The build backend, for the path route below: uv's cache holds it since uv built the workspace.
     _run([*_uv(), "pip", "install", "--offline", "--quiet", "--python", python, "hatchling"], env, tmp_path)
 
@@ -120,7 +122,7 @@ def test_plain_pip_installs_the_core_then_a_plugin_into_a_fresh_environment(whee
     # The other documented route: pip install ./core ./plugins/mkl (from paths; hatchling seeded above).
     _run([*pip, "--no-build-isolation", "--force-reinstall", "--no-deps", ROOT / "core", ROOT / "plugins" / "mkl"],
          env, tmp_path)
-    shown = _run([python, "-m", "pip", "show", "--isolated", "--disable-pip-version-check", "-f", "mistralrs-torch-mkl"],
-                 env, tmp_path).stdout
+    shown = _run([python, "-m", "pip", "show", "--isolated", "--disable-pip-version-check", "-f",
+                  "mistralrs-torch-mkl"], env, tmp_path).stdout
     assert "direct_url.json" in shown  # installed from the path this time
     assert "mistralrs-torch-mkl 0.1.0" in _run([bin_dir / "mistralrs", "plugins", "list"], env, tmp_path).stdout

@@ -16,7 +16,8 @@ CORE_ENV_VARS = {
     "MISTRALRS_PLUGIN_AUTOLOAD": "0 loads only the built-in generic CPU plugin",
     "MISTRALRS_STRICT_PLUGINS": "1 makes any broken plugin a fatal error (for CI)",
     "MISTRALRS_NO_FALLBACK": "1 turns a fallback to a lower-priority backend into an error",
-    "MISTRALRS_PAGED_ATTN": "1 opts in to paged attention on devices where it is opt-in (each feature's manifest says which)",
+    "MISTRALRS_PAGED_ATTN": "1 opts in to paged attention on devices where it is opt-in (each feature's manifest "
+                            "says which)",
     "MISTRALRS_DEVICE_LAYERS": "explicit layer-to-device map when one process drives several devices, e.g. "
                                "'0:16;1:16' (layers per accelerator ordinal, in order); replaces the automatic map; "
                                "refused where the collective backend gives each process one device",

@@ -177,7 +177,8 @@ def _progress(message: str) -> None:
 _doctor_options = [
     _system_option, _features_option, _json_option,
     click.option("--verify/--no-verify", default=True, help="Run each bound backend against a float64 reference (default on)."),
-    click.option("--paged-attn", is_flag=True, help="Opt in to paged attention on devices where it is opt-in (`plugins matrix` shows which)."),
+    click.option("--paged-attn", is_flag=True,
+                 help="Opt in to paged attention on devices where it is opt-in (`plugins matrix` shows which)."),
 ]
 
 

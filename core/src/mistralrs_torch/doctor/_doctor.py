@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from mistralrs_torch._distributions import plugin_entry_points
 from mistralrs_torch._errors import ConfigError, SelectionError
 from mistralrs_torch._settings import env_flag
 from mistralrs_torch.doctor._configuration import environment_checks
@@ -20,9 +21,8 @@ from mistralrs_torch.doctor._sections import (
     recommendation_checks,
     system_checks,
 )
-from mistralrs_torch.ops import CheckResult, Device
-from mistralrs_torch._distributions import plugin_entry_points
 from mistralrs_torch.features import catalogue
+from mistralrs_torch.ops import CheckResult, Device
 from mistralrs_torch.plugins import ENTRY_POINT_GROUP, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, recommend, resolve
 from mistralrs_torch.system import SystemSnapshot, module_versions

@@ -115,8 +115,8 @@ def recommendation_checks(recommendation: Recommendation) -> list[CheckResult]:
                   "info" if inactive else "ok")]
     for f in inactive:
         carried = f"{f.distribution} carries it" + (f"; {f.reason}" if f.reason else "")
-        checks.append(_ok(f.name, f"not installed ({carried})" if f.status == NOT_INSTALLED else f"{f.status}: {f.reason}",
-                          "info", f.fix))
+        message = f"not installed ({carried})" if f.status == NOT_INSTALLED else f"{f.status}: {f.reason}"
+        checks.append(_ok(f.name, message, "info", f.fix))
     for f in recommendation.optional:
         where = "active" if f.status == "active" else f"{f.status} ({f.distribution})"
         checks.append(_ok(f.name, f"optional here, {where}: {f.note}", "info",

@@ -32,7 +32,6 @@ quotes is printed by the code exactly so.
 """
 
 
-
 def _seed_names() -> str:
     """Why the seed's package names are not ours, with the names from the catalogue."""
     seed = [p.seed for p in seed_packages()]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mistralrs_torch.features import catalogue
 from mistralrs_torch.plugins import GENERIC_CPU
-from mistralrs_torch.resolution._resolver import FeatureStatus, Resolution
+from mistralrs_torch.resolution._resolver import Resolution
 from mistralrs_torch.resolution._rules import module_problem
 from mistralrs_torch.system import hardware_classes
 
@@ -83,7 +83,6 @@ def recommend(resolution: Resolution, environ: Mapping[str, str],
     """
     table = catalogue()
     classes = hardware_classes(resolution.system, environ)
-    statuses = {f.name: f for f in resolution.features if f.name}
     rivals = {name: set(f.excludes) for name, f in table.features.items()}
     for f in resolution.features:
         if f.manifest is not None:
@@ -102,26 +101,27 @@ def recommend(resolution: Resolution, environ: Mapping[str, str],
         if (f.manifest is not None and f.name not in table.features and f.name != GENERIC_CPU.name
                 and set(f.manifest.recommended_for) & set(classes) and not any(exclusive(w, f.name) for w in wanted)):
             wanted.append(f.name)
-    features = tuple(_where(name, statuses, resolution, not_loaded or {}) for name in wanted)
+    features = tuple(_where(name, resolution, not_loaded or {}) for name in wanted)
     optional = []
     for row in (table.row(c) for c in classes):
         for name in row.optional:
             note = table.features[name].cpu_vendor_notes.get(resolution.system.cpu.vendor)
             if note and name not in wanted:
-                optional.append(_where(name, statuses, resolution, not_loaded or {}, note))
+                optional.append(_where(name, resolution, not_loaded or {}, note))
     return Recommendation(classes, tuple(table.row(c).label for c in classes), features, tuple(optional))
 
 
-def _where(name: str, statuses: Mapping[str, FeatureStatus], resolution: Resolution,
-           not_loaded: Mapping[str, tuple[str, str]], note: str = "") -> RecommendedFeature:
-    installed = statuses.get(name)
+def _where(name: str, resolution: Resolution, not_loaded: Mapping[str, tuple[str, str]],
+           note: str = "") -> RecommendedFeature:
+    """Where one recommended feature stands here: its installed status, or what installing it takes."""
+    installed = next((f for f in resolution.features if f.name == name), None)
     if installed is not None:
         distribution = installed.plugin.distribution
         if installed.status == "active":
             return RecommendedFeature(name, distribution, "active", note=note)
         reason = installed.reasons[0] if installed.reasons else ""
         rival = next((f.name for f in resolution.features if f.status == "active" and f.manifest is not None
-                      and (name in f.manifest.excludes)), None)
+                      and name in f.manifest.excludes), None)
         if installed.status == "unavailable" and rival:
             reason += f" (meanwhile {rival} is active)"
         return RecommendedFeature(name, distribution, installed.status, reason, note=note)

@@ -14,7 +14,8 @@ from mistralrs_torch.features import FeatureManifest, ModuleRequirement
 from mistralrs_torch.features._manifest import PLATFORM_LABELS
 from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["Problem", "auto_condition_problem", "disabled_by", "gpu_count_problem", "hardware_problems", "module_problem"]
+__all__ = ["Problem", "auto_condition_problem", "disabled_by", "gpu_count_problem", "hardware_problems",
+           "module_problem"]
 
 #: What to do when no GPU of the required vendor is visible.
 _GPU_FIX = {
@@ -59,7 +60,8 @@ def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Proble
 
 def module_problem(module: ModuleRequirement) -> Problem:
     """The problem of a module requirement whose module is not found."""
-    return Problem("module", f"{module.distribution} is not installed (module {module.module} not found)", module.install)
+    return Problem("module", f"{module.distribution} is not installed (module {module.module} not found)",
+                   module.install)
 
 
 def _gpu_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
@@ -106,7 +108,8 @@ def auto_condition_problem(m: FeatureManifest, system: SystemSnapshot, environ: 
     if m.auto.min_gpus and m.gpu is not None:
         count, source, _ = _gpu_count(m, system, environ)
         if count < m.auto.min_gpus:
-            return f"auto mode enables {m.name} with {m.auto.min_gpus} or more GPUs; {source} (select it explicitly to use it)"
+            return (f"auto mode enables {m.name} with {m.auto.min_gpus} or more GPUs; {source} "
+                    "(select it explicitly to use it)")
     return None
 
 
@@ -116,7 +119,8 @@ def gpu_count_problem(m: FeatureManifest, system: SystemSnapshot, environ: Mappi
     return _gpu_count(m, system, environ)[2] if m.gpu is not None else None
 
 
-def _gpu_count(m: FeatureManifest, system: SystemSnapshot, environ: Mapping[str, str]) -> tuple[int, str, Problem | None]:
+def _gpu_count(m: FeatureManifest, system: SystemSnapshot,
+               environ: Mapping[str, str]) -> tuple[int, str, Problem | None]:
     """(how many GPUs the feature would use: all visible ones, or as its count variables say; that in words; the
     problem with it, if any)."""
     gpu = m.gpu

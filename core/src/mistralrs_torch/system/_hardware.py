@@ -78,4 +78,5 @@ def hardware_classes(system: SystemSnapshot, environ: Mapping[str, str] | None =
     found = [name for name, matches in HARDWARE_CLASSES.items() if matches(system, environ)]
     found += [row.hardware_class for row in catalogue().rows
               if row.hardware_class not in found and any(environ.get(v) for v in row.when_set)]
-    return tuple(sorted(found, key=lambda name: (not catalogue().row(name).is_base, list(HARDWARE_CLASSES).index(name))))
+    order = list(HARDWARE_CLASSES)
+    return tuple(sorted(found, key=lambda name: (not catalogue().row(name).is_base, order.index(name))))

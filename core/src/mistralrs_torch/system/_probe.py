@@ -163,7 +163,8 @@ def mac_amd_gpus(system_profiler_json: str) -> list[GPU]:
         vendor = str(entry.get("spdisplays_vendor", "")).lower()
         name = str(entry.get("sppci_model", "") or entry.get("_name", ""))
         if "amd" in vendor or "ati" in vendor or name.lower().startswith(("amd", "radeon")):
-            vram = re.match(r"\s*(\d+)\s*([GM])B", str(entry.get("spdisplays_vram", "") or entry.get("_spdisplays_vram", "")))
+            vram_text = str(entry.get("spdisplays_vram", "") or entry.get("_spdisplays_vram", ""))
+            vram = re.match(r"\s*(\d+)\s*([GM])B", vram_text)
             memory = int(vram.group(1)) * 1024 ** (3 if vram.group(2) == "G" else 2) if vram else 0
             gpus.append(GPU(index=len(gpus), name=name, vendor="amd", memory_total=memory))
     return gpus

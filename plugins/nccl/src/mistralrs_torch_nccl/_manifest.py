@@ -23,8 +23,8 @@ NCCL = FeatureManifest(
     # One process per GPU; a launcher's LOCAL_WORLD_SIZE says how many run here when ours is unset.
     gpu=GPURequirement(vendor="nvidia", power_of_two=True, count_vars=(LOCAL_WORLD_SIZE_VAR, "LOCAL_WORLD_SIZE")),
     libraries=(LibraryRequirement("nccl", missing="NCCL not found",
-                                  fix="install the NCCL wheel matching torch's CUDA (pip install nvidia-nccl-cu12, or -cu13)",
-                                  label="NCCL"),),
+                                  fix="install the NCCL wheel matching torch's CUDA "
+                                      "(pip install nvidia-nccl-cu12, or -cu13)", label="NCCL"),),
     disabled_by=("MISTRALRS_NO_NCCL",),
     auto=AutoCondition(min_gpus=2),
     priority=10,
