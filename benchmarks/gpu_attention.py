@@ -109,10 +109,10 @@ def bench_attention(runtime: Any, shapes: tuple[tuple[int, int], ...], rounds: i
     import torch
 
     from mistralrs_torch.ops import CallSpec
-    from mistralrs_torch.runtime import kernel
+    from mistralrs_torch.ops import kernel_for as kernel
 
     rows = []
-    call = CallSpec("attention", "bfloat16", device.split(":")[0], HEAD_SIZE, "causal", {"gqa": False, "aligned": True})
+    call = CallSpec("attention", "bfloat16", device.split(":")[0], HEAD_SIZE, "causal", gqa=False, aligned=True)
     for backend in runtime.attention_backends:
         support = backend.supports(call)
         if not support.ok:
@@ -141,7 +141,7 @@ def bench_matmul(runtime: Any, shapes: tuple[tuple[int, int, int], ...], rounds:
     import torch
 
     from mistralrs_torch.ops import CallSpec
-    from mistralrs_torch.runtime import kernel
+    from mistralrs_torch.ops import kernel_for as kernel
 
     rows = []
     call = CallSpec("linear", "bfloat16", device.split(":")[0])

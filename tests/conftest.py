@@ -166,3 +166,22 @@ def install_into() -> Callable[[Path, Path], Path]:
         return target
 
     return install
+
+
+@pytest.fixture
+def fake_distribution() -> Callable[..., Path]:
+    """fake_distribution(site, name, module_source, entry_point="broken"): a real installed distribution in the
+    folder ``site`` (NAME-0.1.dist-info with METADATA, entry_points.txt and an empty RECORD, plus its module
+    NAME_mod), for subprocesses that put ``site`` on PYTHONPATH."""
+
+    def make(site: Path, name: str, module_source: str, entry_point: str = "broken") -> Path:
+        site.mkdir(exist_ok=True)
+        info = site / f"{name}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n", encoding="utf-8")
+        (info / "entry_points.txt").write_text(f"[mistralrs.plugins]\n{entry_point} = {name}_mod\n", encoding="utf-8")
+        (info / "RECORD").write_text("", encoding="utf-8")
+        (site / f"{name}_mod.py").write_text(module_source, encoding="utf-8")
+        return site
+
+    return make

@@ -41,18 +41,6 @@ def _row(text: str, feature: str) -> str:
     return rows[0]
 
 
-def _fake_distribution(site: Path, name: str, module_source: str, entry_point: str = "broken") -> Path:
-    """A real installed distribution: NAME-0.1.dist-info with METADATA and entry_points.txt, plus its module."""
-    site.mkdir(exist_ok=True)
-    info = site / f"{name}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text(f"[mistralrs.plugins]\n{entry_point} = {name}_mod\n", encoding="utf-8")
-    (info / "RECORD").write_text("", encoding="utf-8")
-    (site / f"{name}_mod.py").write_text(module_source, encoding="utf-8")
-    return site
-
-
 # --- This machine --------------------------------------------------------------------------------------
 
 
@@ -318,8 +306,8 @@ def test_the_console_script_runs_the_same_cli(cli_env, tmp_path) -> None:
 
 
 @pytest.fixture
-def broken_site(tmp_path) -> Path:
-    return _fake_distribution(tmp_path / "site", "brokenplug", "raise SystemExit(3)\n")
+def broken_site(tmp_path, fake_distribution) -> Path:
+    return fake_distribution(tmp_path / "site", "brokenplug", "raise SystemExit(3)\n")
 
 
 def test_a_distribution_that_exits_at_import_is_listed_as_broken(run_cli, broken_site, all_features) -> None:
@@ -367,8 +355,8 @@ def test_a_disabled_broken_distribution_is_skipped_and_named(run_cli, broken_sit
     assert not any(f["status"] == "broken" for f in data["features"])
 
 
-def test_a_distribution_raising_an_exception_at_import_is_broken_too(run_cli, tmp_path) -> None:
-    site = _fake_distribution(tmp_path / "site", "crashplug", "raise RuntimeError('vendor library exploded')\n",
+def test_a_distribution_raising_an_exception_at_import_is_broken_too(run_cli, tmp_path, fake_distribution) -> None:
+    site = fake_distribution(tmp_path / "site", "crashplug", "raise RuntimeError('vendor library exploded')\n",
                               entry_point="crash")
     data = _json(run_cli("plugins", "list", "--json", env={"PYTHONPATH": str(site)}))
     broken = [f for f in data["features"] if f["status"] == "broken"]
@@ -376,9 +364,10 @@ def test_a_distribution_raising_an_exception_at_import_is_broken_too(run_cli, tm
     assert "vendor library exploded" in " ".join(broken[0]["reasons"])
 
 
-def test_a_plugin_that_crashes_the_interpreter_is_named_in_the_dying_output(run_cli, tmp_path) -> None:
+def test_a_plugin_that_crashes_the_interpreter_is_named_in_the_dying_output(run_cli, tmp_path,
+                                                                          fake_distribution) -> None:
     # Native code that segfaults cannot be quarantined; the output must still point at the culprit.
-    site = _fake_distribution(tmp_path / "site", "segvplug", "import ctypes\nctypes.string_at(0)\n",
+    site = fake_distribution(tmp_path / "site", "segvplug", "import ctypes\nctypes.string_at(0)\n",
                               entry_point="segv")
     result = run_cli("plugins", "list", env={"PYTHONPATH": str(site)})
     assert result.returncode == -signal.SIGSEGV
@@ -389,14 +378,14 @@ def test_a_plugin_that_crashes_the_interpreter_is_named_in_the_dying_output(run_
     assert disabled.returncode == 0, disabled.stderr
 
 
-def test_a_healthy_third_party_distribution_adds_its_feature(run_cli, tmp_path) -> None:
+def test_a_healthy_third_party_distribution_adds_its_feature(run_cli, tmp_path, fake_distribution) -> None:
     source = (
         "from mistralrs_torch import FeatureManifest, hookimpl\n\n"
         "@hookimpl\n"
         "def mistralrs_features():\n"
         "    return (FeatureManifest(name='rocm', summary='AMD GPUs', distribution='rocmplug', provides=('device',),\n"
         "                            platforms=('linux',)),)\n")
-    site = _fake_distribution(tmp_path / "site", "rocmplug", source, entry_point="rocm")
+    site = fake_distribution(tmp_path / "site", "rocmplug", source, entry_point="rocm")
     data = _json(run_cli("plugins", "list", "--json", "--system", "xeon-cpu", env={"PYTHONPATH": str(site)}))
     rocm = next(f for f in data["features"] if f["feature"] == "rocm")
     assert (rocm["status"], rocm["plugin"], rocm["distribution"], rocm["version"]) == ("active", "rocm", "rocmplug",

@@ -24,13 +24,16 @@ TORCH_WORDS = {
     ("system/_gpu_facts.py", "cuda"): "the CUDA runtime fact the probe records from torch's build",
     ("doctor/_sections.py", "cuda"): "the label of that CUDA runtime fact",
     ("doctor/_verify.py", "cuda"): "torch's device type",
+    ("testing/_verify.py", "cuda"): "torch's device type",
     ("parallel/_device_map.py", "cuda"): "torch's device type in a device-map example",
     ("generic/_sdpa.py", "cuda"): "torch's device type",
     ("generic/_sdpa.py", "cudnn"): "the name of torch's cuDNN SDPA kernel",
     ("system/_blas.py", "mkl"): "the BLAS name torch's build configuration reports",
-    # An example in an error message; resolution/_selection.py is being changed elsewhere.
+    # Examples in error messages, in files being changed elsewhere.
     ("resolution/_selection.py", "cuda"): "an example of a feature list in a config-file error",
     ("resolution/_selection.py", "cudnn"): "an example of a feature list in a config-file error",
+    ("runtime/_runtime.py", "cuda"): "an example of a feature list in Runtime.create's argument error",
+    ("runtime/_runtime.py", "cudnn"): "an example of a feature list in Runtime.create's argument error",
 }
 
 

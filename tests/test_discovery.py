@@ -77,15 +77,24 @@ BAD_PLUGINS = {
         def mistralrs_features():
             raise SystemExit("bye")
         """, "hook mistralrs_features", ("SystemExit", "bye")),
-    "api-version-2": (
+    "api-version-3": (
         """
         from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
             return (FeatureManifest(name="futurefeat", summary="from the future", distribution="fake-bad",
-                                    api_version="2.0"),)
-        """, "api-version", ("'2.0'", "1.0", "futurefeat")),
+                                    api_version="3.0"),)
+        """, "api-version", ("'3.0'", "2.0", "futurefeat", "upgrade mistralrs-torch")),
+    "api-version-1": (
+        """
+        from mistralrs_torch import FeatureManifest, hookimpl
+
+        @hookimpl
+        def mistralrs_features():
+            return (FeatureManifest(name="pastfeat", summary="from the past", distribution="fake-bad",
+                                    api_version="1.0"),)
+        """, "api-version", ("'1.0'", "2.0", "pastfeat", "docs/writing-a-plugin.md#migrating-from-plugin-api-1x")),
     "clash-with-installed-feature": (
         """
         from mistralrs_torch import FeatureManifest, hookimpl
@@ -160,13 +169,13 @@ def test_strict_mode_with_healthy_plugins_loads_them_all(all_features) -> None:
 
 def test_an_unsupported_api_version_names_the_declared_features_as_broken(fake_plugin, installed_entry_points,
                                                                           good_plugin_source_for) -> None:
-    manager = _manager_with_bad_plugin(fake_plugin, installed_entry_points, good_plugin_source_for, "api-version-2")
+    manager = _manager_with_bad_plugin(fake_plugin, installed_entry_points, good_plugin_source_for, "api-version-3")
     assert manager.broken[0].features == ("futurefeat",)
     resolution = resolve(manager.features, manager.broken, Selection(), load_system("xeon-cpu"), {})
     assert resolution.status("futurefeat").status == "broken"
 
 
-@pytest.mark.parametrize("version", ["2.0", "1.9", "0.9", "one", "1"])
+@pytest.mark.parametrize("version", ["3.0", "2.9", "1.0", "1.9", "0.9", "one", "2"])
 def test_api_versions_this_core_cannot_serve_are_refused(fake_plugin, version) -> None:
     entry_point = fake_plugin(f"""
         from mistralrs_torch import FeatureManifest, hookimpl

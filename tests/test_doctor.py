@@ -16,13 +16,14 @@ import pytest
 import mistralrs_torch
 from mistralrs_torch import load_system
 from mistralrs_torch.doctor import DOCTOR_SCHEMA, SECTIONS, DoctorReport, run_doctor
+from mistralrs_torch.ops import OPS as REGISTRY
 from mistralrs_torch.system import PROFILE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "docs" / "doctor.schema.json"
 GROUP = "mistralrs.plugins"
-GENERIC = {"generic-attention", "generic-matmul"}
-OPS = ("attention", "paged_attention", "linear", "int8_linear")
+GENERIC = {"cpu-attention", "cpu-matmul", "cpu-layers"}
+OPS = tuple(op.name for op in REGISTRY)
 
 _FAKE_BACKEND_PLUGIN = '''
 import torch
@@ -36,7 +37,7 @@ MODE = {mode!r}
 class PlantedAttention:
     name = "planted-attention"
     feature = "fake-attn"
-    priority = 500
+    dispatch_priority = 500
 
     def supports(self, call):
         return Support(call.device == "cpu", "cpu only")
@@ -70,7 +71,7 @@ class PlantedAttention:
 @hookimpl
 def mistralrs_features():
     return (FeatureManifest(name="fake-attn", summary="a planted attention backend", distribution="fake-dist",
-                            provides=("attention",), priority=500),)
+                            provides=("attention",), selection_priority=500),)
 
 
 @hookimpl

@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 
 from mistralrs_torch.doctor import SECTIONS
+from mistralrs_torch.ops import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "docs" / "doctor.schema.json"
@@ -218,7 +219,7 @@ def test_plugins_doctor_json_validates_against_the_schema(runs: Batch, validator
     assert data["ok"] is True and data["verification"]["note"] == ""
     results = data["verification"]["results"]
     assert results and all(r["result"] == "verified" for r in results)
-    assert {r["op"] for r in results} == {"attention", "paged_attention", "linear", "int8_linear"}
+    assert {r["op"] for r in results} == {op.name for op in OPS}
 
 
 def test_doctor_and_plugins_doctor_are_the_same_command(runs: Batch) -> None:
@@ -266,11 +267,11 @@ def test_resolve_explain_shows_a_winner_per_op(shared: dict[str, Done]) -> None:
     done = shared["resolve --explain"]
     assert done.returncode == 0, done.stderr
     explain = done.stdout[done.stdout.index("\nexplain:\n"):]
-    for op in ("attention", "paged_attention", "linear", "int8_linear"):
+    for op in (op.name for op in OPS):
         (line,) = [line for line in explain.splitlines() if line.startswith(f"{op} (")]
         winner = line.rsplit(": ", 1)[1]
         assert winner and winner != "NO BACKEND", line
-    assert "attention (float32 on cpu, head size 128, causal): generic-attention" in explain
+    assert "attention (float32 on cpu, head size 128, mask causal): cpu-attention" in explain
     assert "paged attention off (opt-in: --paged-attn or MISTRALRS_PAGED_ATTN=1)" in explain
     assert "skipped metal: feature unavailable" in explain
     assert "fallbacks: none recorded" in explain

@@ -162,7 +162,7 @@ def test_gqa_head_mapping_by_hand() -> None:
 
 def test_reference_in_this_file_matches_doctor_reference(gen: torch.Generator) -> None:
     """Cross-check: two independently written float64 references agree (GQA, causal, ragged)."""
-    from mistralrs_torch.doctor import _reference as doctor_ref
+    from mistralrs_torch.testing import references as doctor_ref
 
     q, k, v = randn(2, 8, 3, 8, gen=gen, dtype=torch.float64), randn(2, 2, 7, 8, gen=gen, dtype=torch.float64), \
         randn(2, 2, 7, 8, gen=gen, dtype=torch.float64)
@@ -314,7 +314,7 @@ def test_paged_attention_with_custom_scale(gen: torch.Generator) -> None:
 
 def test_paged_attention_matches_doctor_reference(gen: torch.Generator) -> None:
     """Cross-check with the doctor's numpy reference on the same cache."""
-    from mistralrs_torch.doctor import _reference as doctor_ref
+    from mistralrs_torch.testing import references as doctor_ref
 
     q, k_cache, v_cache, table, lens, _ = make_paged([1, 5, 19], 4, 1, gen, torch.float64)
     out = GenericAttention().paged_attention(q, k_cache, v_cache, table, lens)
@@ -413,7 +413,7 @@ def test_generic_backends_satisfy_the_protocols_at_lowest_priority() -> None:
     assert isinstance(matmul, MatmulBackend)
     assert isinstance(collectives, CollectiveBackend)
     assert {attention.feature, matmul.feature, collectives.feature} == {"cpu"}
-    assert attention.priority == matmul.priority == collectives.priority < 0
+    assert attention.dispatch_priority == matmul.dispatch_priority == collectives.dispatch_priority < 0
 
 
 # ---------------------------------------------------------------------------------------------

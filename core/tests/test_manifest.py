@@ -33,7 +33,7 @@ def test_a_minimal_manifest_has_safe_defaults() -> None:
     assert m.platform_label == "all"
     assert m.gpu is None
     assert m.api_version == PLUGIN_API_VERSION
-    assert m.priority == 0
+    assert m.selection_priority == 0
     assert m.provides == ()
 
 
@@ -79,7 +79,7 @@ def test_bad_provides_are_rejected(provides) -> None:
 
 def test_every_op_kind_can_be_provided() -> None:
     assert _manifest(provides=OPS).provides == OPS
-    assert set(OPS) == {"device", "attention", "matmul", "collectives"}
+    assert set(OPS) == {"device", "attention", "matmul", "layers", "collectives"}
 
 
 @pytest.mark.parametrize("attribute", ["requires", "auto_enables", "excludes"])
@@ -123,7 +123,7 @@ def test_paged_attention_modes(paged) -> None:
 @pytest.mark.parametrize(("field", "value"), [
     ("gpu", "nvidia"),
     ("auto", {"min_gpus": 2}),
-    ("priority", "high"),
+    ("selection_priority", "high"),
     ("libraries", ("mkl",)),
     ("modules", ("flash_attn",)),
     ("env_vars", ("RING_CONFIG",)),

@@ -17,11 +17,13 @@ from mistralrs_torch import (
     GPURequirement,
     InstalledFeature,
     LibraryRequirement,
+    ManifestError,
     ModuleRequirement,
     PluginInfo,
     Selection,
     SelectionError,
     SystemSnapshot,
+    load_system,
     resolve,
 )
 from mistralrs_torch.plugins import GENERIC_CPU
@@ -69,8 +71,8 @@ def test_statuses_are_the_four_documented_strings() -> None:
 
 
 def test_higher_priority_wins_an_exclusion_and_the_loser_says_why() -> None:
-    features = _installed(_m("alpha", excludes=("beta",), priority=10, preferred_on="Zen"),
-                          _m("beta", excludes=("alpha",), priority=5))
+    features = _installed(_m("alpha", excludes=("beta",), selection_priority=10, preferred_on="Zen"),
+                          _m("beta", excludes=("alpha",), selection_priority=5))
     resolution = resolve(features, [], Selection(), _system(), {})
     assert set(resolution.active) == {"alpha", "cpu"}
     assert resolution.status("beta").status == "available"
@@ -78,7 +80,7 @@ def test_higher_priority_wins_an_exclusion_and_the_loser_says_why() -> None:
 
 
 def test_an_exclusion_declared_on_one_side_only_still_holds() -> None:
-    features = _installed(_m("alpha", priority=10), _m("beta", excludes=("alpha",), priority=5))
+    features = _installed(_m("alpha", selection_priority=10), _m("beta", excludes=("alpha",), selection_priority=5))
     resolution = resolve(features, [], Selection(), _system(), {})
     assert set(resolution.active) == {"alpha", "cpu"}
     with pytest.raises(SelectionError):
@@ -86,7 +88,7 @@ def test_an_exclusion_declared_on_one_side_only_still_holds() -> None:
 
 
 def test_every_installed_feature_gets_exactly_one_status() -> None:
-    features = _installed(_m("low", priority=1), _m("high", priority=99), _m("mid", priority=50))
+    features = _installed(_m("low", selection_priority=1), _m("high", selection_priority=99), _m("mid", selection_priority=50))
     resolution = resolve(features, [], Selection(), _system(), {})
     assert sorted(f.name for f in resolution.features) == ["cpu", "high", "low", "mid"]
     assert set(resolution.active) == {"cpu", "high", "low", "mid"}
@@ -118,6 +120,26 @@ def test_a_compute_capability_window_reports_the_first_gpu_outside_it() -> None:
     assert "needs compute capability 9.x; GPU 0 (GPU0) has 12.0: use the other one" in _reasons(new, "hopperonly")
     ok = resolve(features, [], Selection(), _system(gpus=_nvidia((9, 0), (9, 0))), {})
     assert ok.status("hopperonly").status == "active"
+
+
+def test_cpu_flag_requirements_are_judged_from_the_snapshot_profiles_included() -> None:
+    features = _installed(_m("wide", cpu_flags=("avx512f", "amx_tile")))
+    narrow = resolve(features, [], Selection(), _system(cpu=CPU(model="Zen 3", vendor="amd", cores=8,
+                                                                flags=("avx2", "avx512f"))), {})
+    assert narrow.status("wide").status == "unavailable"
+    assert _reasons(narrow, "wide") == ("wide needs the CPU instruction set(s) amx_tile, which this CPU (Zen 3) "
+                                        "lacks: run on a CPU with amx_tile, or remove the wide feature")
+    with pytest.raises(SelectionError, match="amx_tile"):
+        resolve(features, [], _explicit("wide"), narrow.system, {})
+    assert resolve(_installed(_m("avx2ish", cpu_flags=("avx2",))), [], Selection(), load_system("epyc-cpu"),
+                   {}).status("avx2ish").status == "active"
+    assert resolve(_installed(_m("bf16ish", cpu_flags=("avx512_bf16",))), [], Selection(), load_system("xeon-cpu"),
+                   {}).status("bf16ish").status == "unavailable"
+
+
+def test_cpu_flags_must_be_lower_case_names() -> None:
+    with pytest.raises(ManifestError, match="cpu_flags"):
+        _m("shouty", cpu_flags=("AVX2",))
 
 
 def test_library_module_and_cpu_arch_rules() -> None:
@@ -226,7 +248,7 @@ def test_status_of_an_unknown_feature_is_a_key_error() -> None:
 
 
 def test_resolution_is_pure() -> None:
-    features = _installed(_m("alpha", excludes=("beta",), priority=2), _m("beta", excludes=("alpha",), priority=1))
+    features = _installed(_m("alpha", excludes=("beta",), selection_priority=2), _m("beta", excludes=("alpha",), selection_priority=1))
     environ = {"X": "1"}
     first = resolve(features, [], Selection(), _system(), environ)
     second = resolve(list(reversed(features)), [], Selection(), _system(), dict(environ))

@@ -139,7 +139,7 @@ def _manifest(draw: st.DrawFn, name: str, others: tuple[str, ...], *, exclusions
         name=name, summary=f"{name} feature", distribution=draw(st.sampled_from(PLUGINS)).distribution,
         requires=requires, auto_enables=auto_enables, excludes=excludes, **hardware,  # type: ignore[arg-type]
         disabled_by=draw(_ENV_RULE) if gating else (), auto=auto,
-        priority=draw(st.integers(-3, 3)),  # a narrow range: ties are common, and broken by name
+        selection_priority=draw(st.integers(-3, 3)),  # a narrow range: ties are common, and broken by name
     )
 
 
@@ -406,7 +406,7 @@ def _installed(*manifests: FeatureManifest) -> list[InstalledFeature]:
 def test_a_feature_left_out_for_a_rival_that_is_not_active_is_activated() -> None:
     # alpha outranks beta but cannot be active (gamma, which it requires, is gated by an unset variable): beta,
     # which breaks no rule, must not be left out for it (it once was, with a reason naming the inactive alpha).
-    installed = _installed(_m("alpha", requires=("gamma",), excludes=("beta",), priority=10), _m("beta", priority=5),
+    installed = _installed(_m("alpha", requires=("gamma",), excludes=("beta",), selection_priority=10), _m("beta", selection_priority=5),
                            _m("gamma", auto=AutoCondition(env_set=("GAMMA_ON",))))
     resolution = resolve(installed, [], Selection(), SystemSnapshot(), {})
     assert resolution.status("alpha").status != "active"
@@ -437,8 +437,8 @@ plugin = PluginInfo("synthetic-a", "synthetic-a-dist", "1.0", "synthetic_a.plugi
 builtin = PluginInfo("builtin", "mistralrs-torch", "0", "mistralrs_torch.plugins._builtin")
 def m(name, **kwargs):
     return InstalledFeature(FeatureManifest(name=name, summary="x", distribution=plugin.distribution, **kwargs), plugin)
-installed = [InstalledFeature(GENERIC_CPU, builtin), m("a", excludes=("c",), priority=10),
-             m("b", excludes=("c",), priority=9), m("c", priority=1)]
+installed = [InstalledFeature(GENERIC_CPU, builtin), m("a", excludes=("c",), selection_priority=10),
+             m("b", excludes=("c",), selection_priority=9), m("c", selection_priority=1)]
 print(resolve(installed, [], Selection(), SystemSnapshot(), {}).status("c").reasons)
 """
 

@@ -60,7 +60,7 @@ def test_minor_zero_of_the_same_major_is_supported() -> None:
     assert supports_api_version(f"{major}.0")
 
 
-@pytest.mark.parametrize("version", ["2.0", "0.9", "1.99", "1", "1.0.0", "one.two", "", "-1.0", "1.-1"])
+@pytest.mark.parametrize("version", ["1.0", "3.0", "1.99", "2.1", "2", "2.0.0", "one.two", "", "-2.0", "2.-1"])
 def test_unsupported_api_versions(version) -> None:
-    assert PLUGIN_API_VERSION == "1.0", "update this table when the API version moves"
+    assert PLUGIN_API_VERSION == "2.0", "update this table when the API version moves"
     assert not supports_api_version(version)

@@ -16,6 +16,7 @@ __all__ = [
     "FallbackError",
     "ManifestError",
     "MistralrsError",
+    "OpInputError",
     "PluginAPIVersionError",
     "PluginError",
     "SelectionError",
@@ -75,6 +76,13 @@ class SelectionError(MistralrsError):
 
 class UnsupportedCallError(MistralrsError):
     """No bound backend supports an op call; the message lists each backend's reason."""
+
+
+class OpInputError(MistralrsError, ValueError):
+    """An op was called with tensors that break its contract (shape, dtype, device, layout or values).
+
+    The message names the argument, what it is and what the op expects.
+    """
 
 
 class FallbackError(UnsupportedCallError):

@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     import click
 
     from mistralrs_torch.features import FeatureManifest
-    from mistralrs_torch.ops import AttentionBackend, CheckResult, CollectiveBackend, Device, MatmulBackend
+    from mistralrs_torch.ops import (
+        AttentionBackend,
+        CheckResult,
+        CollectiveBackend,
+        Device,
+        LayerBackend,
+        MatmulBackend,
+    )
     from mistralrs_torch.system import SystemSnapshot
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -66,7 +73,9 @@ def mistralrs_attention_backends(active: frozenset[str], system: SystemSnapshot,
     """Return attention backends for this plugin's features that are in ``active``.
 
     Called once when a runtime is bound; the runtime orders all backends by
-    priority and asks each ``supports(call)`` per call signature. ``system`` is
+    ``dispatch_priority`` and asks each ``supports(call)`` per call signature.
+    The ops of this kind (attention, paged_attention, write_kv_cache) and their
+    contract are the op registry's: see docs/plugin-api.md. ``system`` is
     the snapshot the selection was resolved on and ``environ`` the runtime's
     environment: read settings and machine facts from them (never probe again
     or read os.environ), so a runtime built for another environment is honoured.
@@ -78,6 +87,16 @@ def mistralrs_attention_backends(active: frozenset[str], system: SystemSnapshot,
 def mistralrs_matmul_backends(active: frozenset[str], system: SystemSnapshot,
                               environ: Mapping[str, str]) -> Sequence[MatmulBackend] | None:
     """Return matmul backends for this plugin's features that are in ``active``.
+
+    Called once when a runtime is bound; ``system`` and ``environ`` as for
+    :func:`mistralrs_attention_backends`.
+    """
+
+
+@hookspec
+def mistralrs_layer_backends(active: frozenset[str], system: SystemSnapshot,
+                             environ: Mapping[str, str]) -> Sequence[LayerBackend] | None:
+    """Return layer backends (rms_norm, rotary_embedding) for this plugin's features that are in ``active``.
 
     Called once when a runtime is bound; ``system`` and ``environ`` as for
     :func:`mistralrs_attention_backends`.

@@ -18,6 +18,10 @@ CORE_ENV_VARS = {
     "MISTRALRS_NO_FALLBACK": "1 turns a fallback to a lower-priority backend into an error",
     "MISTRALRS_PAGED_ATTN": "1 opts in to paged attention on devices where it is opt-in (each feature's manifest "
                             "says which)",
+    "MISTRALRS_CHECK_INPUTS": "1 runs the op input checks that read tensor values (block ids, sequence lengths, "
+                              "slots) on every device; they always run for CPU tensors, and are off by default on "
+                              "GPUs because reading values synchronises the device",
+    "MISTRALRS_TRACEBACK": "1 shows a broken plugin's own traceback (as --traceback does)",
     "MISTRALRS_DEVICE_LAYERS": "explicit layer-to-device map when one process drives several devices, e.g. "
                                "'0:16;1:16' (layers per accelerator ordinal, in order); replaces the automatic map; "
                                "refused where the collective backend gives each process one device",

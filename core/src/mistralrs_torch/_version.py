@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 #: The plugin API this core implements. A plugin written for API X.Y loads when X
 #: equals our major and Y is not newer than our minor.
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "2.0"
 
 
 def supports_api_version(version: str) -> bool:

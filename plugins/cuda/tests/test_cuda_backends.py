@@ -16,11 +16,11 @@ import torch
 
 import mistralrs_torch
 from mistralrs_torch import FeatureManifest, PluginManager, hookimpl, load_system
-from mistralrs_torch.doctor import _reference as ref
-from mistralrs_torch.ops import CallSpec, Support
+from mistralrs_torch.testing import references as ref
+from mistralrs_torch.ops import CallSpec, Support, op_spec
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch_cuda import _backends, plugin
-from mistralrs_torch_cuda._backends import CUDNN_OP_ARGUMENTS, CudnnAttention, configure_cudnn, cuda_attention, cuda_matmul
+from mistralrs_torch_cuda._backends import CUDNN_OP_ARGUMENTS, CudaSDPA, CudnnAttention, cuda_attention, cuda_matmul
 from mistralrs_torch_cuda._devices import cuda_devices
 from mistralrs_torch_cuda._facts import CudaFacts
 
@@ -28,7 +28,7 @@ H100 = CudaFacts.from_snapshot(load_system("h100"))
 
 
 def _call(op="attention", dtype="bfloat16", head=128, mask="causal", aligned=True, gqa=True, device="cuda"):
-    return CallSpec(op, dtype, device, head, mask, {"gqa": gqa, "aligned": aligned})
+    return CallSpec(op, dtype, device, head, mask, gqa=gqa, aligned=aligned)
 
 
 def _answer(backend, **kwargs) -> str:
@@ -107,7 +107,8 @@ def test_cudnn_attention_is_no_candidate_for_paged_attention() -> None:
     from mistralrs_torch.runtime import Dispatcher
 
     assert CudnnAttention.paged_attention is None
-    (only,) = Dispatcher("paged_attention", (CudnnAttention(H100), cuda_attention()), "paged_attention", False).backends
+    (only,) = Dispatcher(op_spec("paged_attention"), (CudnnAttention(H100), cuda_attention()), no_fallback=False,
+                         read_values=False).backends
     assert only.name == "cuda-sdpa"
 
 
@@ -180,25 +181,39 @@ def test_int8_linear_dequantises_on_the_inputs_device() -> None:
 
 # -- flags, devices, hooks ------------------------------------------------------------------------------
 
-@pytest.mark.usefixtures("cudnn_flags")
-def test_binding_sets_the_cudnn_flags_the_selection_implies() -> None:
-    assert configure_cudnn(True) == {"torch.backends.cudnn.enabled": True, "torch.backends.cudnn.benchmark": True,
-                                     "torch.backends.cuda.cudnn_sdp_enabled": True}
-    assert torch.backends.cudnn.enabled and torch.backends.cudnn.benchmark and torch.backends.cuda.cudnn_sdp_enabled()
-    configure_cudnn(False)
-    assert not (torch.backends.cudnn.enabled or torch.backends.cudnn.benchmark or torch.backends.cuda.cudnn_sdp_enabled())
+def _flags() -> tuple[bool, bool, bool]:
+    return torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cuda.cudnn_sdp_enabled()
 
 
-@pytest.mark.usefixtures("cudnn_flags")
-def test_hooks_bind_cuda_and_cudnn_backends_and_set_flags() -> None:
+def test_hooks_bind_cuda_and_cudnn_backends_without_touching_torch_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CudaFacts, "from_torch", classmethod(lambda cls: pytest.fail("a hook asked torch")))
+    before = _flags()
     names = [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda", "cudnn"}))]
-    assert names == ["cuda-sdpa", "cudnn-attention"] and torch.backends.cudnn.benchmark
+    assert names == ["cuda-sdpa", "cudnn-attention"]
     assert [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda"}))] == ["cuda-sdpa"]
-    assert not torch.backends.cudnn.enabled
-    assert [b.name for b in plugin.mistralrs_matmul_backends(frozenset({"cuda"}))] == ["cuda-matmul"]
+    assert [b.name for b in plugin.mistralrs_matmul_backends(frozenset({"cuda"}))] == ["cuda-int4", "cuda-matmul"]
+    assert [b.name for b in plugin.mistralrs_layer_backends(frozenset({"cuda"}))] == ["cuda-layers"]
+    assert _flags() == before
     for hook in (plugin.mistralrs_attention_backends, plugin.mistralrs_matmul_backends):
         assert hook(frozenset({"cpu", "cudnn"})) == ()
     assert plugin.mistralrs_devices(frozenset({"cpu"}), load_system("h100")) == ()
+
+
+def test_without_cudnn_sdpa_keeps_off_cudnn_during_its_own_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def spy(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return q
+
+    monkeypatch.setattr(CudaSDPA, "attention", lambda self, *a, **k: spy(*a, **k))
+    call = CallSpec("attention", "bfloat16", "cuda", 64, "causal")
+    q = torch.zeros(1)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    CudaSDPA(H100, cudnn=False).kernel_for(call)(q, q, q, causal=True)
+    assert CudaSDPA(H100, cudnn=True).kernel_for(call) is None  # torch's SDPA as is, cuDNN allowed
+    CudaSDPA(H100, cudnn=True).attention(q, q, q, causal=True)
+    assert seen == [False, True] and torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def _props(name: str, major: int, minor: int, uuid: str, total: int) -> types.SimpleNamespace:
@@ -237,7 +252,7 @@ def test_no_devices_when_torch_cannot_use_cuda(monkeypatch: pytest.MonkeyPatch) 
 
 def _recorder_plugin(calls: list[CallSpec]) -> types.SimpleNamespace:
     class Recorder:
-        name, feature, priority = "recorder", "aligned-probe", 500
+        name, feature, dispatch_priority = "recorder", "aligned-probe", 500
 
         def supports(self, call: CallSpec) -> Support:
             calls.append(call)
@@ -262,10 +277,10 @@ def test_the_runtime_passes_aligned_and_keys_its_cache_on_it() -> None:
     q, k = torch.randn(1, 4, 5, 64), torch.randn(1, 2, 5, 64)
     runtime.attention(q, k, k, causal=True)
     runtime.attention(q, k, k, causal=True)
-    assert [c.extra for c in calls] == [{"gqa": True, "aligned": True}]
+    assert [(c.gqa, c.aligned) for c in calls] == [(True, True)]
     runtime.attention(q[:, :, :1], k, k, causal=True)  # decode: one query, five keys
     runtime.attention(q[:, :, :2], k, k, causal=True)  # another unaligned length: same signature
-    assert [c.extra["aligned"] for c in calls] == [True, False]
+    assert [c.aligned for c in calls] == [True, False]
 
 
 # -- a known torch bug on compute capability 10.x --------------------------------------------------------

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs_torch.doctor import _reference as ref
+from mistralrs_torch.testing import references as ref
 from mistralrs_torch.doctor import run_doctor
-from mistralrs_torch.doctor._verify import TOLERANCE
+from mistralrs_torch.testing import TOLERANCES
 from mistralrs_torch.ops import CallSpec
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch_cuda._backends import CudnnAttention, cuda_attention, cuda_matmul, torch_cudnn_check
@@ -54,7 +54,7 @@ def _reference(dtype: torch.dtype, *tensors: torch.Tensor, **kwargs) -> np.ndarr
 def test_cuda_sdpa_matches_the_reference(dtype: torch.dtype, q_len: int, k_len: int, causal: bool) -> None:
     q, k, v = _dense(q_len, k_len)
     out = cuda_attention().attention(*_on_gpu(dtype, q, k, v), causal=causal)
-    assert _error(out, _reference(dtype, q, k, v, causal=causal)) <= TOLERANCE[_name(dtype)]
+    assert _error(out, _reference(dtype, q, k, v, causal=causal)) <= TOLERANCES[_name(dtype)].max_error
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -64,7 +64,7 @@ def test_cuda_sdpa_matches_the_reference(dtype: torch.dtype, q_len: int, k_len: 
 def test_cudnn_attention_matches_the_reference_where_it_claims_the_call(dtype, q_len, k_len, causal, head) -> None:
     backend = CudnnAttention(CudaFacts.from_torch(), torch_cudnn_check)
     call = CallSpec("attention", _name(dtype), "cuda", head, "causal" if causal else "none",
-                    {"gqa": True, "aligned": q_len == k_len})
+                    gqa=True, aligned=q_len == k_len)
     support = backend.supports(call)
     if torch.cuda.get_device_capability() < (8, 0) or torch.cuda.get_device_capability()[0] == 10:
         # Below Ampere cuDNN attention cannot run; on 10.x it refuses grouped-query calls (pytorch#193893).
@@ -73,7 +73,7 @@ def test_cudnn_attention_matches_the_reference_where_it_claims_the_call(dtype, q
     assert support.ok, f"cuDNN refused a call it should run on {torch.cuda.get_device_name()}: {support.reason}"
     q, k, v = _dense(q_len, k_len, head=head)
     out = backend.attention(*_on_gpu(dtype, q, k, v), causal=causal)
-    assert _error(out, _reference(dtype, q, k, v, causal=causal)) <= TOLERANCE[_name(dtype)]
+    assert _error(out, _reference(dtype, q, k, v, causal=causal)) <= TOLERANCES[_name(dtype)].max_error
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -89,7 +89,7 @@ def test_cuda_paged_attention_matches_the_reference(dtype: torch.dtype, block_si
     out = cuda_attention().paged_attention(*_on_gpu(dtype, q, k_cache, v_cache, table, seq_lens))
     expected = ref.paged_attention_reference(*(t.to(dtype).double().numpy() if t.is_floating_point() else t.numpy()
                                                for t in (q, k_cache, v_cache, table, seq_lens)))
-    assert _error(out, expected) <= TOLERANCE[_name(dtype)]
+    assert _error(out, expected) <= TOLERANCES[_name(dtype)].max_error
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -98,20 +98,20 @@ def test_cuda_matmul_and_int8_match_the_reference(dtype: torch.dtype) -> None:
     x, w, b = torch.randn(7, 256, generator=gen), torch.randn(96, 256, generator=gen) / 16, torch.randn(96, generator=gen)
     out = cuda_matmul().linear(*_on_gpu(dtype, x, w, b))
     expected = ref.linear_reference(*(t.to(dtype).double().numpy() for t in (x, w, b)))
-    assert _error(out, expected) <= TOLERANCE[_name(dtype)]
+    assert _error(out, expected) <= TOLERANCES[_name(dtype)].max_error
     w8 = torch.randint(-127, 128, (96, 256), generator=gen, dtype=torch.int8)
     scale = torch.rand(96, generator=gen) * 0.01 + 0.001
     out8 = cuda_matmul().int8_linear(*_on_gpu(dtype, x, w8, scale))
     expected8 = ref.int8_linear_reference(x.to(dtype).double().numpy(), w8.numpy(), scale.to(dtype).double().numpy())
-    assert _error(out8, expected8) <= TOLERANCE[_name(dtype)]
+    assert _error(out8, expected8) <= TOLERANCES[_name(dtype)].max_error
 
 
-@pytest.mark.usefixtures("cudnn_flags")
 def test_the_runtime_binds_the_gpu_and_records_why_cudnn_was_skipped() -> None:
+    flags = torch.backends.cudnn.enabled, torch.backends.cuda.cudnn_sdp_enabled()
     runtime = Runtime.create(features="cuda cudnn", environ={})
     assert runtime.device.torch_device == "cuda:0" and "compute capability" in runtime.device.name
     assert runtime.device.memory_total > 0
-    assert torch.backends.cudnn.enabled and torch.backends.cudnn.benchmark
+    assert (torch.backends.cudnn.enabled, torch.backends.cuda.cudnn_sdp_enabled()) == flags  # binding sets no flag
     q, k, v = _on_gpu(torch.bfloat16, *_dense(1, 64))
     runtime.attention(q, k, v, causal=True)  # decode: cuDNN's top-left causal cannot take it
     (binding,) = runtime.bindings

@@ -114,11 +114,11 @@ def test_the_benchmarks_measuring_code_runs_end_to_end_on_the_cpu() -> None:
     runtime = Runtime.create(features="none", environ={})
     rows = bench.bench_attention(runtime, ((1, 16),), 1, None, device="cpu", heads=2)
     rows += bench.bench_matmul(runtime, ((8, 16, 32),), 1, None, device="cpu")
-    assert [(r["op"], r["backend"], r["shape"]) for r in rows] == [("attention", "generic-attention", "b1 s16"),
-                                                                   ("matmul", "generic-matmul", "8x32 @ 32x16")]
+    assert [(r["op"], r["backend"], r["shape"]) for r in rows] == [("attention", "cpu-attention", "b1 s16"),
+                                                                   ("matmul", "cpu-matmul", "8x32 @ 32x16")]
     assert all(r["ms"] > 0 and r["tflops"] > 0 for r in rows)
     assert rows[1]["direct"] == "torch.matmul" and rows[1]["ratio"] > 0 and "direct" not in rows[0]
-    assert "generic-matmul" in bench.render(rows, "cpu", None)
+    assert "cpu-matmul" in bench.render(rows, "cpu", None)
 
 
 @pytest.mark.parametrize(("backend_name", "direct"), [("cuda-sdpa", "torch SDPA"),

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs_torch.doctor import _reference as ref
+from mistralrs_torch.testing import references as ref
 from mistralrs_torch.generic import dense_attention, gather_paged_kv
-from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.ops import CallSpec, op_spec
 from mistralrs_torch_flash_attn._backends import FlashAttention2
 from mistralrs_torch.system import GPUFacts
 from mistralrs_torch_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
@@ -271,8 +271,7 @@ def test_flash_attn_dense_matches_the_reference_in_the_contract_layout(install, 
     backend = flash_attn_backend(AMPERE)
     assert isinstance(backend, FlashAttention2) and backend.version == "2.7.4.post1"
     q, k, v = _dense_inputs(q_len, k_len)
-    call = CallSpec("attention", "bfloat16", "cuda", 64, "causal" if causal else "none",
-                    {"gqa": True, "aligned": q_len == k_len})
+    call = CallSpec("attention", "bfloat16", "cuda", 64, "causal" if causal else "none", gqa=True, aligned=q_len == k_len)
     assert backend.supports(call).ok
     out = backend.attention(q, k, v, causal=causal)
     assert out.shape == q.shape  # (batch, heads, seq, head size) back out
@@ -294,7 +293,7 @@ def test_flash_attn_paged_decode_goes_through_kvcache_with_an_int32_block_table(
     install("flash_attn", FA2, __version__="2.7.4.post1")
     backend = flash_attn_backend(AMPERE)
     q, k_cache, v_cache, table, lens = _paged_inputs(256, (5, 259, 3), q_len=q_len)
-    call = CallSpec("paged_attention", "bfloat16", "cuda", 64, "causal", {"block_size": 256, "gqa": True})
+    call = CallSpec("paged_attention", "bfloat16", "cuda", 64, "causal", block_size=256, gqa=True)
     assert backend.supports(call).ok
     # Callers may hand over int64 tables and lengths; the backend passes int32, as flash-attn demands.
     out = backend.paged_attention(q, k_cache, v_cache, table.long(), lens.long())
@@ -307,8 +306,7 @@ def test_flash_attn_refuses_paged_blocks_that_are_not_multiples_of_256(install) 
     install("flash_attn", FA2, __version__="2.7.4.post1")
     backend = flash_attn_backend(AMPERE)
     for block, ok in ((16, False), (128, False), (256, True), (512, True), (384, False)):
-        support = backend.supports(CallSpec("paged_attention", "float16", "cuda", 128, "causal",
-                                            {"block_size": block, "gqa": False}))
+        support = backend.supports(CallSpec("paged_attention", "float16", "cuda", 128, "causal", block_size=block, gqa=False))
         assert support.ok == ok, block
         if not ok:
             assert support.reason == (f"block size {block} is not a multiple of 256, which flash-attn's paged KV cache "
@@ -318,11 +316,11 @@ def test_flash_attn_refuses_paged_blocks_that_are_not_multiples_of_256(install) 
 def test_a_flash_attn_without_block_table_refuses_paged_attention_with_the_upgrade(install) -> None:
     install("flash_attn", FA2_OLD, __version__="2.4.2")
     backend = flash_attn_backend(AMPERE)
-    support = backend.supports(CallSpec("paged_attention", "float16", "cuda", 64, "causal", {"block_size": 256}))
+    support = backend.supports(CallSpec("paged_attention", "float16", "cuda", 64, "causal", block_size=256))
     assert not support.ok
     assert support.reason == ("flash-attn 2.4.2 has no flash_attn_with_kvcache(block_table=...) for paged KV caches: "
                               "upgrade it (pip install -U flash-attn --no-build-isolation)")
-    assert backend.supports(CallSpec("attention", "float16", "cuda", 64, "causal", {"aligned": False})).ok
+    assert backend.supports(CallSpec("attention", "float16", "cuda", 64, "causal", aligned=False)).ok
 
 
 # -- FlashAttention-3 -------------------------------------------------------------------------------
@@ -333,8 +331,7 @@ def test_flash_attention_3_dense_unpacks_either_return_shape(install, functions,
     install("flash_attn_interface", functions)
     backend = flash_attn_v3_backend(HOPPER)
     q, k, v = _dense_inputs(q_len, k_len, heads=8, kv_heads=2, head=128)
-    assert backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "causal",
-                                     {"gqa": True, "aligned": q_len == k_len})).ok
+    assert backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "causal", gqa=True, aligned=q_len == k_len)).ok
     out = backend.attention(q, k, v, causal=True)
     assert _error(out, ref.attention_reference(*_numpy(q, k, v), causal=True)) < 3e-2
     assert len(CALLS) == 1 and CALLS[0][0].endswith("flash_attn_func")
@@ -345,8 +342,7 @@ def test_flash_attention_3_paged_uses_page_table_with_any_block_size(install, bl
     install("flash_attn_interface", FA3)
     backend = flash_attn_v3_backend(HOPPER)
     q, k_cache, v_cache, table, lens = _paged_inputs(block_size, (5, block_size + 3, 3))
-    assert backend.supports(CallSpec("paged_attention", "float16", "cuda", 64, "causal",
-                                     {"block_size": block_size, "gqa": True})).ok
+    assert backend.supports(CallSpec("paged_attention", "float16", "cuda", 64, "causal", block_size=block_size, gqa=True)).ok
     out = backend.paged_attention(q, k_cache, v_cache, table, lens)
     assert _error(out, ref.paged_attention_reference(*_numpy(q, k_cache, v_cache, table, lens))) < 3e-2
     assert CALLS == [("fa3.flash_attn_with_kvcache", {"causal": True})]
@@ -355,7 +351,7 @@ def test_flash_attention_3_paged_uses_page_table_with_any_block_size(install, bl
 def test_flash_attention_3_without_page_table_refuses_paged_attention(install) -> None:
     install("flash_attn_interface", FA3_2024)
     backend = flash_attn_v3_backend(HOPPER)
-    support = backend.supports(CallSpec("paged_attention", "bfloat16", "cuda", 64, "causal", {"block_size": 256}))
+    support = backend.supports(CallSpec("paged_attention", "bfloat16", "cuda", 64, "causal", block_size=256))
     assert not support.ok
     assert support.reason == ("this flash_attn_interface has no flash_attn_with_kvcache(page_table=...) for paged KV "
                               "caches: rebuild FlashAttention-3 from a current checkout")
@@ -381,7 +377,7 @@ def test_a_broken_flash_attn_install_is_named_not_silently_skipped(install) -> N
 def test_a_missing_flash_attention_3_refuses_every_call_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
     backend = flash_attn_v3_backend(HOPPER)
-    support = backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "causal", {"aligned": True}))
+    support = backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "causal", aligned=True))
     assert not support.ok
     assert support.reason == (
         "FlashAttention-3 cannot run: flash_attn_3 is not installed (module flash_attn_interface not found): "
@@ -400,7 +396,7 @@ def test_a_flash_attention_3_that_fails_to_import_says_so(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(importlib, "import_module", failing)
     backend = flash_attn_v3_backend(HOPPER)
-    reason = backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "none", {"aligned": True})).reason
+    reason = backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "none", aligned=True)).reason
     assert reason.startswith("FlashAttention-3 cannot run: flash_attn_interface does not import (ImportError: "
                              "libcudart.so.13: cannot open shared object file): rebuild FlashAttention-3 against this "
                              "torch: git clone")
@@ -414,7 +410,7 @@ def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(m
     fa3 = flash_attn_v3_backend(HOPPER)
 
     class Next:
-        name, feature, priority = "next", "cuda", 100
+        name, feature, dispatch_priority = "next", "cuda", 100
 
         def supports(self, call):  # noqa: ANN001, ANN202
             from mistralrs_torch.ops import Support
@@ -423,15 +419,15 @@ def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(m
         def attention(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             return "next ran"
 
-    call = CallSpec("attention", "bfloat16", "cuda", 128, "causal", {"aligned": True})
-    dispatcher = Dispatcher("attention", (fa3, Next()), "attention", no_fallback=False)
-    assert dispatcher.bind("key", call)() == "next ran"
+    call = CallSpec("attention", "bfloat16", "cuda", 128, "causal", aligned=True)
+    dispatcher = Dispatcher(op_spec("attention"), (fa3, Next()), no_fallback=False, read_values=False)
+    assert dispatcher.choose(call)[1]() == "next ran"
     (binding,) = dispatcher.bindings
     assert binding.is_fallback and binding.skipped[0][0] == "flash-attn-v3"
     assert "flash_attn_3 is not installed" in binding.describe()
-    strict = Dispatcher("attention", (fa3, Next()), "attention", no_fallback=True)
+    strict = Dispatcher(op_spec("attention"), (fa3, Next()), no_fallback=True, read_values=False)
     with pytest.raises(FallbackError, match="flash-attn-v3"):
-        strict.bind("key", call)
+        strict.choose(call)
 
 
 # -- torch's built-in FlashAttention-2 kernel --------------------------------------------------------------

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs_torch.doctor import _reference as ref
+from mistralrs_torch.testing import references as ref
 from mistralrs_torch.doctor import run_doctor
-from mistralrs_torch.doctor._verify import TOLERANCE
+from mistralrs_torch.testing import TOLERANCES
 from mistralrs_torch.ops import CallSpec
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch_flash_attn import INSTALL_FLASH_ATTN
@@ -34,7 +34,7 @@ def _name(dtype: torch.dtype) -> str:
 
 def _check(backend, dtype: torch.dtype, q_len: int, k_len: int, causal: bool, head: int) -> None:
     call = CallSpec("attention", _name(dtype), "cuda", head, "causal" if causal else "none",
-                    {"gqa": True, "aligned": q_len == k_len})
+                    gqa=True, aligned=q_len == k_len)
     support = backend.supports(call)
     assert support.ok, f"{backend.name} refused a call it should run on {torch.cuda.get_device_name()}: {support.reason}"
     gen = torch.Generator().manual_seed(q_len + k_len)
@@ -44,7 +44,7 @@ def _check(backend, dtype: torch.dtype, q_len: int, k_len: int, causal: bool, he
     got = out.detach().cpu().double().numpy()
     assert got.shape == expected.shape and np.isfinite(got).all()
     error = float(np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max())))
-    assert error <= TOLERANCE[_name(dtype)], (backend.name, error)
+    assert error <= TOLERANCES[_name(dtype)].max_error, (backend.name, error)
 
 
 def _ampere_or_newer() -> None:
@@ -64,7 +64,7 @@ def test_torchs_flash_kernel_matches_the_reference(dtype, q_len, k_len, causal, 
 def test_torchs_flash_kernel_refuses_bottom_right_causal_with_the_reason(q_len, k_len, causal, head) -> None:
     _ampere_or_newer()
     support = TorchFlashAttention(GPUFacts.from_torch(), torch_flash_check).supports(
-        CallSpec("attention", "bfloat16", "cuda", head, "causal", {"gqa": True, "aligned": False}))
+        CallSpec("attention", "bfloat16", "cuda", head, "causal", gqa=True, aligned=False))
     assert not support.ok and "top-left" in support.reason
 
 
@@ -90,14 +90,14 @@ def _paged_case(backend, dtype: torch.dtype, block_size: int) -> None:
     k_cache, v_cache = (torch.randn(blocks, block_size, 2, 128, generator=gen) for _ in range(2))
     table = torch.randperm(blocks, generator=gen)[: len(lens) * per_seq].to(torch.int32).reshape(len(lens), per_seq)
     q, seq_lens = torch.randn(len(lens), 8, 1, 128, generator=gen), torch.tensor(lens, dtype=torch.int32)
-    call = CallSpec("paged_attention", _name(dtype), "cuda", 128, "causal", {"block_size": block_size, "gqa": True})
+    call = CallSpec("paged_attention", _name(dtype), "cuda", 128, "causal", block_size=block_size, gqa=True)
     assert backend.supports(call).ok, backend.supports(call).reason
     out = backend.paged_attention(q.to("cuda", dtype), k_cache.to("cuda", dtype), v_cache.to("cuda", dtype),
                                   table.cuda(), seq_lens.cuda())
     expected = ref.paged_attention_reference(q.to(dtype).double().numpy(), k_cache.to(dtype).double().numpy(),
                                              v_cache.to(dtype).double().numpy(), table.numpy(), seq_lens.numpy())
     error = float(np.abs(out.cpu().double().numpy() - expected).max() / max(1.0, float(np.abs(expected).max())))
-    assert error <= TOLERANCE[_name(dtype)]
+    assert error <= TOLERANCES[_name(dtype)].max_error
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -110,7 +110,7 @@ def _fa3():
         pytest.skip(f"FlashAttention-3 runs on Hopper only; {torch.cuda.get_device_name()} is not")
     backend = flash_attn_v3_backend()
     if backend.module is None:  # the reason says whether it is missing or fails to import, with the command
-        pytest.skip(backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "none", {"aligned": True})).reason)
+        pytest.skip(backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "none", aligned=True)).reason)
     return backend
 
 
@@ -125,7 +125,6 @@ def test_flash_attention_3_paged_matches_the_reference(block_size: int) -> None:
     _paged_case(_fa3(), torch.bfloat16, block_size)
 
 
-@pytest.mark.usefixtures("cudnn_flags")
 def test_the_runtime_binds_flash_attn_and_doctor_names_the_same_implementation() -> None:
     _ampere_or_newer()
     runtime = Runtime.create(features="flash-attn", environ={})

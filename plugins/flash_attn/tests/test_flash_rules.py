@@ -202,8 +202,9 @@ def _fa3_module():
 
 def _call(op="attention", dtype="bfloat16", head=128, mask="causal", aligned=True, gqa=True, block=256,
           device="cuda") -> CallSpec:
-    extra = {"block_size": block, "gqa": gqa} if op == "paged_attention" else {"gqa": gqa, "aligned": aligned}
-    return CallSpec(op, dtype, device, head, mask, extra)
+    if op == "paged_attention":
+        return CallSpec(op, dtype, device, head, mask, gqa=gqa, block_size=block)
+    return CallSpec(op, dtype, device, head, mask, gqa=gqa, aligned=aligned)
 
 
 def _answer(backend, **kwargs) -> str:
@@ -322,8 +323,8 @@ def test_priorities_order_fa3_over_fa2_over_cudnn_over_cuda_over_generic() -> No
     from mistralrs_torch.generic import GenericAttention
     from mistralrs_torch_cuda._backends import CUDA_PRIORITY, CUDNN_PRIORITY
 
-    assert FA3_PRIORITY > FA2_PRIORITY > CUDNN_PRIORITY > CUDA_PRIORITY > GenericAttention().priority
-    assert FlashAttention2.priority == TorchFlashAttention.priority == FA2_PRIORITY
+    assert FA3_PRIORITY > FA2_PRIORITY > CUDNN_PRIORITY > CUDA_PRIORITY > GenericAttention().dispatch_priority
+    assert FlashAttention2.dispatch_priority == TorchFlashAttention.dispatch_priority == FA2_PRIORITY
 
 
 def test_hooks_bind_nothing_unless_a_flash_feature_is_active() -> None:
@@ -339,3 +340,13 @@ def test_hooks_bind_flash_attention_3_on_a_hopper_selection(monkeypatch: pytest.
     assert backend.facts == facts
     if facts.unusable:
         assert backend.supports(_call()).reason == facts.unusable
+
+
+def test_the_attention_hook_asks_torch_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mistralrs_torch_flash_attn import plugin
+
+    monkeypatch.setattr(GPUFacts, "from_torch", classmethod(lambda cls: pytest.fail("a hook asked torch")))
+    names = [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda", "flash-attn"}))]
+    assert names in (["flash-attn-package"], ["flash-attn-torch"])
+    assert [b.name for b in plugin.mistralrs_attention_backends(frozenset({"cuda", "flash-attn-v3"}))] == \
+        ["flash-attn-v3"]

@@ -25,7 +25,7 @@ def test_flash_attn_v3_is_hopper_only_and_points_blackwell_to_flash_attn() -> No
 
 
 def test_flash_attn_v3_wins_on_hopper() -> None:
-    assert FLASH_ATTN_V3.priority > FLASH_ATTN.priority
+    assert FLASH_ATTN_V3.selection_priority > FLASH_ATTN.selection_priority
     assert FLASH_ATTN_V3.preferred_on == "Hopper"
 
 

@@ -70,7 +70,7 @@ def test_explicit_metal_on_linux_gets_the_seed_message() -> None:
 @pytest.mark.mps
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_mps_ops_match_float64_reference(dtype: torch.dtype) -> None:
-    from mistralrs_torch.doctor import _reference as ref
+    from mistralrs_torch.testing import references as ref
 
     runtime = Runtime.create(features="metal", paged_attention=True, environ={})
     assert runtime.device.torch_device == "mps"

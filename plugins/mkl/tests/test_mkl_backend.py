@@ -70,7 +70,7 @@ def test_int8_linear_matches_dequantized_float64(backend: MKLMatmul, dtype: torc
     w = torch.randint(-127, 128, (24, in_features), generator=gen, dtype=torch.int8)
     scale = (torch.rand(24, generator=gen) * 0.01 + 0.001).to(dtype)
     bias = torch.randn(24, generator=gen).to(dtype)
-    assert backend.supports(CallSpec("int8_linear", str(dtype)[6:], "cpu", extra={"in_features": in_features})).ok
+    assert backend.supports(CallSpec("int8_linear", str(dtype)[6:], "cpu", in_features=in_features)).ok
     out = backend.int8_linear(x, w, scale, bias)
     assert out.shape == (2, 3, 24) and out.dtype == dtype
     dense = w.double().numpy() * scale.double().numpy()[:, None]
@@ -79,11 +79,11 @@ def test_int8_linear_matches_dequantized_float64(backend: MKLMatmul, dtype: torc
 
 
 def test_refuses_what_it_cannot_run_with_reasons(backend: MKLMatmul) -> None:
-    odd = backend.supports(CallSpec("int8_linear", "bfloat16", "cpu", extra={"in_features": 33}))
+    odd = backend.supports(CallSpec("int8_linear", "bfloat16", "cpu", in_features=33))
     assert not odd.ok and "divisible by 8" in odd.reason and "33" in odd.reason
     assert "CPU only" in backend.supports(CallSpec("linear", "float32", "cuda")).reason
     assert "float16" in backend.supports(CallSpec("linear", "float16", "cpu")).reason
-    assert "int8 linear takes" in backend.supports(CallSpec("int8_linear", "float64", "cpu", extra={"in_features": 8})).reason
+    assert "int8 linear takes" in backend.supports(CallSpec("int8_linear", "float64", "cpu", in_features=8)).reason
 
 
 def test_a_torch_without_mkl_blas_makes_every_call_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +103,7 @@ def test_runtime_binds_mkl_and_records_the_visible_fallback() -> None:
     out = runtime.int8_linear(torch.randn(2, 33, dtype=torch.bfloat16), w8, torch.rand(8, dtype=torch.bfloat16))
     assert out.shape == (2, 8)
     (fallback,) = runtime.fallbacks
-    assert fallback.chosen == "generic-matmul"
+    assert fallback.chosen == "cpu-matmul"
     assert fallback.skipped[0][0] == "mkl-matmul" and "divisible by 8" in fallback.skipped[0][2]
 
 
@@ -136,7 +136,8 @@ def test_the_backend_reads_cpu_flags_from_the_resolved_snapshot_not_a_new_probe(
     threads = torch.get_num_threads()
     try:
         for profile, native in (("epyc-cpu", True), ("xeon-cpu", False)):
-            runtime = Runtime.create(features="mkl", system=mistralrs_torch.load_system(profile), environ={"MKL_NUM_THREADS": "1"})
+            runtime = Runtime.create(features="mkl", system=mistralrs_torch.load_system(profile),
+                                     environ={"MKL_NUM_THREADS": "1"}, dry_run=True)
             (mkl,) = [b for b in runtime.matmul_backends if b.feature == "mkl"]
             assert mkl.native_bf16 is native and (mkl.threads, mkl.threads_from) == (1, "MKL_NUM_THREADS")
     finally:

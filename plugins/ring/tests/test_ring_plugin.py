@@ -148,7 +148,7 @@ def test_doctor_runs_the_ring_checks_through_the_hook(tmp_path: Path, monkeypatc
 def test_the_backend_is_returned_only_when_ring_is_active() -> None:
     assert plugin.mistralrs_collective_backends(frozenset({"cpu"})) == ()
     (backend,) = plugin.mistralrs_collective_backends(frozenset({"ring", "cpu"}))
-    assert (backend.feature, backend.name) == ("ring", "ring-gloo") and backend.priority > -1000
+    assert (backend.feature, backend.name) == ("ring", "ring-gloo") and backend.dispatch_priority > -1000
 
 
 def test_the_cli_and_launch_hooks_stay_light() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -18,7 +19,8 @@ from mistralrs_torch._errors import MistralrsError, SelectionError, SystemProfil
 from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
-from mistralrs_torch.plugins import PluginManager
+from mistralrs_torch._settings import env_flag
+from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
 
@@ -80,10 +82,26 @@ _features_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON with a versioned schema.")
 
 
+def _traceback_option(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ["MISTRALRS_TRACEBACK"] = "1"  # this process's own setting: every command below reads it
+
+
 @click.group(cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mistralrs")
+@click.option("--traceback", is_flag=True, expose_value=False, is_eager=True, callback=_traceback_option,
+              help="Show a broken plugin's own traceback (also MISTRALRS_TRACEBACK=1).")
 def cli() -> None:
     """mistralrs: pluggable hardware backends for LLM inference."""
+
+
+def _echo_tracebacks(broken: Sequence[BrokenPlugin]) -> None:
+    """The plugins' own tracebacks on stderr, with --traceback or MISTRALRS_TRACEBACK=1."""
+    if not env_flag(os.environ, "MISTRALRS_TRACEBACK"):
+        return
+    for b in broken:
+        click.echo(f"\ntraceback of plugin {b.plugin.name} ({b.plugin.distribution}) at {b.stage}:\n"
+                   f"{b.traceback.rstrip() or '(no exception was raised: ' + b.error + ')'}", err=True)
 
 
 @cli.group(cls=_Group)
@@ -98,6 +116,15 @@ def _resolve(features: str | None, system: SystemSnapshot | None) -> tuple[Plugi
     return manager, resolve(manager.features, manager.broken, selection, snapshot, os.environ)
 
 
+def _bound(manager: PluginManager, resolution: Resolution, paged_attn: bool) -> tuple[Resolution, dict[str, Any]]:
+    """Bind a runtime (imports torch): plugins whose backend hooks fail now are broken; resolve again to show it."""
+    from mistralrs_torch.runtime import Runtime
+
+    runtime = Runtime(resolution, manager, paged_attention=paged_attn or None, environ=os.environ)
+    again = resolve(manager.features, manager.broken, resolution.selection, resolution.system, os.environ)
+    return again, runtime.explain()
+
+
 def _print_json(data: dict[str, Any]) -> None:
     import json
 
@@ -108,13 +135,21 @@ def _print_json(data: dict[str, Any]) -> None:
 @_system_option
 @_features_option
 @_json_option
-def list_command(system: SystemSnapshot | None, features: str | None, as_json: bool) -> None:
+@click.option("--bind", is_flag=True,
+              help="Also bind the active features' backends (imports torch), so a plugin whose backend hook fails "
+                   "shows as broken; without it, list stays light and runs no backend hook.")
+def list_command(system: SystemSnapshot | None, features: str | None, as_json: bool, bind: bool) -> None:
     """List every installed feature with its status (active, available, unavailable, broken) and why."""
     manager, resolution = _resolve(features, system)
+    if bind:
+        if system is not None:
+            raise _Failure("--bind binds backends on this machine; it cannot be combined with --system")
+        resolution, _ = _bound(manager, resolution, False)
     if as_json:
         _print_json(_render.list_json(resolution, manager))
     else:
         click.echo(_render.list_text(resolution, manager))
+    _echo_tracebacks(manager.broken)
 
 
 @plugins.command("resolve")
@@ -142,9 +177,7 @@ def resolve_command(features: str | None, system: SystemSnapshot | None, as_json
     if explain:
         if system is not None:
             raise _Failure("--explain binds backends on this machine; it cannot be combined with --system")
-        from mistralrs_torch.runtime import Runtime
-
-        explanation = Runtime(resolution, manager, paged_attention=paged_attn or None, environ=os.environ).explain()
+        resolution, explanation = _bound(manager, resolution, paged_attn)
     if as_json:
         _print_json({**_render.resolve_json(resolution), **({"explain": explanation} if explanation else {})})
     else:
@@ -153,6 +186,7 @@ def resolve_command(features: str | None, system: SystemSnapshot | None, as_json
             from mistralrs_torch.runtime import explain_text
 
             click.echo("\nexplain:\n" + explain_text(explanation))
+    _echo_tracebacks(manager.broken)
 
 
 def _doctor(system: SystemSnapshot | None, features: str | None, as_json: bool, verify: bool, paged_attn: bool) -> None:
@@ -167,6 +201,7 @@ def _doctor(system: SystemSnapshot | None, features: str | None, as_json: bool, 
         _print_json(report.to_json())
     else:
         click.echo(report.to_text())
+    _echo_tracebacks(report.broken)
     sys.exit(report.exit_code)
 
 
@@ -207,24 +242,41 @@ def doctor_command(system: SystemSnapshot | None, features: str | None, as_json:
 
 @plugins.command("test")
 @click.argument("name")
+@click.option("--features", "features", default=None, metavar="FEATURES",
+              help="Only these features of the plugin (default: all of them), each forced active on its own.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print every case, not only one line per backend and op.")
 @_json_option
-def test_command(name: str, as_json: bool) -> None:
+def test_command(name: str, features: str | None, verbose: bool, as_json: bool) -> None:
     """Run the conformance kit on the installed plugin NAME (its entry-point name, as `plugins list` shows).
 
-    Checks the plugin contract, then runs every backend of its active features on the kit's cases: each call it
-    claims must match the float64 reference, each call it refuses must say why. Exit 1 when anything fails."""
+    Checks the plugin contract, then forces each feature of the plugin active (explicitly selected with what it
+    requires, whatever auto mode would pick) and runs every backend it returns on every case of every op it
+    implements: each call it claims must match the float64 reference, each call it refuses must say why.
+    Ends with a verdict: passed (exit 0), failed (exit 1), or skipped (exit 5: only static checks could run here,
+    no backend code ran)."""
     from mistralrs_torch.testing import run_kit
 
-    results = run_kit(name, os.environ)
+    chosen = tuple(f for f in (features or "").replace(",", " ").split() if f)
+    report = run_kit(name, chosen or None, os.environ)
     if as_json:
-        _print_json({"schema": "mistralrs.plugins.test/1", "plugin": name,
-                     "results": [{"check": r.check, "status": r.status, "detail": r.detail} for r in results]})
+        _print_json({"schema": "mistralrs.plugins.test/2", "plugin": name, "features": list(report.features),
+                     "verdict": report.verdict, "counts": report.counts(),
+                     "results": [{"check": r.check, "status": r.status, "detail": r.detail, "ran": r.ran,
+                                  "cases": [{"case": c.case, "dtype": c.dtype, "device": c.device,
+                                             "status": c.status, "max_error": c.max_error,
+                                             "rms_error": c.rms_error, "detail": c.detail} for c in r.cases]}
+                                 for r in report.results]})
     else:
-        for r in results:
+        for r in report.results:
             click.echo(f"{r.status.upper():8s} {r.check}" + (f": {r.detail}" if r.detail else ""))
-        counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+            if verbose:
+                for c in r.cases:
+                    error = f"max {c.max_error:.1e} rms {c.rms_error:.1e}" if c.max_error is not None else c.detail
+                    click.echo(f"    {c.status:8s} {c.dtype:8s} {c.device:6s} {c.case}: {error}")
+        counts = report.counts()
         click.echo(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
-    sys.exit(1 if any(r.status == "failed" for r in results) else 0)
+        click.echo(f"verdict: {report.verdict}")
+    sys.exit(report.exit_code)
 
 
 @plugins.command("matrix")

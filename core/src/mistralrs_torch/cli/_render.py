@@ -62,7 +62,7 @@ def list_text(resolution: Resolution, manager: PluginManager) -> str:
         m = f.manifest
         reason = f.reasons[0] if f.reasons else ""
         reason = "; ".join([reason, *(f"note: {n}" for n in f.notes)]) if f.notes else reason
-        rows.append((f.name or "?", f.plugin.name, f"{f.plugin.distribution} {f.plugin.version}", f.status,
+        rows.append((f.name or f"({f.plugin.name})", f.plugin.name, f"{f.plugin.distribution} {f.plugin.version}", f.status,
                      ",".join(m.provides) if m else "-", reason))
     lines = [f"mistralrs {__version__} plugins on {resolution.system.source} ({resolution.selection.source})", ""]
     lines += _table(rows)
@@ -81,7 +81,8 @@ def resolve_text(resolution: Resolution) -> str:
         if group:
             lines.append(f"{status}:")
             for f in group:
-                lines.append(f"  {f.name or '?'} ({f.plugin.distribution})")
+                lines.append(f"  {f.name} ({f.plugin.distribution})" if f.name else
+                             f"  (plugin {f.plugin.name}, {f.plugin.distribution}: declared no feature)")
                 lines += [f"      {r}" for r in f.reasons] + [f"      note: {n}" for n in f.notes]
     return "\n".join(lines)
 

@@ -84,7 +84,8 @@ def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = N
                               CheckResult("paged attention", "info", "on" if runtime.paged_attention_enabled else
                                           "off (opt-in here: --paged-attn or MISTRALRS_PAGED_ATTN=1)")]
             device_layers = device_layers_check(runtime.collective_backends, runtime.devices, environ)
-            verifications = verify_runtime(runtime, progress)
+            plugins = {f.name: f.plugin.name for f in resolution.features}
+            verifications = [replace(v, plugin=plugins.get(v.feature, "")) for v in verify_runtime(runtime, progress)]
     if resolution is not None:
         active = frozenset(resolution.active)
         for info, checks in manager.call_each("mistralrs_doctor_checks", _is_check_list, active=active, system=snapshot,
@@ -97,7 +98,13 @@ def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = N
     if runtime is not None:
         bound = {"attention": {b.feature for b in runtime.attention_backends},
                  "matmul": {b.feature for b in runtime.matmul_backends},
+                 "layers": {b.feature for b in runtime.layer_backends},
                  "collectives": {b.feature for b in runtime.collective_backends}}
+        # An active feature whose backend hook failed at bind: its work would silently run elsewhere.
+        feature_problems += [CheckResult(", ".join(b.features) or b.plugin.name, "error",
+                                         f"active, but plugin {b.plugin.name} ({b.plugin.distribution} "
+                                         f"{b.plugin.version}) failed at bind time in {b.stage}: {b.error}",
+                                         b.fix, b.plugin.name) for b in runtime.broken]
     sections = {
         "system": tuple(system_checks(snapshot, confirmed)),
         "accelerators": tuple(accelerator_checks(snapshot)),
@@ -108,7 +115,7 @@ def run_doctor(*, features: str | None = None, system: SystemSnapshot | None = N
         "recommendation": tuple(recommendation_checks(recommend(resolution, environ, _not_loaded(manager, environ)))
                                 if resolution else ()),
     }
-    return DoctorReport(snapshot.source, sections, tuple(verifications), note)
+    return DoctorReport(snapshot.source, sections, tuple(verifications), note, manager.broken)
 
 
 _STATUSES = ("ok", "info", "warning", "error")

@@ -7,6 +7,7 @@ from typing import Any
 
 from mistralrs_torch._version import __version__
 from mistralrs_torch.ops import CheckResult
+from mistralrs_torch.plugins import BrokenPlugin
 
 __all__ = ["DOCTOR_SCHEMA", "SECTIONS", "DoctorReport", "Verification"]
 
@@ -18,7 +19,10 @@ _MARK = {"ok": "ok", "info": "--", "warning": "!!", "error": "XX"}
 
 @dataclass(frozen=True)
 class Verification:
-    """One backend, one op, one dtype: "verified", "failed" or "skipped", with the error and the time."""
+    """One backend, one op, one dtype: "verified", "failed" or "skipped", with the worst errors and the time.
+
+    The errors and tolerances are the verification engine's (mistralrs_torch.testing.TOLERANCES).
+    """
 
     op: str
     backend: str
@@ -28,8 +32,13 @@ class Verification:
     result: str
     max_error: float | None = None
     tolerance: float | None = None
+    rms_error: float | None = None
+    rms_tolerance: float | None = None
     seconds: float | None = None
+    cases: int = 0
     detail: str = ""
+    #: The entry-point name of the plugin that ships the backend (what MISTRALRS_DISABLE_PLUGINS takes).
+    plugin: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class DoctorReport:
     sections: dict[str, tuple[CheckResult, ...]]
     verifications: tuple[Verification, ...]
     verification_note: str = ""
+    #: Every plugin found broken (for --traceback; the JSON carries their errors in the plugins section).
+    broken: tuple[BrokenPlugin, ...] = ()
 
     @property
     def errors(self) -> tuple[CheckResult, ...]:
@@ -92,8 +103,15 @@ def _verification_lines(report: DoctorReport) -> list[str]:
             lines.append(f"  {mark} {v.op} / {v.backend} ({v.feature}): skipped: {v.detail}")
             continue
         timing = f", {v.seconds * 1000:.2f} ms" if v.seconds is not None else ""
-        error = f"max error {v.max_error:.1e} (tolerance {v.tolerance:.0e})" if v.max_error is not None else v.detail
-        lines.append(f"  {mark} {v.op} / {v.backend} ({v.feature}) {v.dtype} on {v.device}: {v.result}, {error}{timing}")
-        if v.result == "failed" and v.detail and v.max_error is not None:
-            lines.append(f"       {v.detail}")
+        error = (f"max error {v.max_error:.1e} (tolerance {v.tolerance:.0e}), rms {v.rms_error:.1e} "
+                 f"(tolerance {v.rms_tolerance:.0e})" if v.max_error is not None else v.detail)
+        cases = f"{v.cases} case{'s' if v.cases != 1 else ''}"
+        lines.append(f"  {mark} {v.op} / {v.backend} ({v.feature}) {v.dtype} on {v.device}: {v.result} on {cases}, "
+                     f"{error}{timing}")
+        if v.result == "failed":
+            if v.detail and v.max_error is not None:
+                lines.append(f"       {v.detail}")
+            lines.append(f"       fix: a backend that computes wrong results must not run: disable its plugin with "
+                         f"MISTRALRS_DISABLE_PLUGINS={v.plugin or '<its plugin>'}, or select features without "
+                         f"{v.feature}, and report it to the plugin's authors")
     return lines

@@ -29,8 +29,8 @@ __all__ = [
 
 #: Operating systems, as :attr:`mistralrs_torch.system.SystemSnapshot.os` names them.
 PLATFORMS = ("linux", "windows", "macos")
-#: The four kinds of backend work a feature can provide.
-OPS = ("device", "attention", "matmul", "collectives")
+#: The kinds of backend work a feature can provide: a device, and the backends of each kind of op.
+OPS = ("device", "attention", "matmul", "layers", "collectives")
 PLATFORM_LABELS = {"linux": "Linux", "windows": "Windows", "macos": "macOS"}
 GPU_VENDOR_LABELS = {"nvidia": "NVIDIA", "apple": "Apple", "amd": "AMD"}
 GPU_VENDORS = tuple(GPU_VENDOR_LABELS)
@@ -146,7 +146,7 @@ class FeatureManifest:
     ``requires`` must be active too; ``auto_enables`` are added when this feature
     is selected; ``excludes`` cannot be active at the same time (declare both
     sides). Among features that exclude each other auto mode keeps the higher
-    ``priority``. ``disabled_by`` names variables that switch the feature off
+    ``selection_priority`` (which also picks the default device: the highest feature's). ``disabled_by`` names variables that switch the feature off
     when set to a true value (``MISTRALRS_NO_NCCL=1``).
     """
 
@@ -159,12 +159,14 @@ class FeatureManifest:
     #: Operating systems it runs on; empty means every platform (ring, the generic CPU).
     platforms: tuple[str, ...] = ()
     cpu_archs: tuple[str, ...] = ()
+    #: CPU instruction-set flags that must all be present, as the snapshot names them ("avx2", "avx512f").
+    cpu_flags: tuple[str, ...] = ()
     gpu: GPURequirement | None = None
     libraries: tuple[LibraryRequirement, ...] = ()
     modules: tuple[ModuleRequirement, ...] = ()
     disabled_by: tuple[str, ...] = ()
     auto: AutoCondition = AutoCondition()
-    priority: int = 0
+    selection_priority: int = 0
     #: Hardware on which this feature wins an exclusion ("Hopper"), for messages.
     preferred_on: str = ""
     provides: tuple[str, ...] = ()
@@ -199,13 +201,17 @@ class FeatureManifest:
                                            "active: remove it from excludes")
         _check(_is_str_tuple(self.platforms) and set(self.platforms) <= set(PLATFORMS),
                f"feature {self.name!r}: platforms {self.platforms!r} must be a tuple from {PLATFORMS} (empty: all)")
+        _check(_is_str_tuple(self.cpu_archs), f"feature {self.name!r}: cpu_archs must be a tuple of names (x86_64, arm64)")
+        _check(_is_str_tuple(self.cpu_flags) and all(f == f.lower() and f for f in self.cpu_flags),
+               f"feature {self.name!r}: cpu_flags {self.cpu_flags!r} must be a tuple of lower-case flag names (avx2)")
         _check(_is_str_tuple(self.provides) and set(self.provides) <= set(OPS),
                f"feature {self.name!r}: provides {self.provides!r} must be a tuple from {OPS}")
         _check(self.paged_attention in ("", "default", "opt-in"),
                f"feature {self.name!r}: paged_attention {self.paged_attention!r} must be '', 'default' or 'opt-in'")
         _check(self.gpu is None or isinstance(self.gpu, GPURequirement), f"feature {self.name!r}: gpu must be a GPURequirement")
         _check(isinstance(self.auto, AutoCondition), f"feature {self.name!r}: auto must be an AutoCondition")
-        _check(isinstance(self.priority, int), f"feature {self.name!r}: priority must be an int")
+        _check(isinstance(self.selection_priority, int) and not isinstance(self.selection_priority, bool),
+               f"feature {self.name!r}: selection_priority must be an int")
         _check(all(isinstance(r, LibraryRequirement) for r in self.libraries), f"feature {self.name!r}: libraries must be LibraryRequirement")
         _check(all(isinstance(r, ModuleRequirement) for r in self.modules), f"feature {self.name!r}: modules must be ModuleRequirement")
         _check(all(isinstance(v, EnvVar) for v in self.env_vars), f"feature {self.name!r}: env_vars must be EnvVar")

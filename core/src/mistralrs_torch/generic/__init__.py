@@ -7,8 +7,11 @@ from mistralrs_torch.generic._attention import (
     dense_attention,
     gather_paged_kv,
     paged_attention,
+    write_kv_cache,
 )
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
+from mistralrs_torch.generic._int4 import TorchInt4Matmul
+from mistralrs_torch.generic._layers import GenericLayers, TorchLayers, rms_norm, rotary_embedding
 from mistralrs_torch.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
 from mistralrs_torch.generic._matmul import GenericMatmul, TorchMatmul, dequantize_int8
 from mistralrs_torch.generic._sdpa import sdpa_kernel_refusal
@@ -16,16 +19,22 @@ from mistralrs_torch.generic._sdpa import sdpa_kernel_refusal
 __all__ = [
     "TORCH_DTYPES",
     "GenericAttention",
+    "GenericLayers",
     "GenericMatmul",
     "SingleProcessCollectives",
     "SingleProcessCommunicator",
     "TorchAttention",
     "TorchBackend",
+    "TorchInt4Matmul",
+    "TorchLayers",
     "TorchMatmul",
     "bottom_right_causal_mask",
     "dense_attention",
     "dequantize_int8",
     "gather_paged_kv",
     "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
     "sdpa_kernel_refusal",
+    "write_kv_cache",
 ]

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
 
 __all__ = ["GenericAttention", "TorchAttention", "bottom_right_causal_mask", "dense_attention",
-           "gather_paged_kv", "paged_attention"]
-
+           "gather_paged_kv", "paged_attention", "write_kv_cache"]
 
 
 def bottom_right_causal_mask(q_len: int, k_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -47,6 +46,18 @@ def gather_paged_kv(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Ten
     return gathered.reshape(batch, max_blocks * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
 
 
+def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """k_cache[s // block size, s % block size] = k[t] for each token t with slot s = slot_mapping[t] >= 0."""
+    slots = slot_mapping.long()
+    keep = slots >= 0
+    if not bool(keep.all()):
+        slots, k, v = slots[keep], k[keep], v[keep]
+    # A contiguous cache viewed as (slots, kv heads, head size): one index_put per cache, in place.
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = k
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = v
+
+
 class TorchAttention(TorchBackend):
     """Attention in plain torch on one device type: SDPA for dense, a gather for paged.
 
@@ -61,6 +72,8 @@ class TorchAttention(TorchBackend):
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                         seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
         return paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale)
+
+    write_kv_cache = staticmethod(write_kv_cache)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
@@ -85,4 +98,4 @@ class GenericAttention(TorchAttention):
     """The generic CPU attention backend: correct for every layout the contract allows, not fast."""
 
     def __init__(self) -> None:
-        super().__init__("generic-attention", "cpu", -1000, "cpu", TORCH_DTYPES)
+        super().__init__("cpu-attention", "cpu", -1000, "cpu", TORCH_DTYPES)

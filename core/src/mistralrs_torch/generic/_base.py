@@ -1,4 +1,4 @@
-"""What every plain-torch backend shares: identity, priority, one device type and its dtypes."""
+"""What every plain-torch backend shares: identity, dispatch priority, one device type and its dtypes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ TORCH_DTYPES = ("float32", "float64", "bfloat16", "float16")
 class TorchBackend:
     """A backend running plain torch on ``device_type`` for ``dtypes``."""
 
-    def __init__(self, name: str, feature: str, priority: int, device_type: str, dtypes: tuple[str, ...]) -> None:
-        self.name, self.feature, self.priority = name, feature, priority
+    def __init__(self, name: str, feature: str, dispatch_priority: int, device_type: str,
+                 dtypes: tuple[str, ...]) -> None:
+        self.name, self.feature, self.dispatch_priority = name, feature, dispatch_priority
         self.device_type, self.dtypes = device_type, dtypes
 
     def supports(self, call: CallSpec) -> Support:

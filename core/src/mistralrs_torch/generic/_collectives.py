@@ -41,9 +41,9 @@ class SingleProcessCommunicator:
 class SingleProcessCollectives:
     """The built-in collective backend, used when no collectives feature is active."""
 
-    name = "single-process"
+    name = "cpu-single-process"
     feature = "cpu"
-    priority = -1000
+    dispatch_priority = -1000
 
     def communicator(self, environ: Mapping[str, str]) -> SingleProcessCommunicator:
         return SingleProcessCommunicator()

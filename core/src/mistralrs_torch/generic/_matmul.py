@@ -1,4 +1,4 @@
-"""Reference matmul on the CPU: torch linear, and dequantize-then-linear for weight-only int8."""
+"""Reference matmul on the CPU: torch linear, and dequantize-then-linear for the quantized ops."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
+from mistralrs_torch.ops import CallSpec, PreparedWeight, QuantizedWeight
 
 __all__ = ["GenericMatmul", "TorchMatmul", "dequantize_int8"]
 
@@ -16,7 +17,11 @@ def dequantize_int8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
 
 
 class TorchMatmul(TorchBackend):
-    """Linear and weight-only int8 linear in plain torch on one device type (int8 by dequantising)."""
+    """Linear, weight-only int8 and group-wise quantized linear in plain torch on one device type.
+
+    The quantized weight is kept as prepared (codes, scales, offsets on the device) and dequantized on
+    every call: the reference path every faster backend is measured against, not a fast one.
+    """
 
     # torch's own function, not a wrapper: the runtime calls it with no extra Python frame.
     linear = staticmethod(F.linear)
@@ -25,9 +30,18 @@ class TorchMatmul(TorchBackend):
                     bias: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(x, dequantize_int8(weight, scale, x.dtype), bias)
 
+    def prepare_quantized(self, weight: QuantizedWeight, call: CallSpec, device: str) -> QuantizedWeight:
+        return QuantizedWeight(weight.codes.to(device), weight.scales.to(device),
+                               None if weight.offsets is None else weight.offsets.to(device),
+                               weight.bits, weight.group_size)
+
+    def quantized_linear(self, x: torch.Tensor, weight: PreparedWeight,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, weight.payload.dequantize(x.dtype), bias)
+
 
 class GenericMatmul(TorchMatmul):
     """The generic CPU matmul backend."""
 
     def __init__(self) -> None:
-        super().__init__("generic-matmul", "cpu", -1000, "cpu", TORCH_DTYPES)
+        super().__init__("cpu-matmul", "cpu", -1000, "cpu", TORCH_DTYPES)

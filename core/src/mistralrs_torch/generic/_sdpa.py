@@ -14,8 +14,8 @@ _ASK = {"flash": "can_use_flash_attention", "cudnn": "can_use_cudnn_attention"}
 def _probe_tensors(call: CallSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tiny GPU tensors with the call's dtype, head size, head grouping and q/k alignment."""
     dtype = getattr(torch, call.dtype)
-    kv_heads = 1 if call.extra.get("gqa") else 2
-    q_len, k_len = (128, 128) if call.extra.get("aligned", True) else (16, 128)
+    kv_heads = 1 if call.gqa else 2
+    q_len, k_len = (128, 128) if call.aligned else (16, 128)
     q = torch.zeros(1, 2, q_len, call.head_size, device="cuda", dtype=dtype)
     k = torch.zeros(1, kv_heads, k_len, call.head_size, device="cuda", dtype=dtype)
     return q, k, k.clone()
@@ -31,7 +31,7 @@ def sdpa_kernel_refusal(call: CallSpec, kernel: str) -> str:
     ask = _ASK[kernel]
     try:
         q, k, v = _probe_tensors(call)
-        params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, call.mask == "causal", bool(call.extra.get("gqa")))
+        params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, call.mask == "causal", bool(call.gqa))
         if getattr(torch.backends.cuda, ask)(params, False):
             return ""
     except Exception as exc:  # noqa: BLE001 - not knowing is a refusal with the reason, not a crash

@@ -15,12 +15,14 @@ prepare it once at load into their own layout (see the op contract).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["QuantizedWeight"]
+    from mistralrs_torch.ops._contract import CallSpec
+
+__all__ = ["PreparedWeight", "QuantizedWeight"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,3 +55,18 @@ class QuantizedWeight:
             weight = scales * codes + self.offsets.float().unsqueeze(-1)
         weight = weight.reshape(out, in_features)
         return weight if dtype is None else weight.to(dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedWeight:
+    """A QuantizedWeight prepared once, at load, by the backend that will run it.
+
+    ``payload`` is the backend's own layout (packed nibbles, a kernel's tiles, or
+    the codes as they are); ``call`` is the signature it was prepared for; only
+    ``backend`` reads the payload.
+    """
+
+    backend: str
+    payload: Any
+    call: CallSpec
+    shape: tuple[int, int]

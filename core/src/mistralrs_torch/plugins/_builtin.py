@@ -13,7 +13,7 @@ from mistralrs_torch._hookspecs import hookimpl
 from mistralrs_torch.features import OPS, FeatureManifest
 
 if TYPE_CHECKING:
-    from mistralrs_torch.ops import AttentionBackend, CollectiveBackend, Device, MatmulBackend
+    from mistralrs_torch.ops import AttentionBackend, CollectiveBackend, Device, LayerBackend, MatmulBackend
     from mistralrs_torch.system import SystemSnapshot
 
 __all__ = ["GENERIC_CPU", "PLUGIN_NAME"]
@@ -24,7 +24,7 @@ GENERIC_CPU = FeatureManifest(
     summary="Generic CPU (built in, no features needed)",
     distribution="mistralrs-torch",
     provides=OPS,
-    priority=-1000,
+    selection_priority=-1000,
     paged_attention="opt-in",
     recommended_for=("generic-cpu",),
 )
@@ -51,9 +51,16 @@ def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBacke
 
 @hookimpl
 def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
-    from mistralrs_torch.generic import GenericMatmul
+    from mistralrs_torch.generic import GenericMatmul, TorchInt4Matmul
 
-    return (GenericMatmul(),)
+    return (TorchInt4Matmul(), GenericMatmul())
+
+
+@hookimpl
+def mistralrs_layer_backends(active: frozenset[str]) -> tuple[LayerBackend, ...]:
+    from mistralrs_torch.generic import GenericLayers
+
+    return (GenericLayers(),)
 
 
 @hookimpl

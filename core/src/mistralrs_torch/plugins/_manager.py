@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
@@ -60,6 +60,8 @@ class BrokenPlugin:
     stage: str
     error: str
     features: tuple[str, ...] = ()
+    #: The plugin's own traceback, shown with --traceback or MISTRALRS_TRACEBACK=1 ("" when none was raised).
+    traceback: str = field(default="", compare=False, repr=False)
 
     @property
     def fix(self) -> str:
@@ -72,9 +74,9 @@ class PluginManager:
 
     ``entry_points`` replaces discovery (tests pass fake ones); ``environ``
     supplies MISTRALRS_DISABLE_PLUGINS, MISTRALRS_PLUGIN_AUTOLOAD and
-    MISTRALRS_STRICT_PLUGINS. Strict mode (``strict`` overrides the variable)
-    raises PluginError on the first broken plugin; otherwise broken plugins are
-    listed in :attr:`broken`.
+    MISTRALRS_STRICT_PLUGINS. Broken plugins are listed in :attr:`broken`; strict
+    mode (``strict`` overrides the variable) then raises PluginError naming every
+    one of them, at the end of discovery or of the hook call that broke them.
     """
 
     def __init__(self, entry_points: Iterable[EntryPointLike] | None = None,
@@ -99,6 +101,7 @@ class PluginManager:
                     self._disabled.append(info)
                 else:
                     self._add(info, entry_point.load)
+        self._raise_if_strict(0)
 
     @property
     def plugins(self) -> tuple[PluginInfo, ...]:
@@ -124,7 +127,7 @@ class PluginManager:
         """This machine's snapshot, with every plugin's probe facts merged in (computed once)."""
         if self._system is None:
             system = probe_system([r for f in self.features for r in f.manifest.modules], self._environ)
-            for facts in self._call_each("mistralrs_probe_system", system=system):
+            for facts in self._mapping_results("mistralrs_probe_system", system=system):
                 system = system.with_facts({k: v for k, v in facts.items() if k not in system.libraries})
             self._system = system
         return self._system
@@ -135,6 +138,7 @@ class PluginManager:
         Returns (plugin, result) pairs for results that are not None.
         """
         results = []
+        broken_before = len(self._broken)
         for impl in self._impls(hook):
             info = self._info[impl.plugin_name]
             result = self._guarded(info, f"hook {hook}", lambda: _call(impl, kwargs))
@@ -144,6 +148,7 @@ class PluginManager:
                 self._quarantine(info, f"hook {hook}", f"returned {type(result).__name__}, which breaks the hook's contract")
                 continue
             results.append((info, result))
+        self._raise_if_strict(broken_before)
         return results
 
     def call_plugin(self, plugin: str, hook: str, check: Callable[[Any], bool], **kwargs: Any) -> Any:
@@ -162,12 +167,14 @@ class PluginManager:
             except (KeyboardInterrupt, MistralrsError):
                 raise
             except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin must not end the program
-                self._quarantine(info, f"hook {hook}", f"{type(exc).__name__}: {exc}")
+                self._quarantine(info, f"hook {hook}", f"{type(exc).__name__}: {exc}", traceback=_traceback())
+                self._raise_if_strict(len(self._broken) - 1)
                 return None
             if result is None or info.name not in self._info:
                 return None
             if not check(result):
                 self._quarantine(info, f"hook {hook}", f"returned {type(result).__name__}, which breaks the hook's contract")
+                self._raise_if_strict(len(self._broken) - 1)
                 return None
             return result
         return None
@@ -184,7 +191,8 @@ class PluginManager:
             return isinstance(result, (list, tuple)) and all(conforms(item, kind) for item in result)
 
         items = []
-        for info, result in self.call_each(hook, valid, active=active, **kwargs):
+        broken_before = len(self._broken)
+        for info, result in self._without_strict(lambda: self.call_each(hook, valid, active=active, **kwargs)):
             own = {f.manifest.name for f in self.features if f.plugin == info}
             stray = [i for i in result if getattr(i, "feature", None) not in own & active]
             if stray:
@@ -192,9 +200,10 @@ class PluginManager:
                                  f"{getattr(stray[0], 'feature', None)!r}, which is not an active feature of this plugin")
                 continue
             items += result
+        self._raise_if_strict(broken_before)
         return items
 
-    def _call_each(self, hook: str, **kwargs: Any) -> list[Any]:
+    def _mapping_results(self, hook: str, **kwargs: Any) -> list[Any]:
         return [r for _, r in self.call_each(hook, lambda r: isinstance(r, Mapping), **kwargs)]
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
@@ -240,11 +249,8 @@ class PluginManager:
                 self._quarantine(info, "manifest", f"mistralrs_features returned {type(manifest).__name__}, not FeatureManifest")
                 return
             if not supports_api_version(manifest.api_version):
-                self._quarantine(info, "api-version",
-                                 f"feature {manifest.name!r} targets plugin API {manifest.api_version!r}; "
-                                 f"mistralrs-torch {__version__} supports {PLUGIN_API_VERSION.split('.')[0]}.0 "
-                                 f"through {PLUGIN_API_VERSION}: install a version of {info.distribution} written for it, "
-                                 "or upgrade mistralrs-torch", features=tuple(m.name for m in manifests))
+                self._quarantine(info, "api-version", _api_version_problem(manifest, info),
+                                 features=tuple(m.name for m in manifests))
                 return
             owner = self._features.get(manifest.name)
             if owner is not None:
@@ -260,12 +266,29 @@ class PluginManager:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin must not end the program
-            self._quarantine(info, stage, f"{type(exc).__name__}: {exc}")
+            self._quarantine(info, stage, f"{type(exc).__name__}: {exc}", traceback=_traceback())
             return None
 
-    def _quarantine(self, info: PluginInfo, stage: str, error: str, features: tuple[str, ...] = ()) -> None:
+    def _without_strict(self, action: Callable[[], Any]) -> Any:
+        strict, self._strict = self._strict, False
+        try:
+            return action()
+        finally:
+            self._strict = strict
+
+    def _raise_if_strict(self, start: int) -> None:
+        """Under strict mode, every plugin broken since ``start`` is fatal, all named in one error."""
+        new = self._broken[start:]
+        if self._strict and new:
+            lines = [f"  - plugin {b.plugin.name!r} ({b.plugin.distribution}) is broken at {b.stage}: {b.error}: "
+                     f"{b.fix}" for b in new]
+            raise PluginError(f"{len(new)} broken plugin(s), fatal under MISTRALRS_STRICT_PLUGINS=1:\n"
+                              + "\n".join(lines))
+
+    def _quarantine(self, info: PluginInfo, stage: str, error: str, features: tuple[str, ...] = (),
+                    traceback: str = "") -> None:
         declared = features or tuple(n for n, f in self._features.items() if f.plugin.name == info.name)
-        broken = BrokenPlugin(info, stage, error, declared)
+        broken = BrokenPlugin(info, stage, error, declared, traceback)
         if self._info.get(info.name) == info:
             del self._info[info.name]
             for name in declared:
@@ -273,9 +296,23 @@ class PluginManager:
             if self._pm.has_plugin(info.name):
                 self._pm.unregister(name=info.name)
         self._broken.append(broken)
-        if self._strict:
-            raise PluginError(f"plugin {info.name!r} ({info.distribution}) is broken at {stage}: {error} "
-                              f"(MISTRALRS_STRICT_PLUGINS=1 makes this fatal): {broken.fix}")
+
+
+def _api_version_problem(manifest: FeatureManifest, info: PluginInfo) -> str:
+    ours = PLUGIN_API_VERSION.split(".")[0]
+    text = (f"feature {manifest.name!r} targets plugin API {manifest.api_version!r}; mistralrs-torch {__version__} "
+            f"supports {ours}.0 through {PLUGIN_API_VERSION}")
+    if manifest.api_version.split(".")[0].isdigit() and int(manifest.api_version.split(".")[0]) < int(ours):
+        return (f"{text}: {info.distribution} was written for an older plugin API; its authors update it as "
+                f"docs/writing-a-plugin.md#migrating-from-plugin-api-1x says, or install mistralrs-torch 0.1's "
+                f"API-1 release beside it")
+    return f"{text}: install a version of {info.distribution} written for it, or upgrade mistralrs-torch"
+
+
+def _traceback() -> str:
+    import traceback  # only when a plugin failed: it is not needed at start-up otherwise
+
+    return traceback.format_exc()
 
 
 def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:

@@ -130,7 +130,7 @@ def _conflict_examples(installed: Sequence[InstalledFeature]) -> list[tuple[tupl
 
 
 def features_reference_markdown(installed: Sequence[InstalledFeature]) -> str:
-    features = sorted(installed, key=lambda f: (f.manifest.distribution, -f.manifest.priority))
+    features = sorted(installed, key=lambda f: (f.manifest.distribution, -f.manifest.selection_priority))
     lines = [_INTRO, "## Quick reference", ""]
     lines += _table(["Feature", "Description", "Platform", "Requires", "Package"],
                     [(f"`{f.manifest.name}`", f.manifest.summary, f.manifest.platform_label,

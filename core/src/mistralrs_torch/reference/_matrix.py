@@ -36,7 +36,7 @@ def hardware_text(m: FeatureManifest) -> str:
 
 def support_matrix_markdown(features: Sequence[InstalledFeature]) -> str:
     """The matrix as a Markdown table, one row per feature, in distribution order."""
-    rows = sorted(features, key=lambda f: (f.manifest.distribution, -f.manifest.priority))
+    rows = sorted(features, key=lambda f: (f.manifest.distribution, -f.manifest.selection_priority))
     header = ["feature", "distribution", "platforms", "hardware and libraries", *OPS, "paged attention",
               "requires", "auto-enables", "excludes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -75,7 +75,7 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
     """Resolve ``selection`` on ``system``; raises SelectionError for an invalid explicit selection."""
     # Highest priority first, then by name: every later choice follows this order, so the outcome (and the
     # wording of each reason) depends on nothing else, neither input order nor hash seeds.
-    features = {f.manifest.name: f for f in sorted(installed, key=lambda f: (-f.manifest.priority, f.manifest.name))}
+    features = {f.manifest.name: f for f in sorted(installed, key=lambda f: (-f.manifest.selection_priority, f.manifest.name))}
     problems = {name: hardware_problems(f.manifest, system) for name, f in features.items()}
     switched_off = {name: disabled_by(f.manifest, environ) for name, f in features.items()}
     for name, f in features.items():  # how many GPUs: judged only where it could run on the GPUs there are
@@ -93,10 +93,11 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
         status = "active" if name in active else "unavailable" if name in unrunnable else "available"
         statuses.append(FeatureStatus(name, status, feature.plugin, m, tuple(reasons.get(name, ())), notes))
     # Shown grouped by distribution (the built-in "mistralrs" first), highest priority first within one.
-    statuses.sort(key=lambda f: (f.plugin.distribution, -f.manifest.priority if f.manifest else 0))
+    statuses.sort(key=lambda f: (f.plugin.distribution, -f.manifest.selection_priority if f.manifest else 0))
     for plugin in broken:
         for name in plugin.features or ("",):
-            statuses.append(FeatureStatus(name, "broken", plugin.plugin, None, (f"{plugin.error}: {plugin.fix}",)))
+            statuses.append(FeatureStatus(name, "broken", plugin.plugin, None,
+                                          (f"broken at {plugin.stage}: {plugin.error}: {plugin.fix}",)))
     return Resolution(selection, system, tuple(statuses))
 
 
@@ -235,7 +236,7 @@ def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], br
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if _exclusive(features, a, b):
-                winner = max((a, b), key=lambda n: features[n].manifest.priority)
+                winner = max((a, b), key=lambda n: features[n].manifest.selection_priority)
                 where = features[winner].manifest.preferred_on
                 violations.append(Violation(a, "excludes", f"{a} and {b} are mutually exclusive",
                                             "enable one" + (f" (on {where}, {winner})" if where else "")))

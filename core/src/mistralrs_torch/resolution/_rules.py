@@ -49,6 +49,11 @@ def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Proble
         return [Problem("platform", text, remove)]
     if m.cpu_archs and system.arch not in m.cpu_archs:
         problems.append(Problem("cpu", f"{m.name} needs a {' or '.join(m.cpu_archs)} CPU; this one is {system.arch}", remove))
+    missing_flags = [flag for flag in m.cpu_flags if flag not in system.cpu.flags]
+    if missing_flags:
+        problems.append(Problem("cpu", f"{m.name} needs the CPU instruction set(s) {', '.join(missing_flags)}, which "
+                                f"this CPU ({system.cpu.model or system.cpu.vendor or system.arch}) lacks",
+                                f"run on a CPU with {', '.join(missing_flags)}, or {remove}"))
     if m.gpu is not None:
         problems += _gpu_problems(m, system)
     for library in m.libraries:

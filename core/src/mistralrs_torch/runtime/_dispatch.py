@@ -1,27 +1,27 @@
 """Per-op dispatch: the first backend that supports a call signature wins, chosen once and cached.
 
-Choosing happens on the first call of each signature; later calls of that
-signature are one dict lookup and a direct call. Every fallback (a preferred
-backend refused, a lower one took the call) is recorded, and is an error
-under MISTRALRS_NO_FALLBACK=1.
+A :class:`Dispatcher` is what ``runtime.<op>`` is. A call computes the op's
+cheap key (tensor metadata that stays the same across decode steps) and looks
+it up; the first call of a signature checks its arguments against the
+contract, builds its CallSpec, chooses a backend (recording every fallback,
+an error under MISTRALRS_NO_FALLBACK=1) and caches the kernel under the key.
+Later calls are one dict lookup and a direct call, plus the op's per-call
+guard where it has one. An exception a kernel raises is checked against the
+contract once more, so a bad argument is reported by name, not as a deep
+torch error.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mistralrs_torch._errors import FallbackError, UnsupportedCallError
-from mistralrs_torch.ops import CallSpec
+from mistralrs_torch._errors import FallbackError, MistralrsError, OpInputError, UnsupportedCallError
+from mistralrs_torch.ops import CallSpec, OpSpec, PreparedWeight, QuantizedWeight, kernel_for
 
-__all__ = ["Binding", "Dispatcher", "kernel"]
-
-
-def kernel(backend: Any, method: str, call: CallSpec) -> Callable[..., Any]:
-    """What the runtime calls for ``call`` on ``backend``: its kernel_for(call) if it specialises, else its method."""
-    specialise = getattr(backend, "kernel_for", None)
-    return (specialise(call) if specialise is not None else None) or getattr(backend, method)
+__all__ = ["Binding", "Dispatcher"]
 
 
 @dataclass(frozen=True)
@@ -39,48 +39,108 @@ class Binding:
         return bool(self.skipped)
 
     def describe(self) -> str:
-        call = f"{self.call.dtype} on {self.call.device}, head size {self.call.head_size}, mask {self.call.mask}" \
-            if self.call.head_size else f"{self.call.dtype} on {self.call.device}"
-        # What else tells this signature from its neighbours (a flag by its name when set, a number with its value).
-        extra = [name if value is True else f"{name} {value}" for name, value in self.call.extra.items()
-                 if value is not False]
-        call = ", ".join([call, *extra])
         skipped = "; ".join(f"{name} ({feature}) refused: {reason}" for name, feature, reason in self.skipped)
-        return f"{self.op} [{call}] -> {self.chosen}" + (f" (fallback: {skipped})" if skipped else "")
+        return f"{self.op} [{self.call.describe()}] -> {self.chosen}" + (f" (fallback: {skipped})" if skipped else "")
+
+
+def _guarded(kernel: Callable[..., Any], guard: Callable[[tuple[Any, ...], dict[str, Any], bool], None],
+             read_values: bool) -> Callable[..., Any]:
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        guard(args, kwargs, read_values)
+        return kernel(*args, **kwargs)
+
+    return checked
 
 
 class Dispatcher:
-    """Chooses among ``backends`` (highest priority first) for one op, calling ``method`` on the winner."""
+    """``runtime.<op>``: chooses among ``backends`` (highest dispatch priority first) per call signature.
 
-    def __init__(self, op: str, backends: Sequence[Any], method: str, no_fallback: bool) -> None:
-        self.op = op
-        # A backend that does not implement this op at all sets the method to None: it is not a
-        # candidate, so passing it over is not a fallback.
-        self.backends = tuple(b for b in backends if callable(getattr(b, method, None)))
-        self.method = method
+    ``read_values`` makes the value-reading input checks run on every device (MISTRALRS_CHECK_INPUTS=1,
+    doctor, the kit); they always run for CPU tensors.
+    """
+
+    def __init__(self, spec: OpSpec, backends: Sequence[Any], *, no_fallback: bool, read_values: bool) -> None:
+        self.spec = spec
+        self.op = spec.name
+        # A backend that does not implement this op at all leaves the method out or sets it to None: it is not
+        # a candidate, so passing it over is not a fallback.
+        self.backends = tuple(b for b in backends if callable(getattr(b, spec.name, None)))
         self.no_fallback = no_fallback
+        self.read_values = read_values
+        #: The memo of the hot path: the op's cheap key -> the kernel (with its guard) for that signature.
         self.cache: dict[Hashable, Callable[..., Any]] = {}
+        #: The choice per call signature: CallSpec -> (backend, kernel).
+        self.chosen: dict[CallSpec, tuple[Any, Callable[..., Any]]] = {}
         self.bindings: list[Binding] = []
+        self._key = spec.key
 
-    def bind(self, key: Hashable, call: CallSpec) -> Callable[..., Any]:
-        """Choose the backend for ``call``, cache its bound method under ``key`` and return it."""
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            function = self.cache.get(self._key(*args, **kwargs))
+            if function is None:
+                function = self._bind_call(args, kwargs)
+            return function(*args, **kwargs)
+        except MistralrsError:
+            raise
+        except Exception as exc:
+            self._blame_arguments(args, kwargs, exc)
+            raise
+
+    def _blame_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> None:
+        """Raise OpInputError (from ``exc``) when the arguments break the op's contract; return when they do not."""
+        try:
+            inspect.signature(self.spec.check).bind(*args, **kwargs)
+        except TypeError as bad:
+            parameters = ", ".join(inspect.signature(self.spec.check).parameters)
+            raise OpInputError(f"{self.op}: {bad}; the op takes ({parameters})") from exc
+        try:
+            self.spec.check(*args, **kwargs)
+            if self.spec.guard is not None:
+                self.spec.guard(args, kwargs, True)
+        except OpInputError as problem:
+            raise problem from exc
+        except Exception:  # noqa: BLE001 - a check that trips over the same bad input cannot say more than exc
+            return
+
+    def _bind_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
+        self.spec.check(*args, **kwargs)
+        call = self.spec.spec(*args, **kwargs)
+        only = args[1].backend if self.spec.prepare else None
+        function = self.choose(call, only=only)[1]
+        if self.spec.guard is not None:
+            function = _guarded(function, self.spec.guard, self.read_values or call.device == "cpu")
+        self.cache[self.spec.key(*args, **kwargs)] = function
+        return function
+
+    def choose(self, call: CallSpec, *, only: str | None = None) -> tuple[Any, Callable[..., Any]]:
+        """The backend for ``call`` and its kernel: the first supporting one, chosen once per signature.
+
+        ``only`` restricts the candidates to one backend (a prepared weight can be run only by its preparer).
+        """
+        if call in self.chosen and (only is None or self.chosen[call][0].name == only):
+            return self.chosen[call]
         skipped: list[tuple[str, str, str]] = []
-        for backend in self.backends:
+        candidates = [b for b in self.backends if only is None or b.name == only]
+        for backend in candidates:
             support = backend.supports(call)
             if not support.ok:
                 skipped.append((backend.name, backend.feature, support.reason or "no reason given"))
                 continue
-            binding = Binding(self.op, call, backend.name, tuple(skipped))
             if skipped and self.no_fallback:
                 name, feature, reason = skipped[0]
                 raise FallbackError(
                     f"{self.op}: backend {name} ({feature}) refused the call ({reason}) and {backend.name} would "
                     f"take it; MISTRALRS_NO_FALLBACK=1 forbids that: change the call (dtype, head size, device) "
                     f"or unset MISTRALRS_NO_FALLBACK")
-            self.bindings.append(binding)
-            function = kernel(backend, self.method, call)
-            self.cache[key] = function
-            return function
-        reasons = "; ".join(f"{name} ({feature}): {reason}" for name, feature, reason in skipped) or "no backend is bound"
-        raise UnsupportedCallError(f"no {self.op} backend supports {call.dtype} on {call.device}"
-                                   f"{f', head size {call.head_size}' if call.head_size else ''}: {reasons}")
+            self.bindings.append(Binding(self.op, call, backend.name, tuple(skipped)))
+            self.chosen[call] = (backend, kernel_for(backend, self.op, call))
+            return self.chosen[call]
+        reasons = "; ".join(f"{name} ({feature}): {reason}" for name, feature, reason in skipped) or (
+            f"no bound backend is named {only!r}" if only else "no backend is bound")
+        raise UnsupportedCallError(f"no {self.op} backend supports {call.describe()}: {reasons}")
+
+    def prepare(self, weight: QuantizedWeight, call: CallSpec, device: str) -> PreparedWeight:
+        """Choose the backend for ``call`` and let it prepare ``weight`` once (the op's ``prepare`` method)."""
+        backend, _ = self.choose(call)
+        payload = getattr(backend, self.spec.prepare)(weight, call, device)
+        return PreparedWeight(backend.name, payload, call, weight.shape)

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mistralrs_torch.ops import CallSpec
+from mistralrs_torch.ops import op_spec
 
 if TYPE_CHECKING:
     from mistralrs_torch.runtime._runtime import Runtime
 
 __all__ = ["explain", "explain_text"]
 
-_OPS = {"attention": "attention", "paged_attention": "attention", "linear": "matmul", "int8_linear": "matmul"}
-
-
-def _probe_call(op: str, runtime: Runtime) -> CallSpec:
-    device = runtime.device.torch_device.split(":")[0]
-    dtype = "float32" if device == "cpu" else "bfloat16"
-    mask = {"attention": "causal", "paged_attention": "causal"}.get(op, "none")
-    extra = {"block_size": 16, "gqa": False} if op == "paged_attention" else {"gqa": False, "aligned": True}
-    return CallSpec(op, dtype, device, 128 if op in ("attention", "paged_attention") else 0, mask, extra)
-
 
 def explain(runtime: Runtime) -> dict[str, Any]:
     """A JSON-ready explanation: for each op, a representative call, the winner, runners-up and skips."""
     inactive = [f for f in runtime.resolution.features if f.status != "active" and f.manifest is not None]
+    device = runtime.device.torch_device.split(":")[0]
+    dtype = "float32" if device == "cpu" else "bfloat16"
     ops: dict[str, Any] = {}
     for op, dispatcher in runtime.dispatchers().items():
-        call = _probe_call(op, runtime)
+        spec = op_spec(op)
+        call = spec.probe(device, dtype)
         winner, runners_up, skipped = None, [], []
         for backend in dispatcher.backends:
             support = backend.supports(call)
@@ -37,18 +30,19 @@ def explain(runtime: Runtime) -> dict[str, Any]:
                 runners_up.append(backend.name)
             else:
                 skipped.append({"backend": backend.name, "feature": backend.feature, "reason": support.reason})
-        kind = _OPS[op]
         for feature in inactive:
-            if kind in feature.manifest.provides:  # type: ignore[union-attr]
+            if spec.kind in feature.manifest.provides:  # type: ignore[union-attr]
                 skipped.append({"backend": None, "feature": feature.name,
                                 "reason": f"feature {feature.status}: {feature.reasons[0] if feature.reasons else ''}"})
-        ops[op] = {"call": {"dtype": call.dtype, "device": call.device, "head_size": call.head_size, "mask": call.mask},
-                   "order": [b.name for b in dispatcher.backends], "winner": winner, "runners_up": runners_up,
-                   "skipped": skipped, "bindings": [b.describe() for b in dispatcher.bindings]}
+        ops[op] = {"kind": spec.kind, "call": call.describe(), "order": [b.name for b in dispatcher.backends],
+                   "winner": winner, "runners_up": runners_up, "skipped": skipped,
+                   "bindings": [b.describe() for b in dispatcher.bindings]}
+    broken = [{"plugin": b.plugin.name, "distribution": b.plugin.distribution, "stage": b.stage, "error": b.error,
+               "features": list(b.features), "fix": b.fix} for b in runtime.broken]
     return {"device": runtime.device.torch_device, "device_feature": runtime.device.feature,
             "paged_attention": runtime.paged_attention_enabled,
             "collectives": [b.name for b in runtime.collective_backends],
-            "ops": ops, "fallbacks": [b.describe() for b in runtime.fallbacks]}
+            "broken": broken, "ops": ops, "fallbacks": [b.describe() for b in runtime.fallbacks]}
 
 
 def explain_text(data: dict[str, Any]) -> str:
@@ -56,11 +50,12 @@ def explain_text(data: dict[str, Any]) -> str:
     lines = [f"device: {data['device']} ({data['device_feature']}); paged attention "
              f"{'on' if data['paged_attention'] else 'off (opt-in: --paged-attn or MISTRALRS_PAGED_ATTN=1)'}",
              f"collectives: {' > '.join(data['collectives'])}"]
+    for broken in data["broken"]:
+        lines.append(f"BROKEN plugin {broken['plugin']} ({broken['distribution']}) at {broken['stage']}: "
+                     f"{broken['error']}; its active features {', '.join(broken['features']) or '(none)'} run "
+                     f"nothing here: {broken['fix']}")
     for op, info in data["ops"].items():
-        call = info["call"]
-        lines.append(f"{op} ({call['dtype']} on {call['device']}"
-                     + (f", head size {call['head_size']}, {call['mask']})" if call["head_size"] else ")")
-                     + f": {info['winner'] or 'NO BACKEND'}")
+        lines.append(f"{op} ({info['call']}): {info['winner'] or 'NO BACKEND'}")
         if info["runners_up"]:
             lines.append(f"    runners-up: {', '.join(info['runners_up'])}")
         for skip in info["skipped"]:

@@ -1,38 +1,44 @@
-"""The runtime: the resolved active set bound to a device and, per op, an ordered list of backends.
+"""The runtime: the resolved active set bound to a device and, per op of the registry, an ordered list of backends.
 
-Hooks run once, here, when the runtime is built; an op call is a cache
-lookup keyed on its signature and a direct call of the chosen backend.
+Hooks run once, here, when the runtime is built; an op call (``runtime.attention(...)``,
+``runtime.linear(...)``, one attribute per registry entry) is a cache lookup keyed on its
+signature and a direct call of the chosen backend's kernel.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mistralrs_torch._errors import ConfigError, UnsupportedCallError
+from mistralrs_torch._errors import ConfigError, OpInputError, UnsupportedCallError
 from mistralrs_torch._settings import env_flag
-from mistralrs_torch.ops import AttentionBackend, CallSpec, CollectiveBackend, Communicator, Device, MatmulBackend
+from mistralrs_torch.ops import (
+    BACKEND_KINDS,
+    BACKEND_PROTOCOLS,
+    OPS,
+    AttentionBackend,
+    CallSpec,
+    CollectiveBackend,
+    Communicator,
+    Device,
+    LayerBackend,
+    MatmulBackend,
+    PreparedWeight,
+    QuantizedWeight,
+)
+from mistralrs_torch.ops._signatures import dtype_name, quantized_weight_check
 from mistralrs_torch.parallel._rendezvous import torchrun_rendezvous
-from mistralrs_torch.plugins import PluginManager
+from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.runtime._dispatch import Binding, Dispatcher
 from mistralrs_torch.runtime._loading import TensorSlice, load_safetensors
 from mistralrs_torch.system import SystemSnapshot
 
 __all__ = ["Runtime"]
-
-
-def _dtype(t: torch.dtype) -> str:
-    return str(t).removeprefix("torch.")
-
-
-def _mask_kind(causal: bool, mask: torch.Tensor | None) -> str:
-    kind = "none" if mask is None else "bool" if mask.dtype == torch.bool else "float"
-    return ("causal+" + kind if kind != "none" else "causal") if causal else kind
 
 
 def _default_device(devices: tuple[Device, ...], environ: Mapping[str, str]) -> Device:
@@ -48,114 +54,123 @@ class Runtime:
     """Ops bound to the best backend of the active features.
 
     Build one with :meth:`create` (discovery, probing, selection and resolution
-    in one call) or from an existing resolution and plugin manager.
+    in one call) or from an existing resolution and plugin manager. Every op of
+    the registry is an attribute: ``runtime.attention(q, k, v, causal=True)``,
+    ``runtime.linear(x, w)``, ...; see docs/plugin-api.md for each contract.
     """
 
+    attention: Callable[..., torch.Tensor]
+    paged_attention: Callable[..., torch.Tensor]
+    write_kv_cache: Callable[..., None]
+    rotary_embedding: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rms_norm: Callable[..., torch.Tensor]
+    linear: Callable[..., torch.Tensor]
+    int8_linear: Callable[..., torch.Tensor]
+    quantized_linear: Callable[..., torch.Tensor]
+
     def __init__(self, resolution: Resolution, manager: PluginManager, *, paged_attention: bool | None = None,
-                 environ: Mapping[str, str] = os.environ) -> None:
+                 environ: Mapping[str, str] = os.environ, dry_run: bool = False) -> None:
+        if paged_attention is not None and not isinstance(paged_attention, bool):
+            raise ConfigError(f"paged_attention={paged_attention!r} must be True, False or None (the device's "
+                              "default, or MISTRALRS_PAGED_ATTN)")
+        if not isinstance(dry_run, bool):
+            raise ConfigError(f"dry_run={dry_run!r} must be True or False")
+        if not resolution.system.local and not dry_run:
+            raise ConfigError(f"the selection was resolved for {resolution.system.source}, another machine than this "
+                              "one: a runtime runs ops on this machine's hardware. Pass dry_run=True to only explain "
+                              "what would be bound there (its ops then refuse to run), or resolve on this machine "
+                              "(no system=)")
+        #: Built for another machine's snapshot: explain() works, every op refuses to run.
+        self.dry_run = dry_run
         self.resolution = resolution
         self.environ = environ
         active = frozenset(resolution.active)
-        priority = {f.name: f.manifest.priority for f in resolution.features if f.manifest is not None}
-
-        def ordered(items: list[Any]) -> list[Any]:
-            # A backend's own priority orders dispatch (flash-attn above cuda's SDPA, generic last).
-            return sorted(items, key=lambda b: -b.priority)
-
+        priority = {f.name: f.manifest.selection_priority for f in resolution.features if f.manifest is not None}
+        broken_before = len(manager.broken)
         self.devices: tuple[Device, ...] = tuple(
             sorted(manager.collect("mistralrs_devices", Device, active, system=resolution.system),
                    key=lambda d: -priority.get(d.feature, 0)))
+        backends: dict[str, tuple[Any, ...]] = {}
+        for kind, hook in BACKEND_KINDS.items():
+            found = manager.collect(hook, BACKEND_PROTOCOLS[kind], active,
+                                    **({} if kind == "collectives" else {"system": resolution.system,
+                                                                         "environ": environ}))
+            # A backend's own dispatch priority orders dispatch (flash-attn above cuda's SDPA, generic last).
+            backends[kind] = tuple(sorted(found, key=lambda b: -b.dispatch_priority))
+        #: Plugins whose device or backend hook failed while this runtime was bound: their features are active
+        #: but their work would run elsewhere, so explain() and doctor report them.
+        self.broken: tuple[BrokenPlugin, ...] = manager.broken[broken_before:]
         if not self.devices:
             raise UnsupportedCallError("no active feature provides a device (the built-in cpu feature should): "
                                        "reinstall mistralrs-torch")
         self.device = _default_device(self.devices, environ)
-        self.attention_backends: tuple[AttentionBackend, ...] = tuple(
-            ordered(manager.collect("mistralrs_attention_backends", AttentionBackend, active, system=resolution.system,
-                                    environ=environ)))
-        self.matmul_backends: tuple[MatmulBackend, ...] = tuple(
-            ordered(manager.collect("mistralrs_matmul_backends", MatmulBackend, active, system=resolution.system,
-                                    environ=environ)))
-        self.collective_backends: tuple[CollectiveBackend, ...] = tuple(
-            ordered(manager.collect("mistralrs_collective_backends", CollectiveBackend, active)))
+        self.attention_backends: tuple[AttentionBackend, ...] = backends["attention"]
+        self.matmul_backends: tuple[MatmulBackend, ...] = backends["matmul"]
+        self.layer_backends: tuple[LayerBackend, ...] = backends["layers"]
+        self.collective_backends: tuple[CollectiveBackend, ...] = backends["collectives"]
         device_manifest = next(f.manifest for f in resolution.features if f.name == self.device.feature)
         assert device_manifest is not None
         mode = device_manifest.paged_attention
-        self.paged_attention_enabled = bool(paged_attention) if paged_attention is not None else (
+        self.paged_attention_enabled = paged_attention if paged_attention is not None else (
             env_flag(environ, "MISTRALRS_PAGED_ATTN", default=mode == "default"))
         no_fallback = env_flag(environ, "MISTRALRS_NO_FALLBACK")
-        self._dispatchers = {
-            "attention": Dispatcher("attention", self.attention_backends, "attention", no_fallback),
-            "paged_attention": Dispatcher("paged_attention", self.attention_backends, "paged_attention", no_fallback),
-            "linear": Dispatcher("linear", self.matmul_backends, "linear", no_fallback),
-            "int8_linear": Dispatcher("int8_linear", self.matmul_backends, "int8_linear", no_fallback),
-        }
-        # The caches themselves are attributes: one attribute load fewer per call.
-        self._attention, self._attention_cache = self._dispatchers["attention"], self._dispatchers["attention"].cache
-        self._paged, self._paged_cache = self._dispatchers["paged_attention"], self._dispatchers["paged_attention"].cache
-        self._linear, self._linear_cache = self._dispatchers["linear"], self._dispatchers["linear"].cache
-        self._int8, self._int8_cache = self._dispatchers["int8_linear"], self._dispatchers["int8_linear"].cache
+        read_values = env_flag(environ, "MISTRALRS_CHECK_INPUTS")
+        self._dispatchers = {op.name: Dispatcher(op, backends[op.kind], no_fallback=no_fallback,
+                                                 read_values=read_values) for op in OPS}
+        for name, dispatcher in self._dispatchers.items():
+            setattr(self, name, dispatcher)  # the op is the dispatcher itself: no extra call on the hot path
+        if not self.paged_attention_enabled:
+            self.paged_attention = self._paged_attention_refused
+        if dry_run:
+            for name in self._dispatchers:
+                setattr(self, name, self._dry_run_refused)
         self._communicator: Communicator | None = None
 
     @classmethod
     def create(cls, features: str | None = None, *, system: SystemSnapshot | None = None,
                paged_attention: bool | None = None, environ: Mapping[str, str] | None = None,
-               manager: PluginManager | None = None) -> Runtime:
-        """Discover plugins, resolve the selection in force (``features`` overrides it) and bind."""
+               manager: PluginManager | None = None, dry_run: bool = False) -> Runtime:
+        """Discover plugins, resolve the selection in force (``features`` overrides it) and bind.
+
+        ``system`` describing another machine (a profile, a --system file) needs ``dry_run=True``: such a runtime
+        explains what would be bound there, and its ops refuse to run here.
+        """
+        if features is not None and not isinstance(features, str):
+            raise ConfigError(f"features={features!r} must be a string like 'cuda cudnn', 'auto' or 'none'")
+        if system is not None and not isinstance(system, SystemSnapshot):
+            raise ConfigError(f"system={system!r} must be a SystemSnapshot (mistralrs_torch.load_system(NAME_OR_FILE))")
         environ = os.environ if environ is None else environ
         manager = manager or PluginManager(environ=environ)
         snapshot = system or manager.probe_system()
         resolution = resolve(manager.features, manager.broken, read_selection(features, environ), snapshot, environ)
-        return cls(resolution, manager, paged_attention=paged_attention, environ=environ)
+        return cls(resolution, manager, paged_attention=paged_attention, environ=environ, dry_run=dry_run)
 
-    # -- ops: the hot path is a dict lookup and a direct call -------------------------------------
+    def _dry_run_refused(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedCallError(f"this runtime is a dry run for {self.resolution.system.source}: its ops do not run "
+                                   "here; create one without system= (and dry_run) to run ops on this machine")
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                  mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
-        """Dense attention over (batch, heads, seq, head size); causal masks align bottom-right."""
-        q_shape, k_shape = q.shape, k.shape
-        # "aligned" (q_len == k_len) is part of the signature: kernels whose causal mask is
-        # top-left (torch's flash and cuDNN SDPA) are right only when both alignments agree.
-        key = (q.dtype, q.device, q_shape[-1], q_shape[1] == k_shape[1], q_shape[-2] == k_shape[-2], causal,
-               None if mask is None else mask.dtype)
-        function = self._attention_cache.get(key)
-        if function is None:
-            function = self._attention.bind(key, CallSpec("attention", _dtype(q.dtype), q.device.type, q_shape[-1],
-                                                          _mask_kind(causal, mask),
-                                                          {"gqa": q_shape[1] != k_shape[1],
-                                                           "aligned": q_shape[-2] == k_shape[-2]}))
-        return function(q, k, v, causal=causal, mask=mask, scale=scale)
+    def _paged_attention_refused(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise UnsupportedCallError(
+            f"paged attention is opt-in on {self.device.feature}: create the runtime with "
+            "Runtime.create(paged_attention=True), pass --paged-attn, or set MISTRALRS_PAGED_ATTN=1")
 
-    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        block_table: torch.Tensor, seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-        """Attention of q (batch, heads, q len, D) against a block-table KV cache (blocks, block size, kv heads, D)."""
-        if not self.paged_attention_enabled:
-            raise UnsupportedCallError(
-                f"paged attention is opt-in on {self.device.feature}: pass --paged-attn or set MISTRALRS_PAGED_ATTN=1")
-        key = (q.dtype, q.device, q.shape[-1], k_cache.shape[1], q.shape[1] == k_cache.shape[2])
-        function = self._paged_cache.get(key)
-        if function is None:
-            function = self._paged.bind(key, CallSpec("paged_attention", _dtype(q.dtype), q.device.type, q.shape[-1],
-                                                      "causal", {"block_size": k_cache.shape[1],
-                                                                 "gqa": q.shape[1] != k_cache.shape[2]}))
-        return function(q, k_cache, v_cache, block_table, seq_lens, scale=scale)
+    def prepare_quantized(self, weight: QuantizedWeight, dtype: torch.dtype, *,
+                          device: str | None = None) -> PreparedWeight:
+        """Prepare a group-wise quantized weight once, at load, for activations of ``dtype`` on ``device``
+        (default: the runtime's device).
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ weight.T + bias, weight of shape (out, in)."""
-        key = (x.dtype, x.device)
-        function = self._linear_cache.get(key)
-        if function is None:
-            function = self._linear.bind(key, CallSpec("linear", _dtype(x.dtype), x.device.type))
-        return function(x, weight, bias)
-
-    def int8_linear(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ (weight * scale[:, None]).T + bias for an int8 weight (out, in) with one scale per output channel."""
-        key = (x.dtype, x.device, weight.shape[1])
-        function = self._int8_cache.get(key)
-        if function is None:
-            function = self._int8.bind(key, CallSpec("int8_linear", _dtype(x.dtype), x.device.type,
-                                                     extra={"in_features": weight.shape[1]}))
-        return function(x, weight, scale, bias)
+        The backend that ``quantized_linear`` will run for this signature prepares it into its own layout; pass
+        the result to every ``quantized_linear`` call.
+        """
+        quantized_weight_check(weight)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise OpInputError(f"prepare_quantized: dtype={dtype!r} must be a floating torch dtype (the activations')")
+        target = device or self.device.torch_device
+        in_features = weight.shape[1]
+        call = CallSpec("quantized_linear", dtype_name(dtype), target.split(":")[0],
+                        in_features=in_features, bits=weight.bits, group_size=weight.group_size,
+                        symmetric=weight.symmetric)
+        return self._dispatchers["quantized_linear"].prepare(weight, call, target)
 
     # -- devices and collectives ------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from mistralrs_torch.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, T
 __all__ = [
     "CPU",
     "BlasInfo",
+    "FactsOnFirstUse",
     "GPU",
     "GPUFacts",
     "HARDWARE_CLASSES",
@@ -32,7 +33,7 @@ def __getattr__(name: str) -> object:
         from mistralrs_torch.system import _blas
 
         return getattr(_blas, name)
-    if name in ("GPUFacts", "cuda_init_error"):
+    if name in ("FactsOnFirstUse", "GPUFacts", "cuda_init_error"):
         from mistralrs_torch.system import _gpu_facts
 
         return getattr(_gpu_facts, name)

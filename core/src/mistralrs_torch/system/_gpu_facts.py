@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mistralrs_torch.system._snapshot import SystemSnapshot
 
-__all__ = ["GPUFacts", "cuda_init_error"]
+__all__ = ["FactsOnFirstUse", "GPUFacts", "cuda_init_error"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,26 @@ class GPUFacts:
                 for i in range(torch.cuda.device_count())]
         capability, name = min(gpus)
         return cls((int(capability[0]), int(capability[1])), name)
+
+
+class FactsOnFirstUse:
+    """For backends: ``self.facts`` is the facts given at construction, or torch's answer on first use.
+
+    Hooks that create backends must not probe (they run at every bind, before any call); asking
+    torch the first time a support question needs the facts moves that work to bind time. A
+    subclass whose facts are richer overrides :meth:`facts_from_torch`.
+    """
+
+    _facts: GPUFacts | None = None
+
+    def facts_from_torch(self) -> GPUFacts:
+        return GPUFacts.from_torch()
+
+    @property
+    def facts(self) -> GPUFacts:
+        if self._facts is None:
+            self._facts = self.facts_from_torch()
+        return self._facts
 
 
 def cuda_init_error() -> str:

@@ -62,12 +62,44 @@ def discovery_loads_it_healthy_with_these_manifests(p: PluginUnderTest) -> None:
         f"{p.entry_point} declares {[m.name for m in declared]}, expected {[m.name for m in p.manifests]}"
 
 
-def exclusions_are_declared_on_both_sides(p: PluginUnderTest) -> None:
-    installed = {f.manifest.name: f.manifest for f in PluginManager(environ={}, strict=False).features}
+def requirements_name_installed_features(p: PluginUnderTest) -> None:
+    """requires and auto_enables must name features some installed plugin provides (or this plugin itself)."""
+    installed = {f.manifest.name for f in PluginManager(environ={}, strict=False).features}
+    for m in p.manifests:
+        unknown = sorted((set(m.requires) | set(m.auto_enables)) - installed)
+        assert not unknown, (f"{m.name} requires {', '.join(unknown)}, which no installed plugin provides: install the "
+                             f"plugin that ships {', '.join(unknown)} (see install_hints) or remove the requirement")
+
+
+def exclusions_are_enforced(p: PluginUnderTest) -> None:
+    """Selecting a feature together with one it excludes is rejected, whichever side declares the exclusion.
+
+    A third party cannot edit the manifest it competes with: one side is enough, resolution enforces it both ways.
+    """
+    manager = PluginManager(environ={}, strict=False)
+    installed = {f.manifest.name for f in manager.features}
     for m in p.manifests:
         for other in m.excludes:
-            if other in installed:
-                assert m.name in installed[other].excludes, f"{m.name} excludes {other} but {other} does not exclude it"
+            if other not in installed:
+                continue
+            rule = check_exclusion(manager, m.name, other)
+            assert rule, (f"selecting {m.name} and {other} together was not rejected as mutually exclusive, "
+                          f"though {m.name} excludes {other}")
+
+
+def check_exclusion(manager: PluginManager, a: str, b: str) -> bool:
+    """Whether an explicit selection of ``a`` and ``b`` fails with an exclusion (on an all-capable profile)."""
+    from mistralrs_torch._errors import SelectionError
+    from mistralrs_torch.resolution import Selection, resolve
+    from mistralrs_torch.system import load_system
+
+    for profile in ("h100", "apple-m2", "xeon-cpu"):
+        try:
+            resolve(manager.features, manager.broken, Selection("explicit", (a, b), "kit"), load_system(profile), {})
+        except SelectionError as exc:
+            if any(v.rule == "excludes" for v in exc.violations):
+                return True
+    return False
 
 
 def entry_point_imports_no_heavy_modules(p: PluginUnderTest) -> None:
@@ -85,6 +117,7 @@ CONTRACT_CHECKS: tuple[Callable[[PluginUnderTest], None], ...] = (
     entry_point_is_registered_by_its_distribution,
     manifests_are_complete,
     discovery_loads_it_healthy_with_these_manifests,
-    exclusions_are_declared_on_both_sides,
+    requirements_name_installed_features,
+    exclusions_are_enforced,
     entry_point_imports_no_heavy_modules,
 )

@@ -1,9 +1,14 @@
-"""The conformance kit: run one installed plugin's backends against the contract and the CPU reference.
+"""The conformance kit: judge one installed plugin against the contract and the float64 references.
 
-For each backend of each active feature of the plugin: every case it claims is
-computed and compared with the float64 reference; every case it refuses must
-come with a reason; an unknown dtype must be refused, not raise. Features that
-cannot run here are skipped with their reason.
+Static checks first (entry point, manifests, discovery, light imports,
+requirements and exclusions). Then each feature of the plugin (or those named)
+is forced active on its own, explicitly selected with what it requires, whatever
+auto mode would pick; every backend it returns runs every case of every op it
+implements, in every dtype, on every device the selection has (the verification
+engine of :mod:`mistralrs_torch.testing._verify`). A feature that cannot run on
+this machine is skipped with its reason. The verdict is "failed" when anything
+failed, "passed" when nothing failed and at least one backend case (or the
+two-rank communicator check) ran, and "skipped" when only static checks ran.
 """
 
 from __future__ import annotations
@@ -11,109 +16,109 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-
-from mistralrs_torch.doctor._verify import TOLERANCE
-from mistralrs_torch.ops import AttentionBackend, CallSpec, CollectiveBackend, Device, MatmulBackend
-from mistralrs_torch.plugins import PluginManager
+from mistralrs_torch._errors import SelectionError
+from mistralrs_torch.ops import BACKEND_KINDS, BACKEND_PROTOCOLS, CallSpec, Device, op_methods, op_spec
+from mistralrs_torch.plugins import InstalledFeature, PluginManager
 from mistralrs_torch.plugins._builtin import PLUGIN_NAME as BUILTIN
-from mistralrs_torch.resolution import FeatureStatus, Selection, resolve
-from mistralrs_torch.runtime import kernel
-from mistralrs_torch.testing._cases import OpCase, op_cases
+from mistralrs_torch.resolution import Resolution, Selection, resolve
+from mistralrs_torch.testing._verify import TOLERANCES, CaseResult, run_case
 
-__all__ = ["KitResult", "run_kit"]
+__all__ = ["VERDICT_EXIT_CODES", "KitReport", "KitResult", "run_kit"]
 
-_METHODS = {"attention": ("attention", "paged_attention"), "matmul": ("linear", "int8_linear")}
-_HOOKS = {"attention": ("mistralrs_attention_backends", AttentionBackend),
-          "matmul": ("mistralrs_matmul_backends", MatmulBackend),
-          "collectives": ("mistralrs_collective_backends", CollectiveBackend)}
+#: Verdict -> exit status of `mistralrs plugins test` (5 is pytest's "no tests ran").
+VERDICT_EXIT_CODES = {"passed": 0, "failed": 1, "skipped": 5}
+#: Rules whose violation means "this machine cannot run it" (skipped), not "the plugin is wrong" (failed).
+_CANNOT_RUN_HERE = ("platform", "cpu", "gpu", "compute-capability", "library", "module", "disabled-by", "requires")
 
 
 @dataclass(frozen=True)
 class KitResult:
-    """One line of the kit's report: "passed", "failed" or "skipped", with what and why."""
+    """One line of the kit's report: "passed", "failed" or "skipped", what and why.
+
+    ``ran`` is true when backend code ran (cases were computed and compared); ``cases`` holds each case.
+    """
 
     check: str
     status: str
     detail: str = ""
+    ran: bool = False
+    cases: tuple[CaseResult, ...] = field(default=(), repr=False)
 
 
-def _compare(case: OpCase, function: Callable[..., torch.Tensor], dtype: str, device: str) -> tuple[bool, str]:
-    args, kwargs = case.build(torch.Generator().manual_seed(0))
-    torch_dtype = getattr(torch, dtype)
-    cast = tuple(a.to(device=device, dtype=torch_dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
-                 else a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-    cast_kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+@dataclass(frozen=True)
+class KitReport:
+    """Everything the kit found for one plugin, and its verdict."""
+
+    plugin: str
+    features: tuple[str, ...]
+    results: tuple[KitResult, ...]
+
+    @property
+    def verdict(self) -> str:
+        if any(r.status == "failed" for r in self.results):
+            return "failed"
+        return "passed" if any(r.ran and r.status == "passed" for r in self.results) else "skipped"
+
+    @property
+    def exit_code(self) -> int:
+        return VERDICT_EXIT_CODES[self.verdict]
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.results) for s in ("passed", "failed", "skipped")}
+
+
+def _odd_call_result(backend: object, op: str, device: str, name: str) -> KitResult | None:
+    """A call no backend can run (int8 activations) must be refused with a reason, not claimed or raised."""
     try:
-        out = function(*cast, **cast_kwargs)
-    except Exception as exc:  # noqa: BLE001 - a claimed call that raises is a failure to report, not to propagate
-        return False, f"claimed it, then raised {type(exc).__name__}: {exc}"
-    as_numpy = [a.detach().cpu().double().numpy() if isinstance(a, torch.Tensor) and a.is_floating_point()
-                else a.cpu().numpy() if isinstance(a, torch.Tensor) else a for a in cast]
-    numpy_kwargs = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    expected = case.reference(*as_numpy, **numpy_kwargs)
-    got = out.detach().cpu().double().numpy()
-    if got.shape != expected.shape:
-        return False, f"claimed it, returned shape {got.shape}, expected {expected.shape}"
-    if not np.isfinite(got).all():
-        return False, "claimed it, returned NaN or infinity"
-    error = float(np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max())))
-    if error > TOLERANCE[dtype]:
-        return False, f"claimed it, max relative error {error:.2e} > tolerance {TOLERANCE[dtype]:.0e}"
-    return True, f"max error {error:.1e}"
+        odd = backend.supports(CallSpec(op, "int8", device))  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - support questions must be answered, never raised
+        return KitResult(name, "failed", f"supports() raised {type(exc).__name__} for an int8-activation call "
+                                         "instead of refusing it with a reason")
+    if odd.ok or not odd.reason:
+        return KitResult(name, "failed", "claims, or refuses without a reason, an int8-activation call, which no "
+                                         "backend can run")
+    return None
 
 
-def _check_backend(backend: object, kind: str, devices: list[str]) -> list[KitResult]:
+def _check_backend(backend: object, kind: str, devices: Sequence[str]) -> list[KitResult]:
     results = []
-    name = f"{kind} backend {getattr(backend, 'name', '?')} ({getattr(backend, 'feature', '?')})"
-    for method in _METHODS[kind]:
-        if not callable(getattr(backend, method, None)):
+    label = f"{kind} backend {getattr(backend, 'name', '?')} ({getattr(backend, 'feature', '?')})"
+    for op in op_methods(BACKEND_PROTOCOLS[kind]):
+        if not callable(getattr(backend, op, None)):
             continue
-        claimed = refused = failed = 0
+        spec = op_spec(op)
+        name = f"{label} {op}"
+        cases: list[CaseResult] = []
+        odd = None
         for device in devices:
-            kind_of_device = device.split(":")[0]
-            try:
-                odd = backend.supports(CallSpec(method, "int8", kind_of_device))  # type: ignore[attr-defined]
-            except Exception as exc:  # noqa: BLE001 - support questions must be answered, never raised
-                results.append(KitResult(f"{name} {method}", "failed", f"supports() raised {type(exc).__name__} for an "
-                                         "int8-activation call instead of refusing it with a reason"))
-                continue
-            if odd.ok or not odd.reason:
-                results.append(KitResult(f"{name} {method}", "failed", "claims or refuses without reason an int8 "
-                                         "activation call, which no backend can run"))
-            for dtype in TOLERANCE:
-                for case in op_cases(method):
-                    call = CallSpec(method, dtype, kind_of_device, case.head_size, case.mask, case.extra)
-                    support = backend.supports(call)  # type: ignore[attr-defined]
-                    if not support.ok:
-                        refused += 1
-                        if not support.reason:
-                            failed += 1
-                            results.append(KitResult(f"{name} {method} [{case.name}, {dtype}, {device}]", "failed",
-                                                     "refused without a reason"))
-                        continue
-                    claimed += 1
-                    ok, detail = _compare(case, kernel(backend, method, call), dtype, device)
-                    if not ok:
-                        failed += 1
-                        results.append(KitResult(f"{name} {method} [{case.name}, {dtype}, {device}]", "failed", detail))
-        if not claimed:
-            results.append(KitResult(f"{name} {method}", "failed", f"claims none of the kit's cases on {', '.join(devices)}"))
-        elif not failed:
-            results.append(KitResult(f"{name} {method}", "passed", f"{claimed} claimed cases match the float64 "
-                                     f"reference; {refused} refused, each with a reason"))
+            odd = odd or _odd_call_result(backend, op, device.split(":")[0], name)
+            for dtype in TOLERANCES:
+                cases += [run_case(backend, spec, case, dtype, device) for case in spec.load_cases()()]
+        claimed = [c for c in cases if c.status != "refused"]
+        failed = [c for c in cases if c.status == "failed"]
+        refused = len(cases) - len(claimed)
+        if odd is not None:
+            results.append(odd)
+        if failed:
+            first = failed[0]
+            results.append(KitResult(name, "failed", f"{len(failed)} of {len(cases)} cases fail; first: "
+                                     f"[{first.case}, {first.dtype}, {first.device}] {first.detail}",
+                                     ran=any(c.max_error is not None for c in cases), cases=tuple(cases)))
+        elif not claimed:
+            results.append(KitResult(name, "failed", f"claims none of the kit's {len(cases)} cases on "
+                                     f"{', '.join(devices)}", cases=tuple(cases)))
+        else:
+            results.append(KitResult(name, "passed", f"{len(claimed)} claimed cases match the float64 reference; "
+                                     f"{refused} refused, each with a reason", ran=True, cases=tuple(cases)))
     return results
 
 
-def _check_communicator(feature: str, status: FeatureStatus, environ: Mapping[str, str]) -> KitResult:
+def _check_communicator(feature: str, environ: Mapping[str, str]) -> KitResult:
     """Two ranks over `mistralrs launch --backend FEATURE`, each checking every collective."""
     check = f"communicator of {feature} across 2 ranks"
-    if status.status == "unavailable":
-        return KitResult(check, "skipped", f"{feature} cannot run here: {status.reasons[0] if status.reasons else ''}")
     env = {k: v for k, v in {**os.environ, **environ}.items() if not k.startswith(("MISTRALRS_", "RING_CONFIG"))}
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [sys.executable, "-m", "mistralrs_torch", "launch", "-n", "2", "--backend", feature, "--",
@@ -121,16 +126,61 @@ def _check_communicator(feature: str, status: FeatureStatus, environ: Mapping[st
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
     except subprocess.TimeoutExpired:
-        return KitResult(check, "failed", "the two ranks did not finish within 180 s")
+        return KitResult(check, "failed", "the two ranks did not finish within 180 s", ran=True)
     lines = [line for line in done.stdout.splitlines() if "KIT rank" in line]
     if done.returncode != 0 or len(lines) != 2:
         tail = (done.stdout + done.stderr).strip().splitlines()[-6:]
-        return KitResult(check, "failed", f"exit status {done.returncode}: " + " | ".join(lines or tail))
-    return KitResult(check, "passed", "all_reduce sum/max, all_gather, broadcast in fp32/fp16/bf16 and barrier agree")
+        return KitResult(check, "failed", f"exit status {done.returncode}: " + " | ".join(lines or tail), ran=True)
+    return KitResult(check, "passed", "all_reduce sum/max, all_gather, broadcast in fp32/fp16/bf16 and barrier agree",
+                     ran=True)
 
 
-def run_kit(entry_point: str, environ: Mapping[str, str] | None = None) -> list[KitResult]:
-    """Run the contract checks and the backend checks on one installed plugin."""
+def _check_single_process(backend: object) -> KitResult:
+    """The built-in communicator of a world of one: every collective is the identity."""
+    import torch
+
+    check = f"communicator of {getattr(backend, 'feature', '?')} in a single process"
+    communicator = backend.communicator({})  # type: ignore[attr-defined]
+    tensor = torch.arange(6, dtype=torch.float32)
+    outcomes = {
+        "rank 0 of 1": (communicator.rank, communicator.world_size) == (0, 1),
+        "all_reduce sum and max": all(torch.equal(communicator.all_reduce(tensor.clone(), op), tensor)
+                                      for op in ("sum", "max")),
+        "all_gather": [t.tolist() for t in communicator.all_gather(tensor)] == [tensor.tolist()],
+        "broadcast": torch.equal(communicator.broadcast(tensor.clone(), 0), tensor),
+        "barrier": communicator.barrier() is None,
+    }
+    wrong = [name for name, ok in outcomes.items() if not ok]
+    if wrong:
+        return KitResult(check, "failed", f"wrong: {', '.join(wrong)}", ran=True)
+    return KitResult(check, "passed", "rank 0 of 1; all_reduce, all_gather, broadcast and barrier are the identity",
+                     ran=True)
+
+
+def _forced(feature: InstalledFeature, manager: PluginManager, environ: Mapping[str, str],
+            system: object) -> tuple[Resolution | None, KitResult | None]:
+    """The feature explicitly selected with everything it requires, or why that cannot be here."""
+    wanted: list[str] = []
+    pending = [feature.manifest.name]
+    manifests = {f.manifest.name: f.manifest for f in manager.features}
+    while pending:
+        name = pending.pop()
+        if name not in wanted:
+            wanted.append(name)
+            pending += list(manifests[name].requires) if name in manifests else []
+    selection = Selection("explicit", tuple(wanted), f"plugins test (forcing {feature.manifest.name})")
+    try:
+        return resolve(manager.features, manager.broken, selection, system, environ), None  # type: ignore[arg-type]
+    except SelectionError as exc:
+        reasons = "; ".join(str(v) for v in exc.violations)
+        status = "skipped" if all(v.rule in _CANNOT_RUN_HERE for v in exc.violations) else "failed"
+        prefix = "cannot run here" if status == "skipped" else "cannot be selected"
+        return None, KitResult(f"feature {feature.manifest.name}", status, f"{prefix}: {reasons}")
+
+
+def run_kit(entry_point: str, features: Sequence[str] | None = None,
+            environ: Mapping[str, str] | None = None) -> KitReport:
+    """Run the contract checks and, for each feature (or those named), every backend case on this machine."""
     from mistralrs_torch.testing._contract import CONTRACT_CHECKS, PluginUnderTest
 
     environ = {} if environ is None else environ
@@ -138,16 +188,22 @@ def run_kit(entry_point: str, environ: Mapping[str, str] | None = None) -> list[
     mine = [f for f in manager.features if f.plugin.name == entry_point]
     broken = [b for b in manager.broken if b.plugin.name == entry_point]
     if broken:
-        return [KitResult("discovery", "failed", f"{broken[0].stage}: {broken[0].error}")]
+        return KitReport(entry_point, (), (KitResult("discovery", "failed", f"{broken[0].stage}: {broken[0].error}"),))
     if not mine:
         installed = sorted({f.plugin.name for f in manager.features})
-        return [KitResult("discovery", "failed", f"no installed plugin named {entry_point!r}: installed plugins are "
-                          f"{', '.join(installed)}")]
+        return KitReport(entry_point, (), (KitResult("discovery", "failed", f"no installed plugin named "
+                                                     f"{entry_point!r}: installed plugins are {', '.join(installed)}"),))
+    names = [f.manifest.name for f in mine]
+    unknown = [n for n in features or () if n not in names]
+    if unknown:
+        return KitReport(entry_point, tuple(names), (KitResult("features", "failed", f"{entry_point} ships "
+                         f"{', '.join(names)}, not {', '.join(unknown)}: name features of this plugin"),))
     plugin = PluginUnderTest(entry_point, mine[0].plugin.distribution, tuple(f.manifest for f in mine))
     results = []
     for check in CONTRACT_CHECKS:
         if entry_point == BUILTIN and "entry_point" in check.__name__:
-            results.append(KitResult(check.__name__, "skipped", "the built-in plugin is part of the core, not an entry point"))
+            results.append(KitResult(check.__name__, "skipped", "the built-in plugin is part of the core, not an "
+                                                                 "entry point"))
             continue
         try:
             check(plugin)
@@ -156,28 +212,30 @@ def run_kit(entry_point: str, environ: Mapping[str, str] | None = None) -> list[
         else:
             results.append(KitResult(check.__name__, "passed"))
     system = manager.probe_system()
-    resolution = resolve(manager.features, manager.broken, Selection(), system, environ)
-    active = frozenset(resolution.active)
-    devices = [d.torch_device for d in manager.collect("mistralrs_devices", Device, active, system=system)]
-    for feature in mine:
-        status = resolution.status(feature.manifest.name)
-        if status.status != "active":
-            results.append(KitResult(f"feature {feature.manifest.name}", "skipped",
-                                     f"{status.status} here: {status.reasons[0] if status.reasons else ''}"))
-    for kind, (hook, protocol) in _HOOKS.items():
-        backends = [b for b in manager.collect(hook, protocol, active, **({} if kind == "collectives" else
-                                                                          {"system": system, "environ": environ}))
-                    if b.feature in {f.manifest.name for f in mine}]
-        for f in mine:
-            if kind in f.manifest.provides and f.manifest.name in active and not any(b.feature == f.manifest.name for b in backends):
-                results.append(KitResult(f"feature {f.manifest.name}", "failed",
-                                         f"active and declares it provides {kind}, but its plugin returns no {kind} backend"))
-        if kind in _METHODS:
+    for feature in (f for f in mine if not features or f.manifest.name in features):
+        resolution, problem = _forced(feature, manager, environ, system)
+        if resolution is None:
+            assert problem is not None
+            results.append(problem)
+            continue
+        active = frozenset(resolution.active)
+        devices = manager.collect("mistralrs_devices", Device, active, system=system)
+        # Judged on its own device feature's devices (cuda's for cudnn), or on all when it brings none (mkl).
+        own = [d.torch_device for d in devices if d.feature in (feature.manifest.name, *feature.manifest.requires)]
+        targets = own or [d.torch_device for d in devices]
+        for kind, hook in BACKEND_KINDS.items():
+            found = manager.collect(hook, BACKEND_PROTOCOLS[kind], active,
+                                    **({} if kind == "collectives" else {"system": system, "environ": environ}))
+            backends = [b for b in found if b.feature == feature.manifest.name]
+            if kind in feature.manifest.provides and not backends:
+                results.append(KitResult(f"feature {feature.manifest.name}", "failed",
+                                         f"declares it provides {kind}, but its plugin returns no {kind} backend"))
+            if kind == "collectives":
+                results += [_check_communicator(feature.manifest.name, environ) if feature.plugin.name != BUILTIN
+                            else _check_single_process(b) for b in backends]
+                continue
             for backend in backends:
-                results += _check_backend(backend, kind, devices)
-    for f in mine:
-        if "collectives" in f.manifest.provides:
-            results.append(_check_communicator(f.manifest.name, resolution.status(f.manifest.name), environ))
+                results += _check_backend(backend, kind, targets)
     late = [b for b in manager.broken if b.plugin.name == entry_point]
     results += [KitResult("hooks", "failed", f"{b.stage}: {b.error}") for b in late]
-    return results
+    return KitReport(entry_point, tuple(names), tuple(results))

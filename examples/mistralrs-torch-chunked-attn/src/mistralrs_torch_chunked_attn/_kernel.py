@@ -56,7 +56,7 @@ class ChunkedAttention:
 
     name = "chunked-attention"
     feature = "chunked-attn"
-    priority = 10
+    dispatch_priority = 10
     paged_attention = None
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:

@@ -13,7 +13,7 @@ ACCELERATE = FeatureManifest(
     platforms=("macos",),
     libraries=(LibraryRequirement("accelerate", missing="Apple Accelerate framework not found",
                                   fix="Accelerate ships with macOS: update macOS", label="Accelerate"),),
-    priority=50,
+    selection_priority=50,
     provides=("matmul",),
     recommended_for=("apple-silicon",),
 )

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from mistralrs_torch.generic import TorchAttention, TorchMatmul, dense_attention, sdpa_kernel_refusal
+from mistralrs_torch.generic import TorchAttention, TorchLayers, TorchMatmul, dense_attention, sdpa_kernel_refusal
 from mistralrs_torch.ops import CallSpec, Support
+from mistralrs_torch.system import FactsOnFirstUse
 from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label
 
-__all__ = ["CUDA_DTYPES", "CUDA_PRIORITY", "CUDNN_PRIORITY", "CudaSDPA", "CudnnAttention", "configure_cudnn",
-           "cuda_attention", "cuda_matmul", "torch_cudnn_check"]
+__all__ = ["CUDA_DTYPES", "CUDA_PRIORITY", "CUDNN_PRIORITY", "CudaSDPA", "CudnnAttention",
+           "cuda_attention", "cuda_layers", "cuda_matmul", "torch_cudnn_check"]
 
 #: Above the generic CPU backend (-1000); below cuDNN (200), FlashAttention-2 (300) and -3 (400).
 CUDA_PRIORITY = 100
@@ -32,7 +34,7 @@ CUDNN_GQA_BUG = "pytorch/pytorch#193893"
 
 
 def _bug_hits(facts: CudaFacts | None, call: CallSpec) -> bool:
-    return bool(call.extra.get("gqa")) and facts is not None and facts.capability is not None \
+    return bool(call.gqa) and facts is not None and facts.capability is not None \
         and facts.capability[0] == 10
 
 
@@ -43,23 +45,33 @@ def _expanded_heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            mask=mask, scale=scale)
 
 
-class CudaSDPA(TorchAttention):
-    """torch's SDPA on the GPU (it picks flash, memory-efficient, cuDNN or math per call); paged by a gather."""
+class CudaSDPA(FactsOnFirstUse, TorchAttention):
+    """torch's SDPA on the GPU (it picks flash, memory-efficient, cuDNN or math per call); paged by a gather.
 
-    def __init__(self, facts: CudaFacts | None = None) -> None:
+    ``cudnn`` says whether the cudnn feature is active: without it, torch's SDPA is kept off its cuDNN
+    kernel during this backend's calls (and nowhere else).
+    """
+
+    def __init__(self, facts: CudaFacts | None = None, *, cudnn: bool = True) -> None:
         super().__init__("cuda-sdpa", "cuda", CUDA_PRIORITY, "cuda", CUDA_DTYPES)
-        self.facts = facts
+        self._facts, self.cudnn = facts, cudnn
+
+    def facts_from_torch(self) -> CudaFacts:
+        return CudaFacts.from_torch()
 
     def kernel_for(self, call: CallSpec) -> Callable[..., torch.Tensor] | None:
+        if call.op not in ("attention", "paged_attention"):
+            return None
         # torch's dispatcher prefers cuDNN on compute capability 10.x, where cuDNN corrupts grouped-query
         # attention (CUDNN_GQA_BUG): hand it the key/value heads expanded, decided once per signature.
-        if call.op == "attention" and _bug_hits(self.facts, call):
-            return _expanded_heads_attention
-        return None
+        expanded = call.op == "attention" and _bug_hits(self.facts, call)
+        if self.cudnn:
+            return _expanded_heads_attention if expanded else None
+        return _cudnn_sdp_off(_expanded_heads_attention if expanded else getattr(self, call.op))
 
 
-def cuda_attention(facts: CudaFacts | None = None) -> CudaSDPA:
-    return CudaSDPA(facts)
+def cuda_attention(facts: CudaFacts | None = None, *, cudnn: bool = True) -> CudaSDPA:
+    return CudaSDPA(facts, cudnn=cudnn)
 
 
 def cuda_matmul() -> TorchMatmul:
@@ -67,17 +79,26 @@ def cuda_matmul() -> TorchMatmul:
     return TorchMatmul("cuda-matmul", "cuda", CUDA_PRIORITY, "cuda", CUDA_DTYPES)
 
 
-def configure_cudnn(cudnn_active: bool) -> dict[str, bool]:
-    """Set torch's cuDNN switches to what the selection says, and return what was set.
+def cuda_layers() -> TorchLayers:
+    """RMSNorm and rotary embedding in torch on the GPU."""
+    return TorchLayers("cuda-layers", "cuda", CUDA_PRIORITY, "cuda", CUDA_DTYPES)
 
-    With cudnn active, cuDNN is on and autotuned (``benchmark``: the faster convolutions the seed
-    promises); with cuda alone, cuDNN is off, as a build without the cudnn feature would be.
+
+def _cudnn_sdp_off(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``function`` with torch's cuDNN SDPA kernel switched off for the duration of each call only.
+
+    Without the cudnn feature, torch's SDPA must not pick cuDNN by itself; switching it off for the
+    process would reach into every other user of torch in it.
     """
-    torch.backends.cudnn.enabled = cudnn_active
-    torch.backends.cudnn.benchmark = cudnn_active
-    torch.backends.cuda.enable_cudnn_sdp(cudnn_active)
-    return {"torch.backends.cudnn.enabled": cudnn_active, "torch.backends.cudnn.benchmark": cudnn_active,
-            "torch.backends.cuda.cudnn_sdp_enabled": cudnn_active}
+    def without_cudnn(*args: Any, **kwargs: Any) -> torch.Tensor:
+        was = torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(was)
+
+    return without_cudnn
 
 
 def torch_cudnn_check(call: CallSpec) -> str:
@@ -111,7 +132,7 @@ def _cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
                      scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))[0]
 
 
-class CudnnAttention:
+class CudnnAttention(FactsOnFirstUse):
     """Dense attention through torch's cuDNN attention kernel (feature cudnn).
 
     It takes fp16/bf16, head sizes that are multiples of 8 up to 128, compute
@@ -123,18 +144,21 @@ class CudnnAttention:
 
     name = "cudnn-attention"
     feature = "cudnn"
-    priority = CUDNN_PRIORITY
+    dispatch_priority = CUDNN_PRIORITY
     #: torch exposes no paged cuDNN attention: paged calls are not a candidate here (cuda-sdpa gathers them).
     paged_attention = None
 
-    def __init__(self, facts: CudaFacts, check: Callable[[CallSpec], str] | None = None,
+    def __init__(self, facts: CudaFacts | None = None, check: Callable[[CallSpec], str] | None = None,
                  op_signature: tuple[str, ...] | None = None) -> None:
-        self.facts = facts
+        self._facts = facts
         self._check = check
         found = op_arguments(_cudnn_op) if op_signature is None else op_signature
         self._op_refusal = "" if found == CUDNN_OP_ARGUMENTS else (
             f"torch {torch.__version__} has no cuDNN attention op taking ({', '.join(CUDNN_OP_ARGUMENTS)}); "
             f"it has ({', '.join(found) or 'none'}): use torch 2.5 or newer")
+
+    def facts_from_torch(self) -> CudaFacts:
+        return CudaFacts.from_torch()
 
     def supports(self, call: CallSpec) -> Support:
         if call.device != "cuda":
@@ -145,6 +169,7 @@ class CudnnAttention:
             return Support(False, f"dtype {call.dtype} is not one of {', '.join(_HALF)} (cuDNN attention computes "
                                   "in half precision)")
         facts = self.facts
+        assert isinstance(facts, CudaFacts)
         if facts.unusable:
             return Support(False, facts.unusable)
         if self._op_refusal:
@@ -164,7 +189,7 @@ class CudnnAttention:
         if call.mask not in ("none", "causal"):
             return Support(False, f"mask {call.mask} is not taken: this backend runs causal or unmasked attention "
                                   "only (explicit masks go to the next backend)")
-        if call.mask == "causal" and not call.extra.get("aligned", False):
+        if call.mask == "causal" and not call.aligned:
             return Support(False, "causal attention with a query shorter or longer than the keys: cuDNN aligns the "
                                   "causal mask top-left, the op contract bottom-right")
         if _bug_hits(facts, call):

@@ -22,8 +22,8 @@ CUDA = FeatureManifest(
         missing="CUDA not found: torch was built without CUDA",
         fix="install a CUDA build of torch (on Linux x86_64, `pip install torch` from PyPI is one); "
             "nvcc is needed only to build kernels such as flash-attn"),),
-    priority=100,
-    provides=("device", "attention", "matmul"),
+    selection_priority=100,
+    provides=("device", "attention", "matmul", "layers"),
     paged_attention="default",
     env_vars=(EnvVar("CUDA_VISIBLE_DEVICES", "which GPUs are visible, by index or UUID"),),
     recommended_for=_NVIDIA,
@@ -41,7 +41,7 @@ CUDNN = FeatureManifest(
         fix="install the cuDNN wheel matching torch's CUDA (pip install nvidia-cudnn-cu12, or -cu13) "
             "and a torch built with cuDNN",
         label="cuDNN"),),
-    priority=90,
+    selection_priority=90,
     provides=("attention",),
     recommended_for=_NVIDIA,
 )

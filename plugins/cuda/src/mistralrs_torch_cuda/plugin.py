@@ -11,7 +11,7 @@ from mistralrs_torch.system import installed_version
 from mistralrs_torch_cuda._manifest import CUDA, CUDNN, CUDNN_WHEELS
 
 if TYPE_CHECKING:
-    from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, MatmulBackend
+    from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, LayerBackend, MatmulBackend
 
 
 @hookimpl
@@ -39,16 +39,14 @@ def mistralrs_devices(active: frozenset[str], system: SystemSnapshot) -> tuple[D
 def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBackend, ...]:
     if CUDA.name not in active:
         return ()
-    from mistralrs_torch_cuda._backends import CudnnAttention, configure_cudnn, cuda_attention, torch_cudnn_check
-    from mistralrs_torch_cuda._facts import CudaFacts
+    from mistralrs_torch_cuda._backends import CudnnAttention, cuda_attention, torch_cudnn_check
 
-    # Binding is the one moment the selection turns into torch state: cuDNN on (and autotuned)
-    # with cudnn, off without it.
-    configure_cudnn(CUDNN.name in active)
-    facts = CudaFacts.from_torch()
-    backends: list[AttentionBackend] = [cuda_attention(facts)]
-    if CUDNN.name in active:
-        backends.append(CudnnAttention(facts, None if facts.unusable else torch_cudnn_check))
+    # No probing and no torch state here: the backends ask torch for the GPU's facts when they first
+    # judge a call, and cuda-sdpa keeps torch off cuDNN only during its own calls when cudnn is not active.
+    cudnn = CUDNN.name in active
+    backends: list[AttentionBackend] = [cuda_attention(cudnn=cudnn)]
+    if cudnn:
+        backends.append(CudnnAttention(check=torch_cudnn_check))
     return tuple(backends)
 
 
@@ -57,8 +55,18 @@ def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ..
     if CUDA.name not in active:
         return ()
     from mistralrs_torch_cuda._backends import cuda_matmul
+    from mistralrs_torch_cuda._int4 import CudaInt4Matmul
 
-    return (cuda_matmul(),)
+    return (CudaInt4Matmul(), cuda_matmul())
+
+
+@hookimpl
+def mistralrs_layer_backends(active: frozenset[str]) -> tuple[LayerBackend, ...]:
+    if CUDA.name not in active:
+        return ()
+    from mistralrs_torch_cuda._backends import cuda_layers
+
+    return (cuda_layers(),)
 
 
 @hookimpl

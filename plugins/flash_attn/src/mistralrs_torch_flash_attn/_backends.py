@@ -19,7 +19,7 @@ import torch
 
 from mistralrs_torch.generic import sdpa_kernel_refusal
 from mistralrs_torch.ops import CallSpec, Support
-from mistralrs_torch.system import GPUFacts
+from mistralrs_torch.system import FactsOnFirstUse, GPUFacts
 
 __all__ = ["FA2_PRIORITY", "FA3_PRIORITY", "FlashAttention2", "FlashAttention3", "TorchFlashAttention",
            "torch_flash_check"]
@@ -71,16 +71,16 @@ def _parameters(function: Callable[..., object] | None) -> frozenset[str]:
         return frozenset()
 
 
-class FlashAttention2:
+class FlashAttention2(FactsOnFirstUse):
     """FlashAttention-2 from the flash-attn package: dense (flash_attn_func) and paged decode
     (flash_attn_with_kvcache with a block table), compute capability 8.0 and newer."""
 
     name = "flash-attn-package"
     feature = "flash-attn"
-    priority = FA2_PRIORITY
+    dispatch_priority = FA2_PRIORITY
 
-    def __init__(self, module: ModuleType, version: str, facts: GPUFacts) -> None:
-        self.module, self.version, self.facts = module, version, facts
+    def __init__(self, module: ModuleType, version: str, facts: GPUFacts | None = None) -> None:
+        self.module, self.version, self._facts = module, version, facts
         self._func = module.flash_attn_func
         self._kvcache = getattr(module, "flash_attn_with_kvcache", None)
         # flash-attn gained paged KV caches (block_table) in 2.5.0.
@@ -102,7 +102,7 @@ class FlashAttention2:
         if call.op == "paged_attention":
             if self._paged_refusal:
                 return Support(False, self._paged_refusal)
-            block = int(call.extra.get("block_size", 0))
+            block = call.block_size
             if block <= 0 or block % FA2_PAGE_MULTIPLE:
                 return Support(False, f"block size {block} is not a multiple of {FA2_PAGE_MULTIPLE}, which flash-attn's "
                                       f"paged KV cache needs: allocate the cache in blocks of {FA2_PAGE_MULTIPLE}")
@@ -121,7 +121,7 @@ class FlashAttention2:
         return _first(out).transpose(1, 2)
 
 
-class FlashAttention3:
+class FlashAttention3(FactsOnFirstUse):
     """FlashAttention-3 from flash_attn_interface (distribution flash_attn_3): Hopper only.
 
     Built from the import of the module at bind time; when that import failed,
@@ -131,10 +131,11 @@ class FlashAttention3:
 
     name = "flash-attn-v3"
     feature = "flash-attn-v3"
-    priority = FA3_PRIORITY
+    dispatch_priority = FA3_PRIORITY
 
-    def __init__(self, module: ModuleType | None, version: str, facts: GPUFacts, import_error: str = "") -> None:
-        self.module, self.version, self.facts = module, version, facts
+    def __init__(self, module: ModuleType | None, version: str, facts: GPUFacts | None = None,
+                 import_error: str = "") -> None:
+        self.module, self.version, self._facts = module, version, facts
         self._broken = import_error
         self._func = getattr(module, "flash_attn_func", None)
         self._kvcache = getattr(module, "flash_attn_with_kvcache", None)
@@ -193,7 +194,7 @@ def _torch_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
                      scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))[0]
 
 
-class TorchFlashAttention:
+class TorchFlashAttention(FactsOnFirstUse):
     """FlashAttention-2 as built into torch (SDPBackend.FLASH_ATTENTION), used when flash-attn is not installed.
 
     Dense only; its causal mask is top-left, so causal calls are taken only when
@@ -203,12 +204,13 @@ class TorchFlashAttention:
 
     name = "flash-attn-torch"
     feature = "flash-attn"
-    priority = FA2_PRIORITY
+    dispatch_priority = FA2_PRIORITY
     #: torch has no paged flash kernel: paged calls are not a candidate here (cuda-sdpa gathers them).
     paged_attention = None
 
-    def __init__(self, facts: GPUFacts, check: Callable[[CallSpec], str] | None = None, note: str = "") -> None:
-        self.facts, self._check, self.note = facts, check, note
+    def __init__(self, facts: GPUFacts | None = None, check: Callable[[CallSpec], str] | None = None,
+                 note: str = "") -> None:
+        self._facts, self._check, self.note = facts, check, note
         self._op_refusal = "" if _flash_op is not None else (
             f"torch {torch.__version__} has no aten._scaled_dot_product_flash_attention: install flash-attn "
             "(pip install flash-attn --no-build-isolation) or a newer torch")
@@ -225,7 +227,7 @@ class TorchFlashAttention:
         if self.facts.capability is None or not low <= self.facts.capability <= high:
             return Support(False, f"torch's FlashAttention-2 kernel needs compute capability {low[0]}.{low[1]} to "
                                   f"{high[0]}.{high[1]}; {self.facts.gpu or 'this GPU'} has {self.facts.cc_label}")
-        if call.mask == "causal" and not call.extra.get("aligned", False):
+        if call.mask == "causal" and not call.aligned:
             return Support(False, "causal attention with a query shorter or longer than the keys: torch's flash "
                                   "kernel aligns the causal mask top-left, the op contract bottom-right (install "
                                   "flash-attn for bottom-right causal: pip install flash-attn --no-build-isolation)")

@@ -36,7 +36,6 @@ def import_optional(module: str) -> tuple[ModuleType | None, str]:
 
 def flash_attn_backend(facts: GPUFacts | None = None) -> FlashAttention2 | TorchFlashAttention:
     """The flash-attn package when it imports; otherwise torch's built-in FlashAttention-2 kernel, saying why."""
-    facts = GPUFacts.from_torch() if facts is None else facts
     module, error = import_optional("flash_attn")
     if module is not None and hasattr(module, "flash_attn_func"):
         version = str(getattr(module, "__version__", "") or distribution_version("flash-attn", "flash_attn"))
@@ -44,12 +43,11 @@ def flash_attn_backend(facts: GPUFacts | None = None) -> FlashAttention2 | Torch
     if module is not None:
         error = "the flash_attn module has no flash_attn_func"
     note = f"flash-attn is installed but cannot be used ({error})" if error else ""
-    return TorchFlashAttention(facts, None if facts.unusable else torch_flash_check, note)
+    return TorchFlashAttention(facts, torch_flash_check, note)
 
 
 def flash_attn_v3_backend(facts: GPUFacts | None = None) -> FlashAttention3:
     """FlashAttention-3; when flash_attn_interface does not import, a backend that refuses every call with why."""
-    facts = GPUFacts.from_torch() if facts is None else facts
     module, error = import_optional("flash_attn_interface")
     if module is None:
         error = (f"flash_attn_interface does not import ({error}): rebuild FlashAttention-3 against this torch: "

@@ -34,13 +34,11 @@ def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBacke
     wanted = [name for name in (FLASH_ATTN_V3.name, FLASH_ATTN.name) if name in active]
     if not wanted:
         return ()
-    from mistralrs_torch.system import GPUFacts
     from mistralrs_torch_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
-    facts = GPUFacts.from_torch()
+    # The backends ask torch for the GPU's facts when they first judge a call, not here.
     # Resolution keeps at most one of the two (they exclude each other); both are handled anyway.
-    return tuple(flash_attn_v3_backend(facts) if name == FLASH_ATTN_V3.name else flash_attn_backend(facts)
-                 for name in wanted)
+    return tuple(flash_attn_v3_backend() if name == FLASH_ATTN_V3.name else flash_attn_backend() for name in wanted)
 
 
 @hookimpl

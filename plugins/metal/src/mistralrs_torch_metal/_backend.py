@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from mistralrs_torch.generic import TorchAttention, TorchMatmul
+from mistralrs_torch.generic import TorchAttention, TorchLayers, TorchMatmul
 from mistralrs_torch.ops import Device
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch_metal._manifest import METAL
 
-__all__ = ["MPS_PRIORITY", "mps_attention", "mps_devices", "mps_dtypes", "mps_matmul"]
+__all__ = ["MPS_PRIORITY", "mps_attention", "mps_devices", "mps_dtypes", "mps_layers", "mps_matmul"]
 
 MPS_PRIORITY = 100
 
@@ -33,3 +33,7 @@ def mps_attention() -> TorchAttention:
 
 def mps_matmul() -> TorchMatmul:
     return TorchMatmul("mps-matmul", "metal", MPS_PRIORITY, "mps", mps_dtypes())
+
+
+def mps_layers() -> TorchLayers:
+    return TorchLayers("mps-layers", "metal", MPS_PRIORITY, "mps", mps_dtypes())

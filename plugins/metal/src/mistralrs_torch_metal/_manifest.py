@@ -16,8 +16,8 @@ METAL = FeatureManifest(
     gpu=GPURequirement(vendor="apple", other_vendors=("amd",)),
     libraries=(LibraryRequirement("mps", missing="torch MPS backend not found",
                                   fix="install torch for macOS (pip install torch) on Apple Silicon or an AMD GPU"),),
-    priority=100,
-    provides=("device", "attention", "matmul"),
+    selection_priority=100,
+    provides=("device", "attention", "matmul", "layers"),
     paged_attention="opt-in",
     recommended_for=("apple-silicon",),
 )

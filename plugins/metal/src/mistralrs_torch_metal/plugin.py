@@ -9,7 +9,7 @@ from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs_torch_metal._manifest import METAL
 
 if TYPE_CHECKING:
-    from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, MatmulBackend
+    from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, LayerBackend, MatmulBackend
 
 
 @hookimpl
@@ -42,6 +42,15 @@ def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ..
     from mistralrs_torch_metal._backend import mps_matmul
 
     return (mps_matmul(),)
+
+
+@hookimpl
+def mistralrs_layer_backends(active: frozenset[str]) -> tuple[LayerBackend, ...]:
+    if METAL.name not in active:
+        return ()
+    from mistralrs_torch_metal._backend import mps_layers
+
+    return (mps_layers(),)
 
 
 @hookimpl

@@ -38,7 +38,7 @@ class MKLMatmul:
 
     name = "mkl-matmul"
     feature = "mkl"
-    priority = 100
+    dispatch_priority = 100
 
     def __init__(self, environ: Mapping[str, str], cpu_flags: Collection[str] = ()) -> None:
         self.blas = blas_info()
@@ -58,7 +58,7 @@ class MKLMatmul:
         if call.op == "int8_linear":
             if call.dtype not in _INT8:
                 return Support(False, f"int8 linear takes activations of {', '.join(_INT8)}, not {call.dtype}")
-            in_features = call.extra.get("in_features", 0)
+            in_features = call.in_features
             # torch's int8 kernel crashes or returns wrong sums for bfloat16 when K is not a multiple of 8.
             if call.dtype == "bfloat16" and in_features % 8:
                 return Support(False, f"bfloat16 int8 linear needs in_features divisible by 8, got {in_features}")

@@ -22,7 +22,7 @@ class NCCLCollectives:
 
     name = "nccl"
     feature = "nccl"
-    priority = 100
+    dispatch_priority = 100
     one_device_per_rank = True
 
     def communicator(self, environ: Mapping[str, str]) -> TorchDistributedCommunicator:

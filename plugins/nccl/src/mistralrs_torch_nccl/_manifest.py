@@ -27,7 +27,7 @@ NCCL = FeatureManifest(
                                       "(pip install nvidia-nccl-cu12, or -cu13)", label="NCCL"),),
     disabled_by=("MISTRALRS_NO_NCCL",),
     auto=AutoCondition(min_gpus=2),
-    priority=10,
+    selection_priority=10,
     provides=("collectives",),
     env_vars=(EnvVar(LOCAL_WORLD_SIZE_VAR, "number of GPUs to use (defaults to all; a power of two)"),
               EnvVar("MISTRALRS_NO_NCCL", "1 disables NCCL and uses device mapping instead"),

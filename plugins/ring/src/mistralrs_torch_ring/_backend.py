@@ -18,7 +18,7 @@ class GlooCollectives:
 
     name = "ring-gloo"
     feature = "ring"
-    priority = 100
+    dispatch_priority = 100
 
     def communicator(self, environ: Mapping[str, str]) -> TorchDistributedCommunicator:
         rendezvous = ring_rendezvous(environ)

@@ -24,7 +24,7 @@ RING = FeatureManifest(
     distribution="mistralrs-torch-ring",
     excludes=("nccl",),
     auto=AutoCondition(env_set=("RING_CONFIG",)),
-    priority=20,
+    selection_priority=20,
     provides=("collectives",),
     env_vars=(EnvVar("RING_CONFIG", "path to this process's ring JSON configuration", RING_CONFIG_FIELDS),
               *COLLECTIVE_ENV_VARS),
