@@ -29,6 +29,10 @@ TORCH_WORDS = {
     ("generic/_sdpa.py", "cuda"): "torch's device type",
     ("generic/_sdpa.py", "cudnn"): "the name of torch's cuDNN SDPA kernel",
     ("system/_blas.py", "mkl"): "the BLAS name torch's build configuration reports",
+    ("system/_schema.py", "cuda"): "TorchBuild's fields: how torch was built",
+    ("system/_schema.py", "cudnn"): "TorchBuild's fields: how torch was built",
+    ("system/_schema.py", "mkl"): "TorchBuild's fields: how torch was built",
+    ("ops/_contract.py", "cuda"): "torch's device type, in CallSpec's field documentation",
     # Examples in error messages, in files being changed elsewhere.
     ("resolution/_selection.py", "cuda"): "an example of a feature list in a config-file error",
     ("resolution/_selection.py", "cudnn"): "an example of a feature list in a config-file error",
@@ -50,12 +54,16 @@ def _plugin_names() -> set[str]:
 
 
 def _literals(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, text) of every string literal but docstrings, and of every imported module name."""
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    """(line, text) of every string literal but documentation (docstrings, a manifest field's ``_doc(...)``),
+    and of every imported module name."""
+    documentation = {id(node.body[0].value) for node in ast.walk(tree)
+                     if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                     and node.body and isinstance(node.body[0], ast.Expr)
+                     and isinstance(node.body[0].value, ast.Constant)}
+    documentation |= {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                      and isinstance(node.func, ast.Name) and node.func.id == "_doc" for inner in ast.walk(node)}
     found = [(node.lineno, node.value) for node in ast.walk(tree)
-             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in documentation]
     found += [(node.lineno, alias.name) for node in ast.walk(tree) if isinstance(node, ast.Import)
               for alias in node.names]
     found += [(node.lineno, node.module) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
@@ -99,7 +107,8 @@ def test_the_check_catches_a_plugin_name(source: str, name: str) -> None:
     assert [hit[1] for hit in _hits(source, _plugin_names())] == [name]
 
 
-def test_docstrings_and_words_containing_a_name_are_not_hits() -> None:
+def test_documentation_and_words_containing_a_name_are_not_hits() -> None:
     source = ('"""mentions cuda in a docstring"""\n'
-              'def f():\n    """and nccl here"""\n    return "during string ring-buffer"\n')
+              'def f():\n    """and nccl here"""\n    return "during string ring-buffer"\n'
+              'x: int = field(default=0, metadata=_doc("at least this many GPUs (nccl: 2)"))\n')
     assert _hits(source, _plugin_names()) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -209,13 +210,104 @@ def test_the_same_set_validates_as_a_ring(tmp_path: Path) -> None:
     (["-n", "2", "--backend", "nccl", "--", "true"], 1, "nccl needs an NVIDIA GPU"),
     (["-n", "3", "--backend", "ring", "--", "true"], 1, "ring needs a power of two >= 2 ranks, and -n 3 is not"),
     (["-n", "2", "--", "/nonexistent/command"], 1, "cannot start '/nonexistent/command'"),
-    (["-n", "0", "--", "true"], 2, "0 is not in the range x>=1"),
+    (["-n", "4096", "--backend", "ring", "--", "/nonexistent/command"], 1, "cannot start '/nonexistent/command'"),
+    (["-n", "0", "--", "true"], 2, "0 is not in the range 1<=x<=4096"),
+    (["-n", "1000000000", "--", "true"], 2, "is not in the range 1<=x<=4096"),
     (["-n", "2"], 2, "Missing argument 'COMMAND...'"),
+    (["-n", "2", "--backend", "", "--", "true"], 1, "--backend '' is not an installed collective feature"),
+    (["-n", "2", "--grace", "nan", "--", "true"], 2, "--grace 'nan' is not a number of seconds"),
+    (["-n", "2", "--grace", "1e308", "--", "true"], 2, "give 0..3600 seconds"),
+    (["-n", "2", "--master-addr", "no such host!", "--", "true"], 1, "is neither an IP address nor a host name"),
+    (["-n", "2", "--master-addr", "nonexistent.invalid", "--", "true"], 1, "cannot be resolved"),
+    (["-n", "2", "--master-addr", "192.0.2.1", "--", "true"], 1, "is not an address of this machine"),
 ])
 def test_bad_launches_fail_before_any_rank_runs(launch, args: list[str], code: int, words: str) -> None:
     if "nccl" in args and probe_system(environ={}).gpus_of("nvidia"):
         pytest.skip("an NVIDIA GPU is visible here")
+    started = time.monotonic()
     proc = launch(*args)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code and words in err, err
     assert "Traceback" not in err and out == ""
+    # Validated before anything is built (-n 4096 --backend ring once spent 20 minutes on config files first).
+    assert time.monotonic() - started < 30
+
+
+def test_a_port_in_use_is_refused_before_any_rank_runs(launch) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        proc = launch("-n", "2", "--master-port", str(port), "--", "true")
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and f"--master-port {port} is already in use" in err, err
+
+
+_COLLECTIVE_LOOP = """
+    from pathlib import Path
+    import torch
+    from mistralrs_torch import Runtime
+    comm = Runtime.create().communicator()
+    Path(os.environ["PIDS"], str(RANK)).write_text(str(os.getpid()))
+    t = torch.ones(1 << 20)
+    comm.all_reduce(t)
+    print("LOOPING", flush=True)
+    while True:  # almost all of the time inside gloo's all_reduce, where SIGINT waits for it to return
+        comm.all_reduce(t)
+"""
+
+
+def test_ctrl_c_stops_four_ranks_inside_a_collective_within_the_grace(launch, script, tmp_path: Path) -> None:
+    grace = 2.0
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MISTRALRS_COLLECTIVE_TIMEOUT": "120",
+           "MISTRALRS_RENDEZVOUS_TIMEOUT": "150", "PIDS": str(pids)}
+    proc = launch("-n", "4", "--backend", "ring", "--grace", str(grace), "--", sys.executable,
+                  script(_COLLECTIVE_LOOP), env=env)
+    assert proc.stdout is not None
+    looping = 0
+    while looping < 4:
+        line = proc.stdout.readline()
+        assert line, f"the launcher ended before its ranks looped: {proc.stderr.read() if proc.stderr else ''}"
+        looping += line.endswith("LOOPING\n")
+    time.sleep(0.5)  # every rank deep in its loop
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - interrupted
+    print(f"Ctrl-C to 4 ranks in all_reduce: launcher exited after {took:.2f}s (grace {grace:g}s)")
+    assert proc.returncode == 130, err
+    assert took < grace + 1.5, err  # SIGINT, SIGTERM at half the grace, SIGKILL at the grace: never later
+    assert _wait_dead([int(p.read_text()) for p in pids.iterdir()], seconds=5) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="stale folders are found by their free file lock (POSIX flock)")
+def test_the_folder_of_a_killed_launcher_is_removed_by_the_next_launch(launch, script) -> None:
+    code = script("""
+        print("config " + os.environ["RING_CONFIG"], flush=True)
+        time.sleep(120)
+        """)
+    proc = launch("-n", "2", "--backend", "ring", "--", sys.executable, code)
+    assert proc.stdout is not None
+    folders = {Path(proc.stdout.readline().split("config ", 1)[1].strip()).parents[1] for _ in range(2)}
+    (folder,) = folders
+    proc.kill()  # SIGKILL: the launcher cannot remove its folder; its ranks die with it (Linux)
+    proc.communicate()
+    assert folder.is_dir()
+    later = launch("-n", "2", "--backend", "ring", "--", "true")
+    later.communicate(timeout=60)
+    assert later.returncode == 0 and not folder.exists()
+
+
+def test_a_live_launchers_folder_is_never_swept(tmp_path: Path) -> None:
+    from mistralrs_torch.parallel._launch_folder import LaunchFolder
+
+    with LaunchFolder() as first:
+        stale = Path(first).parent / "stale-launch"
+        stale.mkdir(exist_ok=True)
+        (stale / ".lock").write_text("")  # a folder whose launcher is gone: nobody holds its lock
+        with LaunchFolder() as second:
+            assert Path(first).is_dir() and Path(second).is_dir() and not stale.exists()
+        assert not Path(second).exists()
+    assert not Path(first).exists()

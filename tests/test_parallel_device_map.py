@@ -101,7 +101,7 @@ def test_an_explicit_map_overrides(spec: object) -> None:
     ("2:8", "names '2', which is not a device here"),
     ("cuda:7:8", "not a device here"),
     ("zero:8", "is not DEVICE:LAYERS"),
-    ({"cuda:0": -1, "cuda:1": 9}, "give a count >= 0"),
+    ({"cuda:0": -1, "cuda:1": 9}, "give a count from 0 to"),
 ])
 def test_a_bad_explicit_map_names_the_entry(spec: object, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -192,7 +192,7 @@ def test_torchrun_variables() -> None:
 @pytest.mark.parametrize(("environ", "words"), [
     ({"RANK": "0"}, "WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not set"),
     ({"RANK": "4", "WORLD_SIZE": "4", "MASTER_ADDR": "a", "MASTER_PORT": "1"}, "RANK=4 is outside 0..3"),
-    ({"RANK": "0", "WORLD_SIZE": "0", "MASTER_ADDR": "a", "MASTER_PORT": "1"}, "WORLD_SIZE=0 is outside >= 1"),
+    ({"RANK": "0", "WORLD_SIZE": "0", "MASTER_ADDR": "a", "MASTER_PORT": "1"}, "WORLD_SIZE=0 is outside 1.."),
     ({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "a b", "MASTER_PORT": "1"}, "neither an IP address"),
     ({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "a", "MASTER_PORT": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK"),
 ])

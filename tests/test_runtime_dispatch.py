@@ -499,7 +499,6 @@ def test_paged_attention_on_by_default_for_a_device_feature_that_says_so(make_pl
     ({}, "fake:0"),
     ({"LOCAL_RANK": "2", "RANK": "6", "WORLD_SIZE": "8"}, "fake:2"),  # rank 6 is the third process on its machine
     ({"LOCAL_RANK": "5"}, "fake:1"),  # more ranks than devices share them round-robin, as torch's rank % count
-    ({"LOCAL_RANK": "x"}, "fake:0"),  # a malformed value is reported by the communicator, not here
 ])
 def test_a_launched_rank_defaults_to_its_local_rank_device(make_plugin, environ, expected) -> None:
     ep = make_plugin("fake-gpus", attention_body="", manifest={"provides": ("device",), "selection_priority": 10}, source="""
@@ -511,6 +510,13 @@ def test_a_launched_rank_defaults_to_its_local_rank_device(make_plugin, environ,
     assert pm.broken == () and "fake-gpus" in resolution.active
     assert runtime.device.torch_device == expected
     assert [d.torch_device for d in runtime.devices] == ["fake:0", "fake:1", "fake:2", "fake:3", "cpu"]
+
+
+@pytest.mark.parametrize("value", ["x", "\u00b2", "-1"])
+def test_a_malformed_local_rank_is_a_config_error_not_device_0(value: str) -> None:
+    # One strict reader of LOCAL_RANK everywhere: the runtime no longer falls back to the first device in silence.
+    with pytest.raises(mistralrs_torch.ConfigError, match="LOCAL_RANK="):
+        Runtime.create(environ={"LOCAL_RANK": value, "MISTRALRS_PLUGIN_AUTOLOAD": "0"})
 
 
 def test_paged_attention_cache_key_includes_block_size(make_plugin) -> None:

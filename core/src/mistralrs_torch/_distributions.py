@@ -19,8 +19,8 @@ from functools import lru_cache
 __all__ = [
     "PluginEntryPoint",
     "distribution_record",
-    "distribution_version",
     "installed_names",
+    "installed_version",
     "plugin_entry_points",
 ]
 
@@ -50,25 +50,37 @@ def _normalise(name: str) -> str:
 
 @lru_cache(maxsize=1)
 def _installed() -> dict[str, tuple[str, str]]:
-    """normalised distribution name -> (version, metadata folder), first on sys.path wins."""
+    """normalised distribution name -> (version, metadata folder), first on sys.path wins.
+
+    Wheels install ``NAME-VERSION.dist-info``; ``setup.py install`` (how FlashAttention-3 is built) leaves
+    ``NAME-VERSION-pyX.Y.egg-info`` beside the package, or a ``NAME-VERSION-pyX.Y.egg`` folder on sys.path.
+    """
     found: dict[str, tuple[str, str]] = {}
     for folder in sys.path:
+        if folder.endswith(".egg"):
+            name, _, version = os.path.basename(folder)[: -len(".egg")].partition("-")
+            found.setdefault(_normalise(name), (version.partition("-")[0], os.path.join(folder, "EGG-INFO")))
+            continue
         try:
             entries = os.scandir(folder or ".")
         except OSError:
             continue
         with entries:
             for entry in entries:
-                if entry.name.endswith(".dist-info"):
-                    name, _, version = entry.name[: -len(".dist-info")].partition("-")
-                    found.setdefault(_normalise(name), (version, entry.path))
+                if entry.name.endswith((".dist-info", ".egg-info")):
+                    name, _, version = entry.name.rsplit(".", 1)[0].partition("-")
+                    found.setdefault(_normalise(name), (version.partition("-")[0], entry.path))
     return found
 
 
-def distribution_version(name: str) -> str | None:
-    """The installed version of a distribution, or None when it is not installed."""
-    hit = _installed().get(_normalise(name))
-    return hit[0] if hit else None
+def installed_version(*names: str) -> str | None:
+    """The installed version of the first of these distributions that is installed, or None.
+
+    The one version lookup of mistralrs and its plugins: no ``importlib.metadata``, whose import alone
+    costs tens of milliseconds of every start-up.
+    """
+    hits = (_installed().get(_normalise(name)) for name in names)
+    return next((hit[0] for hit in hits if hit is not None), None)
 
 
 def installed_names() -> tuple[str, ...]:

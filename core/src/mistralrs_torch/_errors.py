@@ -14,6 +14,7 @@ __all__ = [
     "CollectiveError",
     "ConfigError",
     "FallbackError",
+    "InputError",
     "ManifestError",
     "MistralrsError",
     "OpInputError",
@@ -46,8 +47,24 @@ class ConfigError(MistralrsError):
     """A configuration the user supplied (environment variable, config file) is malformed."""
 
 
+class InputError(ConfigError):
+    """One input the user supplied (a file, a variable, an option) is malformed.
+
+    ``source`` names the input (a path, ``LOCAL_RANK='x'``, ``--grace 'x'``), ``field``
+    the part of it at fault ("" for the whole input, ``gpus[0].index`` inside a file),
+    ``problem`` what is wrong, phrased to follow the name ("is not a whole number"),
+    and ``fix`` what to do; callers that keep their own per-field records (ring's
+    problems) take them apart again.
+    """
+
+    def __init__(self, source: str, problem: str, fix: str, field: str = "") -> None:
+        self.source, self.field, self.problem, self.fix = source, field, problem, fix
+        where = f"{source}: {field}" if field else source
+        super().__init__(f"{where} {problem}: {fix}" if fix else f"{where} {problem}")
+
+
 class SystemProfileError(ConfigError):
-    """A system snapshot given with --system cannot be found or read."""
+    """A system snapshot given with --system cannot be found, read or validated."""
 
 
 @dataclass(frozen=True)

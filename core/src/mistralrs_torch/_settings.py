@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mistralrs_torch._errors import ConfigError
+from mistralrs_torch._errors import InputError
+from mistralrs_torch.validation import parse_flag, shown
 
 __all__ = ["CORE_ENV_VARS", "env_flag", "env_list"]
 
@@ -22,28 +23,29 @@ CORE_ENV_VARS = {
                               "slots) on every device; they always run for CPU tensors, and are off by default on "
                               "GPUs because reading values synchronises the device",
     "MISTRALRS_TRACEBACK": "1 shows a broken plugin's own traceback (as --traceback does)",
+    "MISTRALRS_DEBUG": "1 lets torch's own native messages (C++ warnings and stacks) reach the terminal while ranks "
+                       "start, instead of a log file that a start-up error names",
     "MISTRALRS_DEVICE_LAYERS": "explicit layer-to-device map when one process drives several devices, e.g. "
                                "'0:16;1:16' (layers per accelerator ordinal, in order); replaces the automatic map; "
                                "refused where the collective backend gives each process one device",
 }
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+#: Names a list variable may hold, and how long each may be (plugin and feature names are short).
+_MAX_ITEMS, _MAX_ITEM_LENGTH = 64, 100
 
 
 def env_flag(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
-    """A boolean variable; raises ConfigError on a value that is neither true nor false."""
+    """A boolean variable; raises InputError (a ConfigError) on a value that is neither true nor false."""
     raw = environ.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean: set {name}=1 or {name}=0")
+    return default if raw is None else parse_flag(raw, name)
 
 
 def env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
-    """A comma- or space-separated list variable, empty when unset."""
-    return tuple(item for item in environ.get(name, "").replace(",", " ").split() if item)
+    """A comma- or space-separated list variable, empty when unset; InputError past 64 names of 100 characters."""
+    items = tuple(item for item in environ.get(name, "").replace(",", " ").split() if item)
+    long = next((item for item in items if len(item) > _MAX_ITEM_LENGTH), None)
+    if long is not None or len(items) > _MAX_ITEMS:
+        problem = f"names {shown(long)}, longer than {_MAX_ITEM_LENGTH} characters" if long is not None else \
+            f"names {len(items)} entries, more than {_MAX_ITEMS}"
+        raise InputError(name, problem, f"list at most {_MAX_ITEMS} names, separated by commas or spaces")
+    return items

@@ -39,8 +39,10 @@ def test_by_default_a_launched_job_uses_no_more_gpus_than_ranks() -> None:
     ({}, 6, ["all 6 visible GPUs gives 6", "MISTRALRS_MN_LOCAL_WORLD_SIZE=4"]),
     ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "3"}, 8, ["power of two", "MISTRALRS_MN_LOCAL_WORLD_SIZE=2"]),
     ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "16"}, 8, ["asks for 16 GPUs but 8 are visible", "at most 8"]),
-    ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "two"}, 8, ["'two' is not a number of GPUs", "at most 8"]),
-    ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "0"}, 8, ["is not a number of GPUs"]),
+    ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "two"}, 8, ["'two' is not an integer", "number of GPUs", "at most 8"]),
+    ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "0"}, 8, ["=0 is outside 1..", "number of GPUs"]),
+    ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "\u00b2"}, 8, ["is not an integer (ASCII digits 0-9)"]),
+    ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "\u0662"}, 8, ["LOCAL_WORLD_SIZE=", "not an integer"]),
     ({"MISTRALRS_MN_LOCAL_WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "4"}, 8, ["make them agree"]),
 ])
 def test_broken_world_size_rules_say_the_value_and_the_fix(environ: dict, gpus: int, words: list[str]) -> None:

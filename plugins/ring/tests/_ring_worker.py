@@ -4,6 +4,9 @@
                                               tensors on DEV (default cpu; cuda/mps go through host memory)
     python _ring_worker.py fault VICTIM HOW   all_reduce in a loop; rank VICTIM kills itself (HOW=kill)
                                               or is stopped by the test (HOW=stop)
+    python _ring_worker.py join               only the start-up: a CollectiveError from it is the RESULT,
+                                              with the seconds the rendezvous took (it starts once the
+                                              file RING_WORKER_GO names exists, when that is set)
 
 The rank's configuration comes from RING_CONFIG, as in production. A rank
 prints one JSON line prefixed RESULT; exit status 0 (collectives passed),
@@ -115,8 +118,24 @@ def fault(comm: object, victim: int, how: str) -> None:
     sys.exit(4)
 
 
+def join(runtime: Runtime) -> None:
+    go = os.environ.get("RING_WORKER_GO")  # a file the test creates when this rank may start to join
+    while go and not os.path.exists(go):
+        time.sleep(0.05)
+    started = time.monotonic()
+    try:
+        runtime.communicator()
+    except CollectiveError as exc:
+        print("RESULT " + json.dumps({"rank": exc.rank, "peers": list(exc.peers), "timeout": exc.timeout,
+                                      "message": str(exc), "waited": time.monotonic() - started}), flush=True)
+        sys.exit(3)
+    sys.exit(4)
+
+
 def main() -> None:
     runtime = Runtime.create()
+    if sys.argv[1] == "join":
+        join(runtime)
     comm = runtime.communicator()
     assert type(comm).__name__ == "TorchDistributedCommunicator", comm
     if sys.argv[1] == "collectives":

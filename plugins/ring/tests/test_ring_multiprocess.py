@@ -52,11 +52,17 @@ class Ranks:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.exited: dict[int, float] = {}
 
-    def start(self, *args: str) -> None:
+    def start(self, *args: str, frozen: int | None = None) -> None:
+        """Start every rank; ``frozen`` is stopped (SIGSTOP) at once, long before it could join."""
         for rank, env in enumerate(self.envs):
             with open(self.folder / f"rank{rank}.out", "wb") as out, open(self.folder / f"rank{rank}.err", "wb") as err:
                 self.procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env, stdout=out,
                                                    stderr=err, start_new_session=True))
+            if rank == frozen:
+                os.kill(self.procs[-1].pid, signal.SIGSTOP)
+
+    def port(self) -> int:
+        return int(json.loads(Path(self.envs[0]["RING_CONFIG"]).read_text())["master_port"])
 
     def output(self, rank: int) -> str:
         return (self.folder / f"rank{rank}.out").read_text(errors="replace")
@@ -174,3 +180,54 @@ def test_a_frozen_rank_makes_the_survivor_fail_within_the_timeout(ranks: type, v
     # It waited for the timeout, not less: a frozen peer keeps its connections open.
     assert group.exited[survivor] - stopped >= TIMEOUT - 0.5
     assert group.procs[victim].poll() is None  # still frozen: the survivor did not need it to die
+
+
+#: Rendezvous timeout of the start-up fault test, and what a survivor may take beyond it: rank 0 waits up to a
+#: second for the others to read its verdict, and a rank's last poll of the store may be a tenth late.
+JOIN_TIMEOUT, JOIN_SLACK = 4.0, 2.0
+
+
+def test_a_rank_frozen_before_it_joins_is_named_by_every_survivor_within_the_timeout(ranks: type) -> None:
+    group = ranks(4)
+    for env in group.envs:
+        env["MISTRALRS_RENDEZVOUS_TIMEOUT"] = str(JOIN_TIMEOUT)
+    group.start("join", frozen=2)
+    survivors = [0, 1, 3]
+    group.wait(survivors, time.monotonic() + 150)  # bounded: importing torch on 4 ranks takes a while here
+    for r in survivors:
+        assert group.procs[r].returncode == 3, group.errors(r)
+        result = group.result(r)
+        assert result["peers"] == [2] and result["rank"] == r and result["timeout"] == JOIN_TIMEOUT, result
+        assert "rank 2 never joined" in result["message"] and "joined: 0, 1, 3" in result["message"], result
+        # The whole start-up wait is bounded by the timeout, as the message says (torch's retries included).
+        assert result["waited"] < JOIN_TIMEOUT + JOIN_SLACK, result
+        assert "frame #" not in group.errors(r) and "[W" not in group.errors(r), group.errors(r)  # torch kept quiet
+    print("start-up fault: seconds each survivor waited:",
+          {r: round(group.result(r)["waited"], 2) for r in survivors})
+    assert group.procs[2].poll() is None  # still frozen; the fixture wakes and kills it
+
+
+def test_a_store_host_frozen_at_start_up_fails_the_others_within_the_timeout(ranks: type) -> None:
+    """Rank 0 listens, then freezes: the kernel still accepts connections on its behalf, and torch's own store
+    client once waited about twice the timeout there. Rank 1's whole start-up stays within its timeout."""
+    group = ranks(2)
+    go = group.folder / "go"
+    group.envs[0]["MISTRALRS_RENDEZVOUS_TIMEOUT"] = "120"
+    group.envs[1].update(MISTRALRS_RENDEZVOUS_TIMEOUT=str(JOIN_TIMEOUT), RING_WORKER_GO=str(go))
+    group.start("join")  # rank 1 imports meanwhile, and starts its rendezvous only once rank 0 is frozen
+    deadline = time.monotonic() + 150
+    while True:  # until rank 0's store listens
+        assert group.procs[0].poll() is None and time.monotonic() < deadline, group.errors(0)
+        try:
+            socket.create_connection(("127.0.0.1", group.port()), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    os.kill(group.procs[0].pid, signal.SIGSTOP)
+    go.touch()
+    group.wait([1], time.monotonic() + 150)
+    assert group.procs[1].returncode == 3, group.errors(1)
+    result = group.result(1)
+    assert result["peers"] == [0] and result["waited"] < JOIN_TIMEOUT + JOIN_SLACK, result
+    assert "rank 0" in result["message"] and "frame #" not in group.errors(1)
+    print(f"store host frozen at start-up: rank 1 waited {result['waited']:.2f}s (timeout {JOIN_TIMEOUT:g}s)")

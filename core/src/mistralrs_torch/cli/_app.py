@@ -27,8 +27,15 @@ from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
 __all__ = ["cli", "main"]
 
 
+ERROR_SCHEMA = "mistralrs.error/1"
+
+
 class _Failure(click.ClickException):
     exit_code = 1
+
+    def __init__(self, message: str, kind: str = "MistralrsError") -> None:
+        super().__init__(message)
+        self.kind = kind
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.message}", err=True)
@@ -39,11 +46,49 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MistralrsError as exc:
-            raise _Failure(str(exc)) from None
+            raise _Failure(str(exc), type(exc).__name__) from None
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """Whether ``--json`` was asked for (before a ``--``, after which the words belong to a launched command)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+def _fail(exc: click.ClickException, as_json: bool) -> None:
+    """Report an error as text (usage errors with click's usage line) or as a JSON error object; then exit."""
+    if as_json:
+        _print_json({"schema": ERROR_SCHEMA, "mistralrs": __version__,
+                     "error": {"type": getattr(exc, "kind", type(exc).__name__), "message": exc.format_message(),
+                               "exit_code": exc.exit_code}})
+    else:
+        exc.show()
+    sys.exit(exc.exit_code)
 
 
 class _RootGroup(_Group):
-    """The top-level group: built-in commands, then commands plugins add (mistralrs_cli_commands)."""
+    """The top-level group: built-in commands, then commands plugins add (mistralrs_cli_commands).
+
+    Every error leaves through :meth:`main`: exit status 1 for a malformed configuration or another
+    MistralrsError, 2 for usage, as one message (or, with ``--json``, one JSON error object), never a
+    traceback.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = _wants_json(argv)
+        try:
+            result = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            _fail(exc, as_json)
+        except MistralrsError as exc:  # raised outside a command: --help listing plugin commands, parsing
+            _fail(_Failure(str(exc), type(exc).__name__), as_json)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def _plugin_commands(self) -> dict[str, click.Command]:
         manager = PluginManager(environ=os.environ, strict=False)
@@ -69,6 +114,10 @@ class _SystemParam(click.ParamType):
         try:
             return load_system(value)
         except SystemProfileError as exc:
+            # A malformed snapshot is a malformed configuration (exit status 1, reported by the group);
+            # a value naming neither a profile nor a file is a usage error (exit status 2).
+            if value in PROFILE_NAMES or os.path.isfile(value):
+                raise
             self.fail(str(exc), param, ctx)
 
 
@@ -296,11 +345,26 @@ def reference_command() -> None:
     click.echo(features_reference_markdown(PluginManager(environ=os.environ).features), nl=False)
 
 
+@plugins.command("api-reference")
+def api_reference_command() -> None:
+    """The plugin API reference for plugin authors (docs/plugin-api.md), as Markdown: hooks, ops, CallSpec,
+    tolerances and every manifest field, from the code."""
+    from mistralrs_torch.reference import plugin_api_markdown
+
+    click.echo(plugin_api_markdown(), nl=False)
+
+
 @plugins.command("system")
 @_system_option
 @_json_option
-def system_command(system: SystemSnapshot | None, as_json: bool) -> None:
+@click.option("--schema", is_flag=True, help="Print the JSON Schema of snapshot files (docs/system.schema.json).")
+def system_command(system: SystemSnapshot | None, as_json: bool, schema: bool) -> None:
     """Show the system snapshot resolution uses (save it with --json to evaluate this machine elsewhere)."""
+    if schema:
+        from mistralrs_torch.system import snapshot_json_schema
+
+        _print_json(snapshot_json_schema())
+        return
     snapshot = system if system is not None else PluginManager(environ=os.environ).probe_system()
     if as_json:
         click.echo(snapshot.dumps())

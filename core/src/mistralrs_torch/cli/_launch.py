@@ -4,28 +4,56 @@ The command is defined here; the machinery (mistralrs_torch.parallel._launcher) 
 imported only when it runs, so `mistralrs plugins list` does not pay for
 subprocess, sockets and threads. Existing launchers (torchrun, Slurm) keep
 working without this command: the collective plugins read the same variables.
+Everything is validated before anything is prepared: the values, the command,
+the address and port, then the backend; the ranks' environments are built once.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
-__all__ = ["launch_command"]
+__all__ = ["MAX_LOCAL_RANKS", "launch_command"]
+
+#: Ranks one launch may start on this machine (each is a process).
+MAX_LOCAL_RANKS = 4096
+#: The longest grace period: an hour.
+_MAX_GRACE = 3600.0
+
+
+class _Grace(click.ParamType):
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from mistralrs_torch._errors import InputError
+        from mistralrs_torch.validation import parse_seconds
+
+        if isinstance(value, float):
+            return value
+        if str(value).strip() in ("0", "0.0"):
+            return 0.0
+        try:
+            return parse_seconds(str(value), "--grace", _MAX_GRACE)
+        except InputError as exc:
+            self.fail(f"{exc.source} {exc.problem}: give 0..{_MAX_GRACE:g} seconds, e.g. --grace 5", param, ctx)
 
 
 @click.command("launch", context_settings={"allow_interspersed_args": False})
-@click.option("-n", "--nproc", type=click.IntRange(min=1), required=True, help="Number of ranks to start.")
+@click.option("-n", "--nproc", type=click.IntRange(1, MAX_LOCAL_RANKS), required=True,
+              help=f"Number of ranks to start (at most {MAX_LOCAL_RANKS}).")
 @click.option("--backend", default=None, metavar="FEATURE",
               help="Collective feature the ranks use (`mistralrs plugins list` shows them): its plugin adds what "
                    "each rank needs, such as a configuration file. Without it the ranks get only the torchrun "
                    "variables.")
-@click.option("--master-addr", default="127.0.0.1", show_default=True, help="Rendezvous address (rank 0 listens).")
+@click.option("--master-addr", default="127.0.0.1", show_default=True,
+              help="Rendezvous address: one of this machine's (rank 0 listens there).")
 @click.option("--master-port", type=click.IntRange(0, 65535), default=0,
               help="Rendezvous port [default: a free one].")
-@click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds the other ranks get to exit after a failure or Ctrl-C before they are killed.")
+@click.option("--grace", type=_Grace(), default=5.0, show_default=True,
+              help="Seconds the other ranks get to exit after a failure or Ctrl-C before they are killed "
+                   "(after Ctrl-C, ranks still running at half of it get SIGTERM).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def launch_command(nproc: int, backend: str | None, master_addr: str, master_port: int, grace: float,
                    command: tuple[str, ...]) -> None:
@@ -34,16 +62,12 @@ def launch_command(nproc: int, backend: str | None, master_addr: str, master_por
     Ctrl-C reaches every rank; the first rank that fails stops the others, and its exit status is the
     launcher's. Example: mistralrs launch -n 4 --backend ring -- python examples/tp_mlp.py
     """
-    import shutil
-    import tempfile
+    from mistralrs_torch.parallel._launch_folder import LaunchFolder
+    from mistralrs_torch.parallel._launcher import check_command, launch, rank_environments, rendezvous_port
 
-    from mistralrs_torch.parallel._launcher import free_port, launch, rank_environments
-
-    port = master_port or free_port(master_addr)
-    workdir = tempfile.mkdtemp(prefix="mistralrs-launch-")
-    try:
+    check_command(command)
+    port = rendezvous_port(master_addr, master_port)
+    with LaunchFolder() as workdir:
         envs = rank_environments(nproc, backend, master_addr, port, workdir)
         code = launch(command, envs, grace)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(code)

@@ -39,7 +39,8 @@ def _common_json(resolution: Resolution) -> dict[str, Any]:
 def list_json(resolution: Resolution, manager: PluginManager) -> dict[str, Any]:
     return {"schema": LIST_SCHEMA, **_common_json(resolution),
             "features": [_feature_json(f) for f in resolution.features],
-            "disabled_plugins": [_plugin_json(p) for p in manager.disabled]}
+            "disabled_plugins": [_plugin_json(p) for p in manager.disabled],
+            "featureless_plugins": [_plugin_json(p) for p in manager.featureless]}
 
 
 def resolve_json(resolution: Resolution) -> dict[str, Any]:
@@ -70,6 +71,8 @@ def list_text(resolution: Resolution, manager: PluginManager) -> str:
     if manager.disabled:
         lines.append("disabled by MISTRALRS_DISABLE_PLUGINS: "
                      + ", ".join(f"{p.name} ({p.distribution})" for p in manager.disabled))
+    lines += [f"warning: plugin {p.name} ({p.distribution} {p.version}) registers no feature: upgrade or reinstall "
+              f"{p.distribution}, or disable it with MISTRALRS_DISABLE_PLUGINS={p.name}" for p in manager.featureless]
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from mistralrs_torch.ops import CheckResult, Device
 from mistralrs_torch.plugins import ENTRY_POINT_GROUP, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, recommend, resolve
 from mistralrs_torch.system import SystemSnapshot, module_versions
+from mistralrs_torch.validation import shown
 
 __all__ = ["DEVICE_LAYERS_CHECK", "device_layers_check", "run_doctor"]
 
@@ -157,12 +158,12 @@ def device_layers_check(collective_backends: Sequence[Any], devices: Sequence[De
         return []
     mode, reason = device_mapping_mode(collective_backends, devices, environ)
     if mode == "disabled":
-        return [CheckResult(DEVICE_LAYERS_CHECK, "error", f"{DEVICE_LAYERS_VAR}={value!r} is set, but {reason}",
+        return [CheckResult(DEVICE_LAYERS_CHECK, "error", f"{DEVICE_LAYERS_VAR}={shown(value)} is set, but {reason}",
                             f"unset {DEVICE_LAYERS_VAR}: each process here computes on one device")]
     try:
         entries = device_map_entries(value, devices)
     except ConfigError as exc:
-        return [CheckResult(DEVICE_LAYERS_CHECK, "error", f"{DEVICE_LAYERS_VAR}={value!r}: {exc}",
+        return [CheckResult(DEVICE_LAYERS_CHECK, "error", f"{DEVICE_LAYERS_VAR}={shown(value)}: {exc}",
                             f"fix {DEVICE_LAYERS_VAR} or unset it for the automatic map")]
     placed = ", ".join(f"{device}: {count} layer{'s' if count != 1 else ''}" for device, count in entries)
     return [CheckResult(DEVICE_LAYERS_CHECK, "info", f"explicit map from {DEVICE_LAYERS_VAR}: {placed} "

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 from mistralrs_torch._distributions import (
     distribution_record,
-    distribution_version,
     installed_names,
+    installed_version,
     plugin_entry_points,
 )
 from mistralrs_torch.ops import CheckResult
@@ -66,7 +66,7 @@ def _damage(distribution: str) -> CheckResult | None:
     parts = [f"{len(paths)} file(s) {what}: {', '.join(paths[:_SHOWN])}{', ...' if len(paths) > _SHOWN else ''}"
              for paths, what in ((missing, "missing"), (altered, "overwritten by another installation"))
              if paths]
-    version = distribution_version(distribution)
+    version = installed_version(distribution)
     return CheckResult("installation", "error", f"{distribution} {version} is damaged: {'; '.join(parts)}",
                        f"reinstall it: pip install --force-reinstall --no-deps {distribution}=={version} "
                        f"(in this repository's workspace: uv sync --reinstall-package {distribution})")
@@ -85,14 +85,14 @@ def _other_project(ours: set[str]) -> list[CheckResult]:
     others = sorted(d for d in map(_dashed, installed_names())
                     if d.startswith("mistralrs") and not d.startswith(CORE_DISTRIBUTION) and d not in ours)
     checks = [CheckResult("installation", "info",
-                          f"{name} {distribution_version(name)} is installed: another project (the Rust engine's Python "
+                          f"{name} {installed_version(name)} is installed: another project (the Rust engine's Python "
                           "bindings use this name), independent of this one",
                           "nothing to do: it imports as `mistralrs`, this project as `mistralrs_torch`")
               for name in others]
     strays = sorted(d for d in map(_dashed, installed_names())
                     if d.startswith(CORE_DISTRIBUTION + "-") and d not in ours)
     checks += [CheckResult("installation", "warning",
-                           f"{name} {distribution_version(name)} is installed but registers no plugin in the "
+                           f"{name} {installed_version(name)} is installed but registers no plugin in the "
                            f"{ENTRY_POINT_GROUP!r} entry-point group",
                            f"reinstall it (pip install --force-reinstall {name}) or uninstall it (pip uninstall {name})")
                for name in strays]

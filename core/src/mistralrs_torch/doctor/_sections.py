@@ -77,7 +77,11 @@ def library_checks(system: SystemSnapshot, manager: PluginManager) -> list[Check
 
 
 def plugin_checks(manager: PluginManager, strict: bool) -> list[CheckResult]:
-    checks = [_ok(p.name, f"{p.distribution} {p.version}") for p in manager.plugins]
+    featureless = set(manager.featureless)
+    checks = [CheckResult(p.name, "warning", f"{p.distribution} {p.version} registers no feature",
+                          f"upgrade or reinstall {p.distribution}, or disable it with "
+                          f"MISTRALRS_DISABLE_PLUGINS={p.name}")
+              if p in featureless else _ok(p.name, f"{p.distribution} {p.version}") for p in manager.plugins]
     checks += [CheckResult(b.plugin.name, "error" if strict else "warning",
                            f"{b.plugin.distribution} {b.plugin.version} is broken at {b.stage}: {b.error}", b.fix)
                for b in manager.broken]

@@ -1,18 +1,37 @@
 """The op contract: the types backends implement and the runtime binds.
 
-These are typing contracts only (no torch import here). A backend declares the
-calls it can run through ``supports``, which answers with a reason when it
-cannot, so the runtime can fall through to the next backend visibly. Backends
-are tried in order of their ``dispatch_priority`` (higher first; the generic
-CPU backends are -1000). A backend may also define ``kernel_for(call) ->
-callable | None`` to hand the runtime a kernel specialised for one call
-signature at bind time (None: use the op's method), so its hot path needs no
-branching. A backend that does not implement one of its kind's ops at all (say,
-paged attention) sets that method to None or leaves it out: it is then no
-candidate for that op, and the next backend taking the call is not a fallback.
+A backend has a ``name`` (shown in explain, doctor and the kit, and naming the
+backend that prepared a weight, so make it unique), the ``feature`` of your
+plugin it serves (a backend for a feature that is not the plugin's own or not
+active gets the plugin quarantined), a ``dispatch_priority``, a ``supports``
+method, and one method per op of its kind that it implements. Collective
+backends have ``communicator(environ)`` instead of ``supports`` and op methods.
 
-Which ops a kind has, their arguments and layouts, is the op registry's
-(:mod:`mistralrs_torch.ops._registry`); docs/plugin-api.md is generated from it.
+- ``dispatch_priority`` (an int) orders the backends of one kind, from every
+  active feature, higher first; the generic CPU backends are -1000. It decides
+  which backend is asked first for a call, not which features are active (that
+  is the manifest's ``selection_priority``).
+- ``supports(call)`` answers for one :class:`CallSpec` with a :class:`Support`:
+  ``Support(True)`` claims the call, ``Support(False, reason)`` refuses it. It
+  must never raise; it refuses, with a reason, every call it cannot run,
+  including a dtype it does not know (the kit asks for int8 activations, which
+  no backend runs); and it answers from the call alone, because the runtime asks
+  once per call signature and caches the choice. A refusal without a reason, a
+  raising ``supports`` and a claimed call that raises or misses the reference
+  all fail the kit; doctor verifies every claimed smoke case.
+- A refused call goes to the next backend that claims it. That fallback is
+  recorded (explain, doctor) and is an error under MISTRALRS_NO_FALLBACK=1.
+- An op the backend does not implement at all (say, paged attention) has its
+  method set to None or left out: the backend is then no candidate for that op,
+  and the next backend taking the call is not a fallback. A backend implements
+  at least one op of its kind.
+- ``kernel_for(call) -> callable | None`` (optional) hands the runtime a kernel
+  specialised for one call signature at bind time (None: use the op's method),
+  so the hot path needs no branching.
+
+These are typing contracts only (no torch import here). Which ops a kind has,
+their arguments and layouts, is the op registry's
+(:mod:`mistralrs_torch.ops._registry`); docs/plugin-api.md is generated from both.
 """
 
 from __future__ import annotations
@@ -27,6 +46,7 @@ if TYPE_CHECKING:
     from mistralrs_torch.ops._quantized import PreparedWeight, QuantizedWeight
 
 __all__ = [
+    "CALLSPEC_FIELDS",
     "AttentionBackend",
     "CallSpec",
     "CheckResult",
@@ -56,31 +76,21 @@ class CallSpec(NamedTuple):
     """The signature of one op call: what a backend judges support on and the runtime caches its choice by.
 
     Hashable and immutable. Only the fields an op's registry entry names in its
-    ``signature`` are set for that op; the others keep their defaults.
+    ``signature`` are set for that op; the others keep their defaults. Each
+    field's meaning is in :data:`CALLSPEC_FIELDS`.
     """
 
     op: str
-    #: torch dtype name of the activations: "float32", "bfloat16", "float16", "float64".
     dtype: str
-    #: torch device type: "cpu", "cuda", "mps".
     device: str
-    #: Attention and rotary head size.
     head_size: int = 0
-    #: "none", "causal", "bool", "float", "causal+bool" or "causal+float" (attention masks).
     mask: str = "none"
-    #: Fewer key/value heads than query heads.
     gqa: bool = False
-    #: Query and keys of one length (a top-left causal kernel is right only then).
     aligned: bool = True
-    #: Paged KV cache block size.
     block_size: int = 0
-    #: Input features of a quantized weight.
     in_features: int = 0
-    #: Bits of a group-wise quantized weight (4 or 8).
     bits: int = 0
-    #: Input columns sharing one scale in a group-wise quantized weight.
     group_size: int = 0
-    #: Group-wise quantized weight without offsets.
     symmetric: bool = True
 
     def describe(self) -> str:
@@ -101,6 +111,24 @@ class CallSpec(NamedTuple):
             else:
                 words.append(f"{name.replace('_', ' ')} {value}")
         return ", ".join(words)
+
+
+#: What each CallSpec field means, the one place docs/plugin-api.md reads it from.
+CALLSPEC_FIELDS: dict[str, str] = {
+    "op": "The op's name: the registry entry and the backend method.",
+    "dtype": 'torch dtype name of the activations: "float32", "bfloat16", "float16" or "float64" (the kit also '
+             'asks for "int8", which every backend must refuse).',
+    "device": 'torch device type: "cpu", "cuda", "mps".',
+    "head_size": "Attention and rotary head size.",
+    "mask": 'Attention mask kind: "none", "causal", "bool", "float", "causal+bool" or "causal+float".',
+    "gqa": "Fewer key/value heads than query heads.",
+    "aligned": "Query and keys of one length (a top-left causal kernel is right only then).",
+    "block_size": "Paged KV cache block size.",
+    "in_features": "Input features of the weight (int8 and group-wise quantized linear).",
+    "bits": "Bits of a group-wise quantized weight (4 or 8).",
+    "group_size": "Input columns sharing one scale in a group-wise quantized weight.",
+    "symmetric": "Group-wise quantized weight without offsets.",
+}
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from typing import Any
 _LAZY = {
     **dict.fromkeys(("COLLECTIVE_ENV_VARS", "COLLECTIVE_TIMEOUT_VAR", "DEFAULT_TIMEOUT", "RENDEZVOUS_TIMEOUT_VAR"),
                     "_variables"),
-    **dict.fromkeys(("TORCHRUN_VARS", "Rendezvous", "Timeouts", "collective_timeouts", "is_loopback",
-                     "is_power_of_two", "is_wildcard", "torchrun_rendezvous", "valid_host"), "_rendezvous"),
+    **dict.fromkeys(("MAX_WORLD_SIZE", "TORCHRUN_VARS", "Rendezvous", "Timeouts", "collective_timeouts", "is_loopback",
+                     "is_power_of_two", "is_wildcard", "launched_ranks_here", "local_rank", "torchrun_rendezvous",
+                     "valid_host"), "_rendezvous"),
     "TorchDistributedCommunicator": "_communicator",
     **dict.fromkeys(("DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
                      "parse_device_map", "plan_device_map"), "_device_map"),

@@ -18,6 +18,8 @@ from typing import Any
 
 from mistralrs_torch._errors import ConfigError
 from mistralrs_torch.ops import Device
+from mistralrs_torch.parallel._rendezvous import launched_ranks_here
+from mistralrs_torch.validation import shown
 
 __all__ = ["DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
            "parse_device_map", "plan_device_map"]
@@ -64,8 +66,8 @@ def device_mapping_mode(collective_backends: Sequence[Any], devices: Sequence[De
     if owner is not None:
         return "disabled", (f"{owner.feature} is active: one process per device, each holding its own shard "
                             "(tensor parallelism), so layers are not mapped across devices")
-    sharing = (environ or {}).get("LOCAL_WORLD_SIZE", "").strip()
-    if sharing.isdigit() and int(sharing) > 1:
+    sharing = launched_ranks_here(environ or {})
+    if sharing is not None and sharing > 1:
         return "disabled", (f"{sharing} ranks share this machine (LOCAL_WORLD_SIZE={sharing}): each computes on its "
                             "own device (LOCAL_RANK), so layers are not mapped across devices")
     accelerators = [d for d in devices if not d.torch_device.startswith("cpu")]
@@ -141,7 +143,9 @@ def auto_device_map(num_layers: int, layer_bytes: int | Sequence[int], devices: 
     return DeviceMap(tuple(layers), "auto", reason)
 
 
-_ENTRY = re.compile(r"^\s*([A-Za-z]+:\d+|\d+|cpu)\s*:\s*(\d+)\s*$")
+_ENTRY = re.compile(r"^\s*([A-Za-z]+:[0-9]{1,4}|[0-9]{1,4}|cpu)\s*:\s*([0-9]{1,6})\s*$")
+#: More layers than any model has: a map placing more is refused before a list of them is built.
+MAX_LAYERS = 100_000
 #: The explicit map from the environment, used when the program passes none.
 DEVICE_LAYERS_VAR = "MISTRALRS_DEVICE_LAYERS"
 
@@ -155,23 +159,27 @@ def device_map_entries(spec: str | Mapping[str, int], devices: Sequence[Device])
         for part in (p for p in spec.replace(",", ";").split(";") if p.strip()):
             match = _ENTRY.match(part)
             if match is None:
-                raise ConfigError(f"device map entry {part.strip()!r} is not DEVICE:LAYERS: write e.g. "
+                raise ConfigError(f"device map entry {shown(part.strip())} is not DEVICE:LAYERS: write e.g. "
                                   "'0:16;1:16' or 'cuda:0:16;cuda:1:16'")
             entries.append((match.group(1), int(match.group(2))))
     else:
         entries = list(spec.items())
     resolved = []
     for name, count in entries:
-        device = accelerators[int(name)] if isinstance(name, str) and name.isdigit() and int(name) < len(accelerators) \
+        ordinal = isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 4
+        device = accelerators[int(name)] if ordinal and int(name) < len(accelerators) \
             else name
         if device not in known:
-            raise ConfigError(f"device map names {name!r}, which is not a device here: devices are "
+            raise ConfigError(f"device map names {shown(name)}, which is not a device here: devices are "
                               f"{', '.join(known) or 'none'} (accelerator ordinals 0..{len(accelerators) - 1})")
-        if not isinstance(count, int) or count < 0:
-            raise ConfigError(f"device map gives {device} {count!r} layers: give a count >= 0")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_LAYERS:
+            raise ConfigError(f"device map gives {device} {shown(count)} layers: give a count from 0 to {MAX_LAYERS}")
         resolved.append((device, count))
     if not resolved:
         raise ConfigError("the device map is empty: write e.g. '0:16;1:16'")
+    if sum(count for _, count in resolved) > MAX_LAYERS:
+        raise ConfigError(f"the device map places {sum(count for _, count in resolved)} layers, more than any model "
+                          f"has ({MAX_LAYERS} at most): give each device its share of the model's layers")
     return resolved
 
 
@@ -193,7 +201,7 @@ def plan_device_map(runtime: Any, num_layers: int, layer_bytes: int | Sequence[i
     source = "an explicit device map was given"
     if override is None:
         override = runtime.environ.get(DEVICE_LAYERS_VAR, "").strip() or None
-        source = f"{DEVICE_LAYERS_VAR}={override!r} is set"
+        source = f"{DEVICE_LAYERS_VAR}={shown(override)} is set"
     mode, reason = device_mapping_mode(runtime.collective_backends, runtime.devices, runtime.environ)
     if mode == "disabled":
         if override is not None:
@@ -207,7 +215,7 @@ def plan_device_map(runtime: Any, num_layers: int, layer_bytes: int | Sequence[i
             return parse_device_map(override, num_layers, runtime.devices)
         except ConfigError as exc:
             if source.startswith(DEVICE_LAYERS_VAR):
-                raise ConfigError(f"{DEVICE_LAYERS_VAR}={override!r}: {exc}") from None
+                raise ConfigError(f"{DEVICE_LAYERS_VAR}={shown(override)}: {exc}") from None
             raise
     if mode == "single":
         _sizes(num_layers, layer_bytes)

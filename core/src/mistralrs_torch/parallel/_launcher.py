@@ -12,6 +12,7 @@ left behind; on Linux a rank also dies if the launcher itself is killed.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -24,11 +25,12 @@ from typing import IO, Any
 
 import click
 
-from mistralrs_torch._errors import ConfigError
+from mistralrs_torch._errors import ConfigError, InputError
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Selection, resolve
+from mistralrs_torch.validation import shown
 
-__all__ = ["free_port", "launch", "rank_environments"]
+__all__ = ["check_command", "launch", "rank_environments", "rendezvous_port"]
 
 _POSIX = os.name == "posix"
 _POLL = 0.05
@@ -52,12 +54,46 @@ def _die_with_launcher() -> Callable[[], None] | None:
     return preexec
 
 
-def free_port(addr: str) -> int:
-    """A TCP port free on ``addr`` right now."""
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+def rendezvous_port(addr: str, port: int) -> int:
+    """``port`` (0: a free one) after checking that rank 0 can listen on ``addr``:``port`` here.
+
+    Every rank of `mistralrs launch` runs on this machine, so the address must be one of its own.
+    """
+    from mistralrs_torch.parallel._rendezvous import is_wildcard, valid_host
+
+    label = f"--master-addr {shown(addr)}"
+    if not is_wildcard(addr) and (len(addr) > 253 or not valid_host(addr)):
+        raise InputError(label, "is neither an IP address nor a host name",
+                         "give an address of this machine, e.g. 127.0.0.1 (all ranks run here)")
+    host = "" if is_wildcard(addr) else addr.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise InputError(label, f"cannot be resolved ({getattr(exc, 'strerror', None) or exc})",
+                         "give an address of this machine, e.g. 127.0.0.1") from None
+    family, _, _, _, sockaddr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((addr if addr not in ("0.0.0.0", "::") else "", 0))
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InputError(f"--master-port {port}", f"is already in use on {addr}",
+                                 "pick a free port, or leave --master-port out for a free one") from None
+            raise InputError(label, f"is not an address of this machine ({exc.strerror or exc})",
+                             "give an address of this machine, e.g. 127.0.0.1 (all ranks run here)") from None
         return int(sock.getsockname()[1])
+
+
+def check_command(command: Sequence[str]) -> None:
+    """ConfigError unless ``command[0]`` is an executable file (checked before anything is prepared)."""
+    import shutil
+
+    program = command[0]
+    found = shutil.which(program) if os.sep not in program and not (os.altsep and os.altsep in program) else \
+        program if os.path.isfile(program) and os.access(program, os.X_OK) else None
+    if found is None:
+        raise ConfigError(f"cannot start {shown(program)}: no such executable (not a file, not executable, or not "
+                          "on PATH): check the command after `--` (its path, and that it is executable)")
 
 
 def _status_text(code: int) -> str:
@@ -126,7 +162,7 @@ class _Ranks:
                     creationflags=0 if _POSIX else subprocess.CREATE_NEW_PROCESS_GROUP))  # type: ignore[attr-defined]
             except OSError as exc:
                 self.kill()
-                raise ConfigError(f"cannot start {command[0]!r}: {exc.strerror or exc}: check the command after "
+                raise ConfigError(f"cannot start {shown(command[0])}: {exc.strerror or exc}: check the command after "
                                   "`--` (its path, and that it is executable)") from None
 
     def signal(self, sig: int, which: Sequence[int] | None = None) -> None:
@@ -158,7 +194,7 @@ def _collective_backend(manager: PluginManager, feature: str) -> str:
     owners = {f.manifest.name: f for f in manager.features}
     collective = sorted(n for n, f in owners.items() if "collectives" in f.manifest.provides and n != "cpu")
     if feature not in owners or "collectives" not in owners[feature].manifest.provides or feature == "cpu":
-        raise ConfigError(f"--backend {feature!r} is not an installed collective feature: choose one of "
+        raise ConfigError(f"--backend {shown(feature)} is not an installed collective feature: choose one of "
                           f"{', '.join(collective) or '(none installed: install a plugin that provides collectives)'}")
     # Fail here, once, rather than in every rank: the same rules the ranks' resolution applies.
     resolve(manager.features, manager.broken, Selection("explicit", (feature,), f"--backend {feature}"),
@@ -172,7 +208,7 @@ def rank_environments(nproc: int, backend: str | None, addr: str, port: int, wor
     ConfigError when ``backend`` is not a collective feature that can run here, or its plugin refuses.
     """
     manager = PluginManager(environ=os.environ, strict=False)
-    plugin = _collective_backend(manager, backend) if backend else None
+    plugin = _collective_backend(manager, backend) if backend is not None else None
     envs = []
     for rank in range(nproc):
         env = dict(os.environ)
@@ -213,6 +249,7 @@ def launch(command: Sequence[str], envs: Sequence[Mapping[str, str]], grace: flo
             output.follow(rank, proc.stderr, sys.stderr)
         forwarded = 0
         stop_deadline: float | None = None
+        term_deadline: float | None = None
         while ranks.running():
             if len(received) > forwarded:
                 forwarded = len(received)
@@ -221,8 +258,18 @@ def launch(command: Sequence[str], envs: Sequence[Mapping[str, str]], grace: flo
                     output.say(f"{signal.Signals(received[0]).name}: passing it to every rank (again to kill them)")
                     ranks.signal(sig)
                     stop_deadline = time.monotonic() + grace
+                    # A rank blocked inside a collective only sees SIGINT once the collective returns; SIGTERM
+                    # (which Python does not catch unless told to) ends it at once, halfway through the grace.
+                    term_deadline = time.monotonic() + grace / 2 if sig == signal.SIGINT else None
                 else:
                     ranks.signal(signal.SIGKILL if _POSIX else signal.SIGTERM)
+            if term_deadline is not None and time.monotonic() > term_deadline:
+                term_deadline = None
+                left = ranks.running()
+                if left:
+                    output.say(f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
+                               f"after {grace / 2:g}s: SIGTERM")
+                    ranks.signal(signal.SIGTERM, left)
             if failure is None and not received:
                 for rank, proc in enumerate(ranks.procs):
                     if proc.returncode not in (None, 0):

@@ -8,7 +8,6 @@ finite timeouts every torch.distributed communicator of mistralrs uses.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -21,6 +20,7 @@ from mistralrs_torch.parallel._variables import (
     DEFAULT_TIMEOUT,
     RENDEZVOUS_TIMEOUT_VAR,
 )
+from mistralrs_torch.validation import env_int, env_seconds, parse_int, shown
 
 if TYPE_CHECKING:
     import re
@@ -29,6 +29,7 @@ __all__ = [
     "COLLECTIVE_ENV_VARS",
     "COLLECTIVE_TIMEOUT_VAR",
     "DEFAULT_TIMEOUT",
+    "MAX_WORLD_SIZE",
     "RENDEZVOUS_TIMEOUT_VAR",
     "TORCHRUN_VARS",
     "Rendezvous",
@@ -37,10 +38,14 @@ __all__ = [
     "is_loopback",
     "is_power_of_two",
     "is_wildcard",
+    "launched_ranks_here",
+    "local_rank",
     "torchrun_rendezvous",
     "valid_host",
 ]
 
+#: The most ranks one job may have (torchrun jobs of 100,000 GPUs exist; this leaves room and refuses absurd values).
+MAX_WORLD_SIZE = 1 << 20
 #: The variables torchrun sets for every rank (LOCAL_RANK is optional here).
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 _REQUIRED = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -126,35 +131,28 @@ def valid_host(addr: str) -> bool:
         return bool(_hostname().match(addr)) and not addr.replace(".", "").isdigit()
 
 
-def _seconds(environ: Mapping[str, str], name: str) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds > 0: a collective must never wait forever; "
-                          f"set {name}=300 (the default), or unset it")
-    return value
-
-
 def collective_timeouts(environ: Mapping[str, str]) -> Timeouts:
-    """The collective and rendezvous timeouts in force (ConfigError for a value that is not finite and > 0)."""
-    return Timeouts(_seconds(environ, COLLECTIVE_TIMEOUT_VAR), _seconds(environ, RENDEZVOUS_TIMEOUT_VAR))
+    """The collective and rendezvous timeouts in force (InputError for a value that is not a number of seconds
+    in 0 < s <= a week: a collective must never wait forever, and torch's clocks overflow long before)."""
+    def seconds(name: str) -> float:
+        return env_seconds(environ, name, DEFAULT_TIMEOUT, fix=f"a collective must never wait forever: set {name}="
+                           f"{DEFAULT_TIMEOUT:g} (the default), or unset it")
+
+    return Timeouts(seconds(COLLECTIVE_TIMEOUT_VAR), seconds(RENDEZVOUS_TIMEOUT_VAR))
 
 
-def _int(environ: Mapping[str, str], name: str, low: int, high: int | None, what: str) -> int:
-    raw = environ[name].strip()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={environ[name]!r} is not an integer: set it to {what}") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name}={value} is outside {bounds}: set it to {what}")
-    return value
+def local_rank(environ: Mapping[str, str]) -> int:
+    """LOCAL_RANK, this process's index on its machine (0 when unset); InputError unless ASCII digits in range.
+
+    The one reader of LOCAL_RANK: the runtime's default device, the rendezvous and the collective plugins.
+    """
+    return env_int(environ, "LOCAL_RANK", 0, MAX_WORLD_SIZE - 1, "this process's index on its machine (0, 1, ...)",
+                   0) or 0
+
+
+def launched_ranks_here(environ: Mapping[str, str]) -> int | None:
+    """LOCAL_WORLD_SIZE, the ranks a launcher started on this machine (None when unset); InputError when bad."""
+    return env_int(environ, "LOCAL_WORLD_SIZE", 1, MAX_WORLD_SIZE, "the number of ranks on this machine")
 
 
 def torchrun_rendezvous(environ: Mapping[str, str]) -> Rendezvous | None:
@@ -170,14 +168,14 @@ def torchrun_rendezvous(environ: Mapping[str, str]) -> Rendezvous | None:
                           f"{'is' if len(missing) == 1 else 'are'} not set (RANK, WORLD_SIZE, MASTER_ADDR and "
                           "MASTER_PORT go together): start the job with `mistralrs launch` or torchrun, "
                           "or set all four")
-    world_size = _int(environ, "WORLD_SIZE", 1, None, "the number of processes in the job")
-    rank = _int(environ, "RANK", 0, world_size - 1, f"this process's rank, 0..{world_size - 1}")
-    port = _int(environ, "MASTER_PORT", 1, 65535, "the port rank 0 listens on for the rendezvous, 1..65535")
-    local_rank = _int(environ, "LOCAL_RANK", 0, None, "this process's index on its machine") \
-        if environ.get("LOCAL_RANK", "").strip() else 0
+    world_size = parse_int(environ["WORLD_SIZE"], "WORLD_SIZE", 1, MAX_WORLD_SIZE, "the number of processes in the job")
+    rank = parse_int(environ["RANK"], "RANK", 0, world_size - 1, f"this process's rank, 0..{world_size - 1}")
+    port = parse_int(environ["MASTER_PORT"], "MASTER_PORT", 1, 65535,
+                     "the port rank 0 listens on for the rendezvous, 1..65535")
     addr = environ["MASTER_ADDR"].strip()
-    if not valid_host(addr) and not is_wildcard(addr):
-        raise ConfigError(f"MASTER_ADDR={addr!r} is neither an IP address nor a host name: set it to rank 0's address")
+    if len(addr) > 253 or (not valid_host(addr) and not is_wildcard(addr)):
+        raise ConfigError(f"MASTER_ADDR={shown(addr)} is neither an IP address nor a host name: set it to rank 0's "
+                          "address")
     agent = environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() == "true"
-    return Rendezvous(rank, world_size, addr, port, local_rank,
-                      namespace=environ.get("TORCHELASTIC_RESTART_COUNT", "").strip() or "0", agent_store=agent)
+    restarts = env_int(environ, "TORCHELASTIC_RESTART_COUNT", 0, 1 << 31, "the launcher's restart count", 0)
+    return Rendezvous(rank, world_size, addr, port, local_rank(environ), namespace=str(restarts), agent_store=agent)

@@ -119,6 +119,12 @@ class PluginManager:
         return tuple(self._broken)
 
     @property
+    def featureless(self) -> tuple[PluginInfo, ...]:
+        """Healthy plugins that register no feature: nothing of theirs can run, so list and doctor warn."""
+        owners = {f.plugin.name for f in self._features.values()}
+        return tuple(p for p in self._info.values() if p.name not in owners)
+
+    @property
     def disabled(self) -> tuple[PluginInfo, ...]:
         """Plugins skipped because MISTRALRS_DISABLE_PLUGINS names them."""
         return tuple(self._disabled)

@@ -30,6 +30,7 @@ from mistralrs_torch.resolution._rules import (
 )
 from mistralrs_torch.resolution._selection import Selection
 from mistralrs_torch.system import SystemSnapshot
+from mistralrs_torch.validation import did_you_mean, shown
 
 __all__ = ["STATUSES", "FeatureStatus", "Resolution", "resolve"]
 
@@ -255,9 +256,7 @@ def _missing(name: str, features: Mapping[str, InstalledFeature], broken_owner: 
         b = broken_owner[name]
         return Violation(name, "broken", f"{name} is provided by plugin {b.plugin.name!r} ({b.plugin.distribution}), "
                          f"which is broken ({b.error})", f"reinstall {b.plugin.distribution}, or remove {name}")
-    import difflib  # only for this error: it costs milliseconds at every start-up
-
-    close = difflib.get_close_matches(name, list(features), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return Violation(name, "unknown", f"no installed plugin provides feature {name!r}",
+    close = did_you_mean(name, features)
+    hint = f"did you mean {close!r}? " if close else ""
+    return Violation(name, "unknown", f"no installed plugin provides feature {shown(name)}",
                      f"{hint}installed features: {', '.join(sorted(features))}")

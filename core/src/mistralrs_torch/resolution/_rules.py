@@ -108,7 +108,8 @@ def disabled_by(m: FeatureManifest, environ: Mapping[str, str]) -> str | None:
 
 def auto_condition_problem(m: FeatureManifest, system: SystemSnapshot, environ: Mapping[str, str]) -> str | None:
     """Why auto mode leaves an otherwise runnable feature out (it stays available), or None."""
-    if m.auto.env_set and not any(environ.get(name) for name in m.auto.env_set):
+    # A blank value is no value: RING_CONFIG=" " must not switch ring on (the plugin reads it stripped too).
+    if m.auto.env_set and not any(environ.get(name, "").strip() for name in m.auto.env_set):
         return f"set {' or '.join(m.auto.env_set)} to activate {m.name} (auto mode enables it only then)"
     if m.auto.min_gpus and m.gpu is not None:
         count, source, _ = _gpu_count(m, system, environ)

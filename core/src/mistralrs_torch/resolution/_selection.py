@@ -8,12 +8,12 @@ generic CPU backend alone; anything else is an explicit list of features.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mistralrs_torch._errors import ConfigError
+from mistralrs_torch._errors import ConfigError, InputError
+from mistralrs_torch.validation import shown
 
 __all__ = ["Selection", "read_selection"]
 
@@ -45,49 +45,74 @@ def read_selection(cli_features: str | None = None, environ: Mapping[str, str] =
     return Selection()
 
 
+#: Feature names a selection may list, and how long one may be (manifests' names are a few characters).
+_MAX_NAMES, _MAX_NAME = 64, 64
+#: Larger files are refused unread; pyproject.toml files of real projects are a few KiB.
+_MAX_CONFIG_BYTES = 1 << 20
+_FEATURES_HELP = 'features = ["cuda", "cudnn"] (or "auto", or "none")'
+
+
 def _parse(value: str | list[Any], source: str) -> Selection:
     # A list's entries read as the string form does: blanks dropped, "cuda, cudnn" in one entry names two.
     text = value if isinstance(value, str) else " ".join(value)
     names = tuple(dict.fromkeys(text.replace(",", " ").split()))
+    long = next((name for name in names if len(name) > _MAX_NAME), None)
+    if long is not None:
+        raise InputError(source, f"names {shown(long)}, longer than any feature name ({_MAX_NAME} characters "
+                         "at most)", "list feature names such as cuda cudnn (`mistralrs plugins list` shows them)")
+    if len(names) > _MAX_NAMES:
+        raise InputError(source, f"names {len(names)} features, more than {_MAX_NAMES}",
+                         "list the features to enable (`mistralrs plugins list` shows them)")
     if not names or names == ("auto",):
         return Selection(source=f"{source} (auto)")
     if names == ("none",):
         return Selection(mode="none", source=source)
     for reserved in ("auto", "none"):
         if reserved in names:
-            raise ConfigError(f"{source}: {reserved!r} cannot be combined with feature names ({' '.join(names)}): "
-                              f"use {reserved!r} alone, or list only features")
+            raise ConfigError(f"{source}: {reserved!r} cannot be combined with feature names "
+                              f"({shown(' '.join(names))}): use {reserved!r} alone, or list only features")
     return Selection(mode="explicit", features=names, source=source)
 
 
+def _config_schema(where: str) -> Any:
+    from mistralrs_torch.validation import ListOf, OneOf, Record, Text
+
+    names = ListOf(Text(_MAX_NAME), _MAX_NAMES)
+    return Record({"features": OneOf((Text(_MAX_NAMES * (_MAX_NAME + 1)), names))},
+                  unknown_hint=f"{where} takes only features, as in {_FEATURES_HELP}")
+
+
 def _config_features(path: str, table: tuple[str, ...]) -> Selection | None:
-    data = _load_toml(path)
-    where = os.path.basename(path) + (f" [{'.'.join(table)}]" if table else "")
-    for key in table:
-        data = data.get(key)
-        if data is None:
-            return None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where} must be a table, not {type(data).__name__}")
+    from mistralrs_torch.validation import problem_lines, problems, read_toml
+
+    name = os.path.basename(path)
+    data: Any = read_toml(path, "a configuration file", max_bytes=_MAX_CONFIG_BYTES,
+                          fix="fix the file, or remove it")
+    where = name + (f" [{'.'.join(table)}]" if table else "")
+    if table:
+        _misplaced(name, data)
+        for key in table:
+            data = data.get(key)
+            if data is None:
+                return None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{name}: {key} must be a table ([{'.'.join(table[:table.index(key) + 1])}]), "
+                                  f"not {type(data).__name__}: write [tool.mistralrs] with {_FEATURES_HELP}")
+    found = problems(_config_schema(where), data)
+    if found:
+        raise ConfigError("\n".join([f"{where} is not a valid mistralrs configuration:", *problem_lines(found)]))
     if "features" not in data:
         return None
-    value = data["features"]
-    valid = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-    if not valid:
-        raise ConfigError(f"{where}: features = {value!r} must be a list of feature names or a string "
-                          "(for example features = [\"cuda\", \"cudnn\"], or \"auto\")")
-    return _parse(value, where)
+    return _parse(data["features"], where)
 
 
-def _load_toml(path: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    try:
-        with open(path, encoding="utf-8") as file:
-            return tomllib.loads(file.read())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}): fix the file or remove it") from None
+def _misplaced(name: str, data: dict[str, Any]) -> None:
+    """A table meant for mistralrs under another name in pyproject.toml ([mistralrs], [tool.mistralrs-torch])."""
+    tool = data.get("tool")
+    names = [key for key in (tool if isinstance(tool, dict) else {}) if key != "mistralrs"
+             and key.lower().replace("-", "").replace("_", "").startswith("mistralrs")]
+    if "mistralrs" in data:
+        raise ConfigError(f"{name} has a [mistralrs] table, which is not read there: rename it [tool.mistralrs]")
+    if names:
+        raise ConfigError(f"{name} has a [tool.{names[0]}] table, which mistralrs does not read: did you mean "
+                          "[tool.mistralrs]?")

@@ -1,4 +1,9 @@
-"""Loading safetensors files onto a device, optionally one slice per tensor (sharded loading)."""
+"""Loading safetensors files onto a device, optionally one slice per tensor (sharded loading).
+
+Every failure names the file, and the tensor when one is at fault: the safetensors
+library's own errors ("header too small") say neither. A slice must lie inside its
+tensor: safetensors would silently clip ``5:99`` of a 10-row tensor to 5 rows.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ from dataclasses import dataclass
 from os import PathLike
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from mistralrs_torch._errors import ConfigError
+from mistralrs_torch.validation import shown
 
 __all__ = ["TensorSlice", "load_safetensors"]
+
+_FIX = "re-download or re-export the file (a complete safetensors file, e.g. written by safetensors.torch.save_file)"
 
 
 @dataclass(frozen=True)
@@ -23,31 +31,61 @@ class TensorSlice:
     stop: int
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def _index(path: str, name: str, part: TensorSlice, shape: list[int]) -> tuple[slice, ...]:
+    """The indexing tuple of ``part``; ConfigError naming file and tensor unless it lies inside ``shape``."""
+    rank = len(shape)
+    where = f"{path}: slice {part.start}:{part.stop} of tensor {shown(name)} along dim {part.dim}"
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (part.dim, part.start, part.stop)):
+        raise ConfigError(f"{where}: dim, start and stop must be integers")
+    if not -rank <= part.dim < rank:
+        raise ConfigError(f"{where}: the tensor has {rank} dimension{'s' if rank != 1 else ''} (shape {shape})")
+    size = shape[part.dim % rank]
+    if not 0 <= part.start <= part.stop <= size:
+        raise ConfigError(f"{where}: outside its {size} entries (shape {shape}): give 0 <= start <= stop <= {size}")
+    return (slice(None),) * (part.dim % rank) + (slice(part.start, part.stop),)
+
+
 def load_safetensors(path: str | PathLike[str], device: str = "cpu", *, names: Iterable[str] | None = None,
                      slices: Mapping[str, TensorSlice] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file on ``device``; a name in ``slices`` reads only that slice from disk."""
+    """Tensors of a safetensors file on ``device``; a name in ``slices`` reads only that slice from disk.
+
+    ConfigError, naming the file (and the tensor), for a file that is missing, unreadable or corrupt, a
+    tensor it does not hold, and a slice outside its tensor.
+    """
     slices = slices or {}
-    with safe_open(str(path), framework="pt", device=device) as file:
+    path = str(path)
+    try:
+        file_context = safe_open(path, framework="pt", device=device)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: check the model folder, or download the weights again") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{path} is not a readable safetensors file ({_first_line(exc)}): {_FIX}") from None
+    with file_context as file:
         available = list(file.keys())
         wanted = list(names) if names is not None else available
         unused = [n for n in slices if n not in wanted] if names is not None else []
         if unused:
-            raise ConfigError(f"{path}: a slice is given for {unused[0]!r}, which is not among the tensors to load: "
-                              "add it to names, or drop its slice")
+            raise ConfigError(f"{path}: a slice is given for {shown(unused[0])}, which is not among the tensors to "
+                              "load: add it to names, or drop its slice")
         missing = [n for n in [*wanted, *slices] if n not in available]
         if missing:
-            raise ConfigError(f"{path} has no tensor {missing[0]!r}: it holds {', '.join(available[:8])}"
+            raise ConfigError(f"{path} has no tensor {shown(missing[0])}: it holds {', '.join(available[:8])}"
                               f"{' ...' if len(available) > 8 else ''}")
         tensors = {}
         for name in wanted:
             part = slices.get(name)
-            if part is None:
-                tensors[name] = file.get_tensor(name)
-            else:
-                view = file.get_slice(name)
-                rank = len(view.get_shape())
-                if not -rank <= part.dim < rank:
-                    raise ConfigError(f"slice of {name!r} along dim {part.dim}: the tensor has {rank} dimensions")
-                index = (slice(None),) * (part.dim % rank) + (slice(part.start, part.stop),)
-                tensors[name] = view[index]
+            try:
+                if part is None:
+                    tensors[name] = file.get_tensor(name)
+                else:
+                    view = file.get_slice(name)
+                    tensors[name] = view[_index(path, name, part, list(view.get_shape()))]
+            except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
+                raise ConfigError(f"{path}: tensor {shown(name)} cannot be read ({_first_line(exc)}): {_FIX}") \
+                    from None
     return tensors

@@ -31,7 +31,7 @@ from mistralrs_torch.ops import (
     QuantizedWeight,
 )
 from mistralrs_torch.ops._signatures import dtype_name, quantized_weight_check
-from mistralrs_torch.parallel._rendezvous import torchrun_rendezvous
+from mistralrs_torch.parallel._rendezvous import local_rank, torchrun_rendezvous
 from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.runtime._dispatch import Binding, Dispatcher
@@ -44,10 +44,8 @@ __all__ = ["Runtime"]
 def _default_device(devices: tuple[Device, ...], environ: Mapping[str, str]) -> Device:
     """The first device of the highest-priority feature; a launched rank (LOCAL_RANK) takes that feature's
     LOCAL_RANK-th device, so ranks sharing a machine's GPUs do not all load onto the first one."""
-    raw = environ.get("LOCAL_RANK", "").strip()
-    local_rank = int(raw) if raw.isdigit() else 0  # a bad value is the communicator's error to report
     same = [d for d in devices if d.feature == devices[0].feature]
-    return same[local_rank % len(same)]
+    return same[local_rank(environ) % len(same)]
 
 
 class Runtime:

@@ -1,8 +1,10 @@
 """System snapshots: facts about a host, probed here or loaded from a profile."""
 
 from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
-from mistralrs_torch.system._probe import installed_version, module_versions, probe_system, visible_device_filter
+from mistralrs_torch._distributions import installed_version
+from mistralrs_torch.system._probe import module_versions, probe_system, visible_device_filter
 from mistralrs_torch.system._profiles import PROFILE_NAMES, load_system
+from mistralrs_torch.system._schema import snapshot_json_schema
 from mistralrs_torch.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, TorchBuild
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "load_system",
     "module_versions",
     "probe_system",
+    "snapshot_json_schema",
     "visible_device_filter",
 ]
 

@@ -16,11 +16,11 @@ import sys
 from collections.abc import Iterable, Mapping
 
 from mistralrs_torch.features import ModuleRequirement
-from mistralrs_torch._distributions import distribution_version
+from mistralrs_torch._distributions import installed_version
 from mistralrs_torch.system._nvml import NVMLError, query_nvml
 from mistralrs_torch.system._snapshot import CPU, GPU, SystemSnapshot, TorchBuild
 
-__all__ = ["installed_version", "module_versions", "probe_system", "visible_device_filter"]
+__all__ = ["module_versions", "probe_system", "visible_device_filter"]
 
 def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str, str] = os.environ) -> SystemSnapshot:
     """Probe this machine cheaply. ``modules`` are looked up with ``find_spec`` (never imported)."""
@@ -216,7 +216,7 @@ def _torch_build() -> TorchBuild | None:
     config = _read(os.path.join(root, "include", "ATen", "Config.h"))
     cuda_config = _read(os.path.join(root, "include", "ATen", "cuda", "CUDAConfig.h"))
     return TorchBuild(
-        version=assigned("__version__") or _first_installed(("torch",)) or "unknown",
+        version=assigned("__version__") or installed_version("torch") or "unknown",
         cuda=assigned("cuda"),
         hip=assigned("hip"),
         mkl="AT_MKL_ENABLED() 1" in config,
@@ -240,16 +240,6 @@ def _on_path(program: str) -> bool:
                for folder in os.environ.get("PATH", "").split(os.pathsep) if folder for name in names)
 
 
-def installed_version(*distributions: str) -> str | None:
-    """The installed version of the first of these distributions that is installed, None when none is: for cheap
-    probes (no importlib.metadata)."""
-    return _first_installed(distributions)
-
-
-def _first_installed(distributions: Iterable[str]) -> str | None:
-    return next((v for v in map(distribution_version, distributions) if v is not None), None)
-
-
 def module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:
     """module -> its distribution's version ("" when unknown) for each module found, without importing it."""
     found: dict[str, str] = {}
@@ -259,7 +249,7 @@ def module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:
         except (ImportError, ValueError):
             spec = None
         if spec is not None:
-            found[requirement.module] = _first_installed((requirement.distribution,)) or ""
+            found[requirement.module] = installed_version(requirement.distribution) or ""
     return found
 
 
@@ -273,7 +263,8 @@ def visible_device_filter(environ: Mapping[str, str]) -> list[str] | None:
         return None
     entries: list[str] = []
     for entry in (e.strip() for e in raw.split(",")):
-        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+        # Short ASCII digits only: "²".isdigit() holds and int("²") raises; int() refuses 4300 digits.
+        if not ((entry.isascii() and entry.isdigit() and len(entry) <= 6) or entry.startswith(("GPU-", "MIG-"))):
             break
         entries.append(entry)
     return entries

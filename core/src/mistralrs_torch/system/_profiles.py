@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from mistralrs_torch._errors import SystemProfileError
+from mistralrs_torch._errors import InputError, SystemProfileError
+from mistralrs_torch.system._schema import MAX_SNAPSHOT_BYTES
 from mistralrs_torch.system._snapshot import SystemSnapshot
 
 __all__ = ["PROFILE_NAMES", "load_system"]
@@ -15,8 +16,11 @@ PROFILE_NAMES = tuple(sorted(name[:-5] for name in os.listdir(_PROFILES) if name
 
 
 def load_system(name_or_path: str) -> SystemSnapshot:
-    """Load a named profile or a JSON file written by ``mistralrs plugins system --json``."""
-    import json  # here, not at the top: `plugins list` on this machine never needs it
+    """Load a named profile or a JSON file written by ``mistralrs plugins system --json``.
+
+    SystemProfileError (exit status 1 in the CLI) names the file and every field at fault.
+    """
+    from mistralrs_torch.validation import did_you_mean, read_json, shown
 
     path = name_or_path
     if name_or_path in PROFILE_NAMES:
@@ -24,21 +28,17 @@ def load_system(name_or_path: str) -> SystemSnapshot:
     elif os.path.isfile(path):
         source = path
     else:
-        import difflib
-
-        close = difflib.get_close_matches(name_or_path, PROFILE_NAMES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = did_you_mean(name_or_path, PROFILE_NAMES)
+        hint = f"did you mean {close!r}? " if close else ""
         raise SystemProfileError(
-            f"--system {name_or_path!r} is neither a profile nor a file: {hint}"
+            f"--system {shown(name_or_path)} is neither a profile nor a file: {hint}"
             f"use one of {', '.join(PROFILE_NAMES)}, or a file written by `mistralrs plugins system --json`")
     try:
-        with open(path, encoding="utf-8") as file:
-            data = json.loads(file.read())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SystemProfileError(f"cannot read system snapshot {source}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise SystemProfileError(f"system snapshot {source} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                                 f"{exc.msg}): write it with `mistralrs plugins system --json`") from None
+        data = read_json(path, "a system snapshot", max_bytes=MAX_SNAPSHOT_BYTES,
+                         fix="write it with `mistralrs plugins system --json`")
+    except InputError as exc:
+        raise SystemProfileError(f"system snapshot {source} {exc.problem}: {exc.fix}") from None
     if not isinstance(data, dict):
-        raise SystemProfileError(f"system snapshot {source} must hold a JSON object, not {type(data).__name__}")
+        raise SystemProfileError(f"system snapshot {source} must hold a JSON object, not {shown(data)}: "
+                                 "write it with `mistralrs plugins system --json`")
     return SystemSnapshot.from_json(data, source=source)

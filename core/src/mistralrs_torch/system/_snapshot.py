@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mistralrs_torch._errors import SystemProfileError
+from mistralrs_torch.validation import shown
 
 __all__ = ["CPU", "GPU", "SCHEMA", "SystemSnapshot", "TorchBuild"]
 
@@ -117,30 +118,34 @@ class SystemSnapshot:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "") -> SystemSnapshot:
-        """Build a snapshot from :meth:`to_json` output; raises SystemProfileError on bad data."""
+        """Build a snapshot from :meth:`to_json` output; SystemProfileError names every field at fault.
+
+        The format is docs/system.schema.json (:func:`mistralrs_torch.system.snapshot_json_schema`).
+        """
+        from mistralrs_torch.system._schema import snapshot_problems
+        from mistralrs_torch.validation import problem_lines
+
         where = source or "system snapshot"
-        if data.get("schema") != SCHEMA:
+        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
+            found = data.get("schema") if isinstance(data, Mapping) else None
             raise SystemProfileError(
-                f"{where}: schema {data.get('schema')!r} is not {SCHEMA!r}: "
+                f"{where}: schema {shown(found)} is not {SCHEMA!r}: "
                 "write it with `mistralrs plugins system --json` from this version")
-        values = dict(data)
-        values.pop("schema")
-        try:
-            cpu_data = values.pop("cpu", {})
-            cpu = CPU(**{**cpu_data, "flags": tuple(cpu_data.get("flags", ()))})
-            torch_data = values.pop("torch", None)
-            torch = TorchBuild(**torch_data) if torch_data else None
-            gpus = tuple(
-                GPU(**{**g, "compute_capability": tuple(g["compute_capability"])
-                       if isinstance(g.get("compute_capability"), list) else g.get("compute_capability")})
-                for g in values.pop("gpus", ()))
-            values["notes"] = tuple(values.get("notes", ()))
-            values["source"] = source or values.get("source", "")
-            values.pop("local", None)  # loaded snapshots were not probed here and now
-            return cls(**values, cpu=cpu, torch=torch, gpus=gpus)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise SystemProfileError(f"{where}: malformed snapshot ({exc}): "
-                                     "compare it with `mistralrs plugins system --json`") from None
+        problems = snapshot_problems(data)
+        if problems:
+            raise SystemProfileError("\n".join([f"{where} is a malformed system snapshot:",
+                                                 *problem_lines(problems),
+                                                 "compare it with `mistralrs plugins system --json` or "
+                                                 "docs/system.schema.json"]))
+        values = {k: v for k, v in data.items() if k != "schema"}
+        cpu_data = values.pop("cpu", {})
+        cpu = CPU(**{**cpu_data, "flags": tuple(cpu_data.get("flags", ()))})
+        torch_data = values.pop("torch", None)
+        gpus = tuple(GPU(**{**g, "compute_capability": tuple(g["compute_capability"])
+                            if g.get("compute_capability") is not None else None}) for g in values.pop("gpus", ()))
+        values["notes"] = tuple(values.get("notes", ()))
+        values["source"] = source or values.get("source", "")
+        return cls(**values, cpu=cpu, torch=TorchBuild(**torch_data) if torch_data else None, gpus=gpus)
 
     def dumps(self) -> str:
         """The snapshot as indented JSON text."""

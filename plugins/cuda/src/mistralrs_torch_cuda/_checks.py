@@ -13,6 +13,7 @@ from types import ModuleType
 
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.system import SystemSnapshot
+from mistralrs_torch.validation import shown
 from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label, parse_version
 from mistralrs_torch_cuda._manifest import CUDA, CUDNN
 
@@ -88,7 +89,7 @@ def _visibility(system: SystemSnapshot, environ: Mapping[str, str]) -> list[Chec
     if "nvidia_driver" not in system.libraries:
         why = "no NVIDIA driver was found (NVML did not load)"
     elif system.local and environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        why = f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
+        why = f"CUDA_VISIBLE_DEVICES={shown(environ['CUDA_VISIBLE_DEVICES'])} hides every GPU"
     else:
         why = "the NVIDIA driver lists no GPU"
     return [CheckResult("nvidia gpu", "info", f"no NVIDIA GPU is visible: {why}; cuda is unavailable and work runs "

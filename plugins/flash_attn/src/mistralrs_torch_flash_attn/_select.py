@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 from types import ModuleType
 
 from mistralrs_torch_flash_attn._backends import FlashAttention2, FlashAttention3, TorchFlashAttention, torch_flash_check
-from mistralrs_torch.system import GPUFacts
+from mistralrs_torch.system import GPUFacts, installed_version
 from mistralrs_torch_flash_attn._manifest import INSTALL_FLASH_ATTN_3
 
-__all__ = ["distribution_version", "flash_attn_backend", "flash_attn_v3_backend", "import_optional"]
-
-
-def distribution_version(*names: str) -> str:
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return ""
+__all__ = ["flash_attn_backend", "flash_attn_v3_backend", "import_optional"]
 
 
 def import_optional(module: str) -> tuple[ModuleType | None, str]:
@@ -38,7 +28,7 @@ def flash_attn_backend(facts: GPUFacts | None = None) -> FlashAttention2 | Torch
     """The flash-attn package when it imports; otherwise torch's built-in FlashAttention-2 kernel, saying why."""
     module, error = import_optional("flash_attn")
     if module is not None and hasattr(module, "flash_attn_func"):
-        version = str(getattr(module, "__version__", "") or distribution_version("flash-attn", "flash_attn"))
+        version = str(getattr(module, "__version__", "") or installed_version("flash-attn") or "")
         return FlashAttention2(module, version, facts)
     if module is not None:
         error = "the flash_attn module has no flash_attn_func"
@@ -53,4 +43,4 @@ def flash_attn_v3_backend(facts: GPUFacts | None = None) -> FlashAttention3:
         error = (f"flash_attn_interface does not import ({error}): rebuild FlashAttention-3 against this torch: "
                  f"{INSTALL_FLASH_ATTN_3}") if error else (
             f"flash_attn_3 is not installed (module flash_attn_interface not found): {INSTALL_FLASH_ATTN_3}")
-    return FlashAttention3(module, distribution_version("flash_attn_3", "flash-attn-3"), facts, error)
+    return FlashAttention3(module, installed_version("flash-attn-3") or "", facts, error)

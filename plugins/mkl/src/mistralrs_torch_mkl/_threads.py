@@ -5,27 +5,35 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import torch
+from mistralrs_torch.validation import env_int
 
-from mistralrs_torch import ConfigError
+__all__ = ["configure_threads", "requested_threads"]
 
-__all__ = ["configure_threads"]
+_VARIABLES = ("MKL_NUM_THREADS", "OMP_NUM_THREADS")
+#: More threads than any machine has cores; a larger value is a typo.
+_MAX_THREADS = 1 << 16
+
+
+def requested_threads(environ: Mapping[str, str]) -> tuple[int, str] | None:
+    """(threads, variable) from the first of MKL_NUM_THREADS, OMP_NUM_THREADS that is set; None when neither is.
+
+    InputError (a ConfigError) for a value that is not a whole number from 1 to 65536. Imports no torch.
+    """
+    for name in _VARIABLES:
+        threads = env_int(environ, name, 1, _MAX_THREADS, f"the thread count, e.g. {name}=8, or unset it")
+        if threads is not None:
+            return threads, name
+    return None
 
 
 def configure_threads(environ: Mapping[str, str]) -> tuple[int, str]:
     """Set torch's intra-op threads and return (threads, where the number came from)."""
-    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-        raw = environ.get(name)
-        if raw is None or not raw.strip():
-            continue
-        try:
-            threads = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a whole number: set it to the thread count, e.g. {name}=8") from None
-        if threads < 1:
-            raise ConfigError(f"{name}={raw!r} must be at least 1: set it to the thread count, or unset it")
-        torch.set_num_threads(threads)
-        return threads, name
+    import torch
+
+    requested = requested_threads(environ)
+    if requested is not None:
+        torch.set_num_threads(requested[0])
+        return requested
     # Unset: one thread per core the process may run on (oversubscribing hyperthreads slows GEMM).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(cores)

@@ -45,9 +45,16 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
         return ()
     from mistralrs_torch.ops import CheckResult  # here, not at the top: `plugins list` never needs the op contract
 
-    threads = [f"{name}={environ[name]}" for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS") if name in environ]
-    checks = [CheckResult("mkl threads", "info", ", ".join(threads) if threads else
-                          "MKL_NUM_THREADS and OMP_NUM_THREADS unset: one thread per available core")]
+    from mistralrs_torch import ConfigError
+    from mistralrs_torch_mkl._threads import requested_threads
+
+    try:
+        requested = requested_threads(environ)
+    except ConfigError as exc:
+        checks = [CheckResult("mkl threads", "error", str(exc))]
+    else:
+        checks = [CheckResult("mkl threads", "info", f"{requested[1]}={requested[0]}" if requested else
+                              "MKL_NUM_THREADS and OMP_NUM_THREADS unset: one thread per available core")]
     # The BLAS proof needs torch; report it only when doctor already imported torch (verification on),
     # so `doctor --no-verify` stays light, and only for this machine, not a loaded profile.
     if system.local and "torch" in sys.modules:

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 from mistralrs_torch import CheckResult, ConfigError, SystemSnapshot
 from mistralrs_torch._settings import env_flag
-from mistralrs_torch.parallel._rendezvous import collective_timeouts, is_power_of_two, torchrun_rendezvous
+from mistralrs_torch.parallel import MAX_WORLD_SIZE, collective_timeouts, is_power_of_two, torchrun_rendezvous
+from mistralrs_torch.validation import env_int, shown
 from mistralrs_torch_nccl._world import LOCAL_WORLD_SIZE_VAR, local_world_size
 
 __all__ = ["nccl_checks"]
@@ -64,14 +65,19 @@ def nccl_checks(active: frozenset[str], system: SystemSnapshot, environ: Mapping
         no_nccl = env_flag(environ, "MISTRALRS_NO_NCCL")
     except ConfigError as exc:
         return [_error("MISTRALRS_NO_NCCL", exc)]
-    ours = environ.get(LOCAL_WORLD_SIZE_VAR, "").strip()
+    raw = environ.get(LOCAL_WORLD_SIZE_VAR, "").strip()
+    ours = shown(raw) if raw else ""
     if no_nccl:
         if ours:
             checks.append(CheckResult(LOCAL_WORLD_SIZE_VAR, "warning", f"{LOCAL_WORLD_SIZE_VAR}={ours} is ignored: "
                                       "MISTRALRS_NO_NCCL=1 turns NCCL off", f"unset {LOCAL_WORLD_SIZE_VAR}, or unset "
                                       "MISTRALRS_NO_NCCL to use NCCL"))
-        launched = environ.get("WORLD_SIZE", "").strip()
-        if launched.isdigit() and int(launched) > 1:
+        try:
+            launched = env_int(environ, "WORLD_SIZE", 1, MAX_WORLD_SIZE, "the number of processes in the job")
+        except ConfigError as exc:
+            checks.append(_error("WORLD_SIZE", exc))
+            launched = None
+        if launched is not None and launched > 1:
             checks.append(CheckResult("MISTRALRS_NO_NCCL", "warning", f"WORLD_SIZE={launched} ranks were launched but "
                                       "MISTRALRS_NO_NCCL=1 turns NCCL off, so each rank would map layers over its "
                                       "GPUs alone", "unset MISTRALRS_NO_NCCL, or start one process"))

@@ -9,18 +9,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mistralrs_torch import ConfigError
-from mistralrs_torch.parallel._rendezvous import Rendezvous, is_power_of_two, torchrun_rendezvous
+from mistralrs_torch.parallel import (
+    MAX_WORLD_SIZE,
+    Rendezvous,
+    is_power_of_two,
+    launched_ranks_here,
+    torchrun_rendezvous,
+)
+from mistralrs_torch.validation import parse_int
 from mistralrs_torch_nccl._manifest import LOCAL_WORLD_SIZE_VAR
 
 __all__ = ["LOCAL_WORLD_SIZE_VAR", "local_world_size", "nccl_rendezvous"]
 
 
 def _count(environ: Mapping[str, str], name: str, gpu_count: int) -> int:
-    raw = environ[name].strip()
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name}={environ[name]!r} is not a number of GPUs: set it to 1, 2, 4, ... "
-                          f"(at most {gpu_count}, the GPUs visible here)")
-    return int(raw)
+    return parse_int(environ[name], name, 1, MAX_WORLD_SIZE,
+                     f"a number of GPUs: 1, 2, 4, ... (at most {gpu_count}, the GPUs visible here)")
 
 
 def local_world_size(environ: Mapping[str, str], gpu_count: int, world_size: int | None = None) -> tuple[int, str]:
@@ -37,8 +41,9 @@ def local_world_size(environ: Mapping[str, str], gpu_count: int, world_size: int
     launcher = environ.get("LOCAL_WORLD_SIZE", "").strip()
     if ours:
         n, source = _count(environ, LOCAL_WORLD_SIZE_VAR, gpu_count), f"{LOCAL_WORLD_SIZE_VAR}={ours}"
-        if launcher and launcher.isdigit() and int(launcher) != n:
-            raise ConfigError(f"{LOCAL_WORLD_SIZE_VAR}={n} but the launcher started LOCAL_WORLD_SIZE={launcher} "
+        started = launched_ranks_here(environ)
+        if started is not None and started != n:
+            raise ConfigError(f"{LOCAL_WORLD_SIZE_VAR}={n} but the launcher started LOCAL_WORLD_SIZE={started} "
                               f"ranks on this machine: make them agree (or unset {LOCAL_WORLD_SIZE_VAR})")
     elif launcher:
         n, source = _count(environ, "LOCAL_WORLD_SIZE", gpu_count), f"LOCAL_WORLD_SIZE={launcher} (the launcher's)"

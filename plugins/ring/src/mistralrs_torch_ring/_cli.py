@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from mistralrs_torch import ConfigError
-from mistralrs_torch_ring._config import check_ring_config, check_ring_configs, ring_config_set, write_ring_configs
+from mistralrs_torch_ring._config import (
+    MAX_WORLD_SIZE,
+    check_ring_config,
+    check_ring_configs,
+    ring_config_set,
+    write_ring_configs,
+)
 
 __all__ = ["ring"]
 
@@ -28,13 +34,15 @@ def ring() -> None:
 
 
 @ring.command("configs")
-@click.option("--world-size", "-n", type=int, required=True, help="Number of processes: 2, 4, 8, ...")
+@click.option("--world-size", "-n", type=click.IntRange(2, MAX_WORLD_SIZE), required=True,
+              help="Number of processes: 2, 4, 8, ...")
 @click.option("--hosts", default="127.0.0.1", show_default=True,
               help="Comma-separated addresses: one per rank, or one per machine (ranks go to machines in "
                    "contiguous blocks).")
 @click.option("--master-ip", default=None, help="Rank 0's address for the rendezvous [default: the first host].")
-@click.option("--master-port", type=int, default=29500, show_default=True, help="Rendezvous port on rank 0's machine.")
-@click.option("--base-port", type=int, default=12345, show_default=True,
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True,
+              help="Rendezvous port on rank 0's machine.")
+@click.option("--base-port", type=click.IntRange(1, 65535), default=12345, show_default=True,
               help="First ring port on each machine (port/right_port; gloo itself picks its data ports).")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Folder for rank<k>.json.")
 @click.option("--force", is_flag=True, help="Overwrite existing rank<k>.json files.")

@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mistralrs_torch import ConfigError
-from mistralrs_torch.parallel._rendezvous import is_loopback, is_power_of_two, is_wildcard, valid_host
+from mistralrs_torch import ConfigError, InputError
+from mistralrs_torch.parallel import is_loopback, is_power_of_two, is_wildcard, valid_host
+from mistralrs_torch.validation import read_json, shown
 from mistralrs_torch_ring._manifest import RING_CONFIG_FIELDS
 
 __all__ = [
     "FIELDS",
+    "MAX_WORLD_SIZE",
     "Problem",
     "RingConfig",
     "check_ring_config",
@@ -46,6 +48,8 @@ __all__ = [
 #: field -> (required, what it is, as the messages say it)
 FIELDS = {f.name: (f.required, f.description) for f in RING_CONFIG_FIELDS}
 _PORTS = ("master_port", "port", "right_port")
+#: Ranks one ring may have: every rank needs a port on its machine, and gloo over TCP is not for more.
+MAX_WORLD_SIZE = 1 << 16
 _MAX_BYTES = 1 << 20
 _DUPLICATES = object()
 
@@ -96,33 +100,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[Any, Any]:
 
 
 def _read(path: str) -> tuple[Any, list[Problem]]:
-    file = Path(path)
-    fix_path = "point RING_CONFIG at this process's ring JSON file (write a set with `mistralrs ring configs`)"
+    fix = "point RING_CONFIG at this process's ring JSON file (write a set with `mistralrs ring configs`)"
     try:
-        if file.is_dir():
-            return None, [Problem(path, "", "is a folder, not a file", fix_path)]
-        raw = file.read_bytes()[:_MAX_BYTES + 1]
-    except FileNotFoundError:
-        return None, [Problem(path, "", "does not exist", fix_path)]
-    except OSError as exc:
-        return None, [Problem(path, "", f"cannot be read ({exc.strerror or exc})", "check the path and its permissions")]
-    if len(raw) > _MAX_BYTES:
-        return None, [Problem(path, "", "is over 1 MiB: not a ring configuration", fix_path)]
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return None, [Problem(path, "", f"is not UTF-8 text (byte {exc.start})", "save it as UTF-8 JSON")]
-    if not text.strip():
-        return None, [Problem(path, "", "is empty", "write the JSON object the seed shows: "
-                              '{"master_ip": "127.0.0.1", "master_port": 1234, "port": 12345, "right_port": 12346, '
-                              '"rank": 0, "world_size": 2}')]
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates), []
-    except json.JSONDecodeError as exc:
-        return None, [Problem(path, "", f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                              "fix the JSON syntax (double-quoted keys, no trailing commas)")]
-    except (RecursionError, ValueError) as exc:  # absurd nesting, or numbers too long for int()
-        return None, [Problem(path, "", f"cannot be parsed ({type(exc).__name__})", "write a flat JSON object")]
+        return read_json(path, "a ring configuration", max_bytes=_MAX_BYTES, fix=fix, pairs=_no_duplicates), []
+    except InputError as exc:
+        return None, [Problem(path, exc.field, exc.problem, exc.fix)]
 
 
 def _int_field(path: str, data: dict[str, Any], name: str, problems: list[Problem]) -> int | None:
@@ -147,10 +129,9 @@ def _example(name: str) -> int:
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
-    kind = {bool: "boolean", str: "string", list: "array", dict: "object", float: "number", type(None): "null"}.get(
+    kind = {bool: "boolean", str: "string", list: "array", dict: "object", float: "number", int: "integer"}.get(
         type(value), type(value).__name__)
-    return f"{kind} {text[:40]}{'...' if len(text) > 40 else ''}" if kind not in ("null",) else "null"
+    return "null" if value is None else f"{kind} {shown(value, 40)}"
 
 
 def _str_field(path: str, data: dict[str, Any], name: str, problems: list[Problem]) -> str | None:
@@ -191,19 +172,24 @@ def check_ring_config(path: str | Path) -> tuple[RingConfig | None, list[Problem
     for name in _PORTS:
         value = ints[name]
         if value is not None and not 1 <= value <= 65535:
-            problems.append(Problem(path, name, f"{value} is not a TCP port", "use a port in 1..65535 (ports below "
-                                    "1024 need root; 1024..65535 is the usual choice)"))
+            problems.append(Problem(path, name, f"{shown(value)} is not a TCP port", "use a port in 1..65535 (ports "
+                                    "below 1024 need root; 1024..65535 is the usual choice)"))
             ints[name] = None
     world, rank = ints["world_size"], ints["rank"]
-    if world is not None and (world < 2 or not is_power_of_two(world)):
+    if world is not None and world > MAX_WORLD_SIZE:
+        problems.append(Problem(path, "world_size", f"{shown(world)} is more than {MAX_WORLD_SIZE} processes",
+                                f"use at most {MAX_WORLD_SIZE} ranks (a power of two)"))
+        world = None
+    elif world is not None and (world < 2 or not is_power_of_two(world)):
         lower = 1 << (world.bit_length() - 1) if world >= 2 else 0
         problems.append(Problem(path, "world_size", f"{world} is not a power of two >= 2 (ring needs 2, 4, 8, ...)",
                                 f"use {lower} or {lower * 2} processes" if lower else
                                 "use 2 or more processes (a single process needs no ring)"))
         world = None
-    if rank is not None and (rank < 0 or (world is not None and rank >= world)):
-        bounds = f"0..{world - 1}" if world is not None else ">= 0"
-        problems.append(Problem(path, "rank", f"{rank} is outside {bounds}", f"give this process a rank in {bounds}"))
+    if rank is not None and (rank < 0 or rank >= (world if world is not None else MAX_WORLD_SIZE)):
+        bounds = f"0..{(world if world is not None else MAX_WORLD_SIZE) - 1}"
+        problems.append(Problem(path, "rank", f"{shown(rank)} is outside {bounds}",
+                                f"give this process a rank in {bounds}"))
         rank = None
     if master_ip is not None:
         if rank is not None and rank != 0 and is_wildcard(master_ip):
@@ -211,10 +197,10 @@ def check_ring_config(path: str | Path) -> tuple[RingConfig | None, list[Problem
                                     "connect to (0.0.0.0 only means 'every interface' to rank 0)",
                                     "set master_ip to rank 0's address (127.0.0.1 when all ranks share this machine)"))
         elif not is_wildcard(master_ip) and not valid_host(master_ip):
-            problems.append(Problem(path, "master_ip", f"{master_ip[:60]!r} is neither an IP address nor a host name",
+            problems.append(Problem(path, "master_ip", f"{shown(master_ip)} is neither an IP address nor a host name",
                                     "set it to rank 0's address, e.g. 192.168.1.10"))
     if right_ip is not None and "right_ip" in data and (is_wildcard(right_ip) or not valid_host(right_ip)):
-        problems.append(Problem(path, "right_ip", f"{right_ip[:60]!r} is not an address of the next rank",
+        problems.append(Problem(path, "right_ip", f"{shown(right_ip)} is not an address of the next rank",
                                 "set it to the next rank's address, or remove it for localhost"))
         right_ip = None
     port, right_port = ints["port"], ints["right_port"]
@@ -325,22 +311,25 @@ def ring_config_set(world_size: int, hosts: Sequence[str] = ("127.0.0.1",), *, m
     Raises ConfigError for a world size, host list or port range that cannot make a valid set.
     """
     problems = []
-    if world_size < 2 or not is_power_of_two(world_size):
-        problems.append(f"--world-size {world_size} is not a power of two >= 2: use 2, 4, 8, ...")
+    if not 2 <= world_size <= MAX_WORLD_SIZE or not is_power_of_two(world_size):
+        problems.append(f"--world-size {shown(world_size)} is not a power of two from 2 to {MAX_WORLD_SIZE}: use 2, 4, "
+                        "8, ...")
     hosts = [h.strip() for h in hosts if h.strip()] or ["127.0.0.1"]
-    bad = [h for h in hosts if is_wildcard(h) or not valid_host(h)]
-    if bad:
-        problems.append(f"--hosts entry {bad[0]!r} is not an address other machines can connect to: "
+    bad = [h for h in hosts if len(h) > 253 or is_wildcard(h) or not valid_host(h)]
+    if len(hosts) > MAX_WORLD_SIZE:
+        problems.append(f"--hosts lists {len(hosts)} hosts, more than {MAX_WORLD_SIZE}: give one per machine")
+    elif bad:
+        problems.append(f"--hosts entry {shown(bad[0])} is not an address other machines can connect to: "
                         "give each machine's IP address or host name")
     if world_size >= 2 and world_size % len(hosts):
         problems.append(f"{len(hosts)} hosts cannot hold {world_size} ranks evenly: give one host per rank, or a "
                         f"number of hosts that divides {world_size}")
-    if master_ip is not None and (is_wildcard(master_ip) or not valid_host(master_ip)):
-        problems.append(f"--master-ip {master_ip!r} is not an address the other ranks can connect to: give rank 0's "
-                        "IP address or host name")
+    if master_ip is not None and (len(master_ip) > 253 or is_wildcard(master_ip) or not valid_host(master_ip)):
+        problems.append(f"--master-ip {shown(master_ip)} is not an address the other ranks can connect to: give "
+                        "rank 0's IP address or host name")
     for name, port in (("--master-port", master_port), ("--base-port", base_port)):
         if not 1 <= port <= 65535:
-            problems.append(f"{name} {port} is not a TCP port: use one in 1..65535")
+            problems.append(f"{name} {shown(port)} is not a TCP port: use one in 1..65535")
     if problems:
         raise ConfigError("cannot write a ring configuration set:\n" + "\n".join(f"  - {p}" for p in problems))
     per_host = world_size // len(hosts)

@@ -5,19 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mistralrs_torch import ConfigError
-from mistralrs_torch.parallel._rendezvous import Rendezvous, is_power_of_two, torchrun_rendezvous
+from mistralrs_torch.parallel import Rendezvous, is_power_of_two, local_rank, torchrun_rendezvous
 from mistralrs_torch_ring._config import load_ring_config
 
 __all__ = ["ring_rendezvous"]
-
-
-def _local_rank(environ: Mapping[str, str]) -> int:
-    raw = environ.get("LOCAL_RANK", "").strip()
-    if not raw:
-        return 0
-    if not raw.isdigit():
-        raise ConfigError(f"LOCAL_RANK={raw!r} is not an integer >= 0: set it to this process's index on its machine")
-    return int(raw)
 
 
 def ring_rendezvous(environ: Mapping[str, str]) -> Rendezvous:
@@ -33,7 +24,7 @@ def ring_rendezvous(environ: Mapping[str, str]) -> Rendezvous:
             raise ConfigError(f"RING_CONFIG={path} says rank {config.rank} of {config.world_size}, but RANK="
                               f"{torchrun.rank} and WORLD_SIZE={torchrun.world_size} say otherwise: make them agree, "
                               "or unset RANK and WORLD_SIZE (RING_CONFIG alone is enough)")
-        return Rendezvous(config.rank, config.world_size, config.master_ip, config.master_port, _local_rank(environ),
+        return Rendezvous(config.rank, config.world_size, config.master_ip, config.master_port, local_rank(environ),
                           source=f"RING_CONFIG={path}", addr_name="master_ip", port_name="master_port")
     if torchrun is None:
         raise ConfigError("ring is active but has no configuration: set RING_CONFIG to this process's ring JSON "
