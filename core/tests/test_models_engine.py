@@ -78,6 +78,20 @@ def _compare(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> tu
     return worst, clear
 
 
+def _agree(reference: list[torch.Tensor], tokens: list[int]) -> int:
+    """Steps whose token is the reference's where its top-2 margin exceeds the tolerance (checked), up to the first
+    near tie that went the other way."""
+    clear = 0
+    for expected, token in zip(reference, tokens):
+        top2 = expected.topk(2).values
+        if float(top2[0] - top2[1]) > TOLERANCE:
+            assert token == int(expected.argmax())
+            clear += 1
+        elif token != int(expected.argmax()):
+            break
+    return clear
+
+
 def test_a_ragged_batch_gives_each_prompt_what_it_gets_alone(pair: tuple[Any, Model]) -> None:
     _, model = pair
     params = SamplingParams(max_tokens=10)
@@ -284,8 +298,10 @@ def test_batch_and_stream_apis_and_an_early_close(llama: Model) -> None:
     params = [SamplingParams(max_tokens=5), SamplingParams(max_tokens=8)]
     results = llama.generate_batch([PROMPTS[0], PROMPTS[3]], params)
     assert [len(r.tokens) for r in results] == [5, 8]
-    assert [r.tokens for r in results] == [llama.generate(PROMPTS[0], max_tokens=5).tokens,
-                                           llama.generate(PROMPTS[3], max_tokens=8).tokens]
+    for result, prompt, p in zip(results, [PROMPTS[0], PROMPTS[3]], params, strict=True):
+        alone = _alone(llama, prompt, p)
+        clear = _agree(_logits(alone), list(result.tokens))
+        assert clear >= 0.8 * len(alone)
     stream = llama.stream_batch([PROMPTS[0], PROMPTS[3]], params)
     first = next(stream)
     with pytest.raises(ConfigError, match=r"the model's engine is busy with 2 requests"):
