@@ -81,8 +81,8 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most tokens to generate.")
 @click.option("--features", default=None, metavar="FEATURES",
-              help="Explicit selection, e.g. 'cuda flash-attn' ('auto' or 'none' also work); overrides "
-                   "MISTRALRS_FEATURES.")
+              help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or "
+                   "'none' also work); overrides MISTRALRS_FEATURES.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere]; quantized "
                    "weights stay quantized.")
