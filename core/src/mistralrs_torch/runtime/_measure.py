@@ -161,7 +161,9 @@ class Tuner:
 
     def __init__(self, cache: TuningCache, *, repeats: int = 5, margin: float = 1.5) -> None:
         self.cache, self.repeats, self.margin = cache, repeats, margin
+        #: One per signature (key), in the order first met: the weights of many layers share a signature.
         self.measurements: list[Measurement] = []
+        self._met: set[str] = set()
 
     @property
     def seconds(self) -> float:
@@ -230,6 +232,9 @@ class Tuner:
         names = [b.name for b, _ in candidates]
         if known is not None and known["winner"] in names:
             chosen = candidates[names.index(known["winner"])]
+            if key in self._met:
+                return chosen
+            self._met.add(key)
             self.measurements.append(Measurement(spec.name, call, dict(known.get("times", {})),
                                                  dict(known.get("dropped", {})), known["winner"], 0.0, "cache"))
             return chosen
@@ -262,6 +267,7 @@ class Tuner:
         winner = min(times, key=lambda name: times[name])
         measurement = Measurement(spec.name, call, times, dropped, winner, time.perf_counter() - start, "measured")
         self.measurements.append(measurement)
+        self._met.add(key)
         self.cache.put(key, measurement)
         return candidates[names.index(winner)]
 
