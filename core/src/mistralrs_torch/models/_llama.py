@@ -2,7 +2,9 @@
 
 The differences between them are configuration (ModelConfig), not code: the
 biases present, each layer's window, the RoPE scaling, whether lm_head is the
-embedding. Weights arrive under Hugging Face names from either loader.
+embedding. Weights arrive under Hugging Face names from either loader. Over
+several ranks each holds its share of the heads and MLP rows (ModelShards)
+and o/down end in an all_reduce; every rank then runs the same forward.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import torch.nn.functional as F
 
 from mistralrs_torch.models._config import ModelConfig
 from mistralrs_torch.models._layers import Attention, Embedding, KVCache, Linear, RMSNorm, Weight
-from mistralrs_torch.ops import rope_inv_freq
+from mistralrs_torch.generic import SingleProcessCommunicator
+from mistralrs_torch.models._tensor_parallel import ModelShards, ReducedLinear
+from mistralrs_torch.ops import Communicator, rope_inv_freq
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.runtime._loading import TensorSlice
 
 __all__ = ["LlamaForCausalLM"]
 
@@ -38,16 +43,29 @@ class _DecoderLayer:
 
 
 class LlamaForCausalLM:
-    """Token ids in, next-token logits out, one sequence at a time over its paged KV cache."""
+    """Token ids in, next-token logits out, one sequence at a time over its paged KV cache.
 
-    def __init__(self, config: ModelConfig, runtime: Runtime, weight: Callable[[str], Weight],
-                 dtype: torch.dtype) -> None:
+    ``read(name, part)`` reads tensor ``name``, only ``part`` of it when that is not None. With a
+    ``communicator`` of several ranks this rank builds its share of the model; every rank must then make the
+    same forward calls in the same order (the all_reduce calls pair up across ranks).
+    """
+
+    def __init__(self, config: ModelConfig, runtime: Runtime, read: Callable[[str, TensorSlice | None], Weight],
+                 dtype: torch.dtype, communicator: Communicator | None = None) -> None:
         self.config, self.runtime, self.dtype = config, runtime, dtype
+        self.communicator = communicator if communicator is not None else SingleProcessCommunicator()
+        shards = ModelShards(config, self.communicator)  # refuses a split that cuts a head, before any read
+        self.heads, self.kv_heads = shards.heads.heads, shards.heads.kv_heads  # this rank's
         c = config
 
-        def linear(prefix: str, bias: bool) -> Linear:
+        def weight(name: str) -> Weight:
+            return read(name, shards.part(name))
+
+        def linear(prefix: str, bias: bool, reduce: bool = False) -> Linear:
             b = weight(f"{prefix}.bias") if bias else None
             assert b is None or isinstance(b, torch.Tensor)
+            if reduce and shards.world_size > 1:
+                return ReducedLinear(runtime, weight(f"{prefix}.weight"), b, dtype, self.communicator)
             return Linear(runtime, weight(f"{prefix}.weight"), b, dtype)
 
         def norm(name: str) -> RMSNorm:
@@ -63,10 +81,10 @@ class LlamaForCausalLM:
             p = f"model.layers.{i}"
             attention = Attention(runtime, i, linear(f"{p}.self_attn.q_proj", c.qkv_bias),
                                   linear(f"{p}.self_attn.k_proj", c.qkv_bias), linear(f"{p}.self_attn.v_proj", c.qkv_bias),
-                                  linear(f"{p}.self_attn.o_proj", c.o_bias), c.num_heads, c.num_kv_heads, c.head_dim,
-                                  inv_freq, c.sliding_windows[i])
+                                  linear(f"{p}.self_attn.o_proj", c.o_bias, reduce=True), self.heads, self.kv_heads,
+                                  c.head_dim, inv_freq, c.sliding_windows[i])
             mlp = _MLP(linear(f"{p}.mlp.gate_proj", c.mlp_bias), linear(f"{p}.mlp.up_proj", c.mlp_bias),
-                       linear(f"{p}.mlp.down_proj", c.mlp_bias))
+                       linear(f"{p}.mlp.down_proj", c.mlp_bias, reduce=True))
             self.layers.append(_DecoderLayer(attention, mlp, norm(f"{p}.input_layernorm.weight"),
                                              norm(f"{p}.post_attention_layernorm.weight")))
         self.norm = norm("model.norm.weight")
@@ -90,9 +108,9 @@ class LlamaForCausalLM:
         return [*names, "model.norm.weight", *([] if c.tie_word_embeddings else ["lm_head.weight"])]
 
     def new_cache(self, capacity: int) -> KVCache:
-        """An empty cache for a sequence of up to ``capacity`` tokens."""
+        """An empty cache for a sequence of up to ``capacity`` tokens (this rank's key/value heads)."""
         c = self.config
-        return KVCache(self.runtime, c.sliding_windows, capacity, c.num_kv_heads, c.head_dim, self.dtype)
+        return KVCache(self.runtime, c.sliding_windows, capacity, self.kv_heads, c.head_dim, self.dtype)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:

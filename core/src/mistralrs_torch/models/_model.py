@@ -14,6 +14,7 @@ from mistralrs_torch.models._config import ModelConfig
 from mistralrs_torch.models._layers import KVCache
 from mistralrs_torch.models._llama import LlamaForCausalLM
 from mistralrs_torch.models._tokenizer import TextStream, TextTokenizer
+from mistralrs_torch.ops import Communicator
 from mistralrs_torch.runtime import Runtime
 
 __all__ = ["Generation", "Model"]
@@ -57,6 +58,11 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return self.network.dtype
+
+    @property
+    def communicator(self) -> Communicator:
+        """The ranks the model is split over (a world of one in a single process); every rank runs each call."""
+        return self.network.communicator
 
     def new_cache(self, capacity: int) -> KVCache:
         """An empty paged KV cache for one sequence of up to ``capacity`` tokens."""
