@@ -268,6 +268,9 @@ def test_k_proj_with_fewer_kv_heads_than_ranks_is_replicated_whole_never_cut(tmp
                                           r"heads, which 4 ranks cannot split without cutting a head"):
         thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(
             runtime, comm, path, "k_proj.weight", heads=AttentionHeads(2, 2, head), device="cpu"))
+    with pytest.raises(ConfigError, match="gathering the copies would repeat heads"):
+        thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(
+            runtime, comm, path, "k_proj.weight", heads=layout, gather_output=True, device="cpu"))
     with pytest.raises(ConfigError, match="'k_proj.weight' in .* has 16 rows, which are neither 4 query heads nor "
                                           "1 key/value heads of 8"):
         ColumnParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "k_proj.weight",

@@ -45,7 +45,8 @@ class ModelShards:
         """The slice of tensor ``name`` (a Hugging Face name) this rank reads; None for a replicated tensor."""
         if self.world_size == 1:
             return None
-        c, stem, kind = self.config, *name.rsplit(".", 1)
+        c = self.config
+        stem, kind = name.rsplit(".", 1)  # model.layers.0.self_attn.q_proj, weight
         projection = stem.rsplit(".", 1)[-1]
         if projection in ("q_proj", "k_proj", "v_proj"):
             heads = c.num_heads if projection == "q_proj" else c.num_kv_heads

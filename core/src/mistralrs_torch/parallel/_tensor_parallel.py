@@ -110,13 +110,13 @@ class ColumnParallelLinear:
     Given its layer's ``heads``, a q/k/v projection splits by whole heads, and
     key/value heads fewer than the ranks are replicated (see :mod:`._sharding`);
     without it the rows split evenly, which suits MLP projections only.
+    Replicated heads cannot be gathered (the copies would repeat).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, runtime: Any,
                  communicator: Communicator, gather_output: bool = False) -> None:
         self.weight, self.bias = weight, bias
         self.runtime, self.communicator, self.gather_output = runtime, communicator, gather_output
-        self.out_features = weight.shape[0] * communicator.world_size  # with replicated heads: counted per copy
 
     @classmethod
     def from_safetensors(cls, runtime: Any, communicator: Communicator, path: Path, weight: str,
@@ -125,6 +125,9 @@ class ColumnParallelLinear:
                          ) -> ColumnParallelLinear:
         device = device or rank_device(runtime, communicator)
         w = load_shard(path, weight, 0, communicator, device, heads)
+        if gather_output and w.shape[0] * communicator.world_size != tensor_shapes(path)[weight][0]:
+            raise ConfigError(f"{weight!r} in {path} has fewer heads than ranks, so each rank holds a copy of one: "
+                              "gathering the copies would repeat heads; leave gather_output off")
         b = load_shard(path, bias, 0, communicator, device, heads) if bias else None
         if dtype is not None:
             w, b = w.to(dtype), None if b is None else b.to(dtype)
