@@ -32,7 +32,11 @@ def version_key(version: str) -> tuple[int, ...]:
 
 def floors(root: Path) -> dict[str, str]:
     """name -> the lowest version a workspace pyproject asks for (">=X"), torch and workspace members left out."""
-    import tomllib  # Python 3.11+, which the machine that builds the wheels has
+    # Runs here, in the workspace's environment: tomllib from 3.11, tomli (a core dependency) on 3.10.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
 
     projects = [root / "core" / "pyproject.toml", *sorted(root.glob("plugins/*/pyproject.toml"))]
     wanted = [r for p in projects for r in tomllib.loads(p.read_text())["project"].get("dependencies", [])]

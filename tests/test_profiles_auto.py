@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from mistralrs_torch import ConfigError, Selection, SystemSnapshot, load_system
+from mistralrs_torch import ConfigError, Selection, SelectionError, SystemSnapshot, load_system
 from mistralrs_torch.system import PROFILE_NAMES
 
-SHIPPED_PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100",
-                    "apple-m2", "xeon-cpu", "epyc-cpu")
+SHIPPED_PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100", "multi-gpu-4xa100",
+                    "apple-m2", "intel-mac-amd", "xeon-cpu", "epyc-cpu")
 
 #: profile -> (active, available); every other installed feature is unavailable.
 EXPECTED_AUTO = {
@@ -22,7 +22,10 @@ EXPECTED_AUTO = {
     "v100": ({"cuda", "cudnn", "mkl", "cpu"}, {"ring", "nccl"}),
     "rtx4090-windows": ({"cuda", "cudnn", "flash-attn", "mkl", "cpu"}, {"ring"}),
     "multi-gpu-8xh100": ({"cuda", "cudnn", "flash-attn-v3", "mkl", "nccl", "cpu"}, {"flash-attn", "ring"}),
+    "multi-gpu-4xa100": ({"cuda", "cudnn", "flash-attn", "mkl", "nccl", "cpu"}, {"ring"}),
     "apple-m2": ({"metal", "accelerate", "cpu"}, {"ring"}),
+    # The seed: metal runs on "Apple Silicon or AMD GPU" (MPS drives an Intel Mac's AMD GPU).
+    "intel-mac-amd": ({"metal", "accelerate", "cpu"}, {"ring"}),
     "xeon-cpu": ({"mkl", "cpu"}, {"ring"}),
     "epyc-cpu": ({"mkl", "cpu"}, {"ring"}),
 }
@@ -126,6 +129,36 @@ def test_ring_is_available_until_ring_config_is_set(resolve_on) -> None:
     assert without.status("ring").status == "available"
     assert "RING_CONFIG" in _reason(without, "ring")
     assert resolve_on("xeon-cpu", environ={"RING_CONFIG": "ring.json"}).status("ring").status == "active"
+
+
+@pytest.mark.parametrize(("gpus", "environ", "status", "reason"), [
+    (3, {}, "unavailable", "nccl needs a power-of-two number of GPUs (1, 2, 4, 8, ...), and 3 are visible: "
+                           "set MISTRALRS_MN_LOCAL_WORLD_SIZE=2 to use 2 of them"),
+    (3, {"MISTRALRS_MN_LOCAL_WORLD_SIZE": "2"}, "active", "all requirements hold"),
+    (6, {"MISTRALRS_MN_LOCAL_WORLD_SIZE": "4"}, "active", "all requirements hold"),
+    (3, {"LOCAL_WORLD_SIZE": "2"}, "active", "all requirements hold"),  # torchrun --nproc-per-node 2
+    (8, {"MISTRALRS_MN_LOCAL_WORLD_SIZE": "6"}, "unavailable", "MISTRALRS_MN_LOCAL_WORLD_SIZE=6 uses 6: set "
+                                                                "MISTRALRS_MN_LOCAL_WORLD_SIZE=4"),
+    (3, {"MISTRALRS_MN_LOCAL_WORLD_SIZE": "4"}, "unavailable", "MISTRALRS_MN_LOCAL_WORLD_SIZE=4 asks for 4 GPUs but 3"),
+    (3, {"MISTRALRS_MN_LOCAL_WORLD_SIZE": "two"}, "unavailable", "MISTRALRS_MN_LOCAL_WORLD_SIZE='two' is not a number"),
+    (8, {"MISTRALRS_MN_LOCAL_WORLD_SIZE": "1"}, "available", "auto mode enables nccl with 2 or more GPUs"),
+    (3, {"MISTRALRS_NO_NCCL": "1"}, "unavailable", "nccl is turned off by MISTRALRS_NO_NCCL=1"),
+])
+def test_nccl_runs_only_on_a_power_of_two_gpus_in_every_mode(resolve_on, explicit, profile_json, gpus, environ,
+                                                             status, reason) -> None:
+    data = profile_json("multi-gpu-8xh100")
+    data["gpus"] = data["gpus"][:gpus]
+    system = SystemSnapshot.from_json(data)
+    resolution = resolve_on(system, environ=environ)
+    assert resolution.status("nccl").status == status
+    assert reason in _reason(resolution, "nccl")
+    # An explicit selection gets the same answer: accepted exactly where nccl can run.
+    if status == "unavailable" and "MISTRALRS_NO_NCCL" not in environ:
+        with pytest.raises(SelectionError) as caught:
+            resolve_on(system, explicit("nccl"), environ)
+        assert reason in str(caught.value)
+    elif "MISTRALRS_NO_NCCL" not in environ:
+        assert "nccl" in resolve_on(system, explicit("nccl"), environ).active
 
 
 def test_mistralrs_no_nccl_turns_nccl_off(resolve_on) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mistralrs_torch import load_system
+from mistralrs_torch.features import catalogue
 from mistralrs_torch.system import HARDWARE_CLASSES
 
 #: The seed's "Quick Reference": feature -> (platforms, requires)
@@ -62,10 +63,15 @@ def test_auto_enabled_features_are_the_seeds_automatically_enabled_cuda(manifest
         "flash-attn": ("cuda",), "flash-attn-v3": ("cuda",), "nccl": ("cuda",)}
 
 
+def test_the_catalogue_holds_the_recommended_combinations_table() -> None:
+    assert {row.label: set(row.features) for row in catalogue().rows} == RECOMMENDED
+    assert set(HARDWARE_CLASSES) == {row.hardware_class for row in catalogue().rows}
+
+
 @pytest.mark.parametrize("label", sorted(RECOMMENDED))
-def test_recommended_combinations_by_hardware(manifests, label) -> None:
-    (hardware_class,) = [name for name, (text, _) in HARDWARE_CLASSES.items() if text == label]
-    recommended = {n for n, m in manifests.items() if hardware_class in m.recommended_for and n != "cpu"}
+def test_the_manifests_recommend_themselves_for_the_same_rows(manifests, label) -> None:
+    (row,) = [row for row in catalogue().rows if row.label == label]
+    recommended = {n for n, m in manifests.items() if row.hardware_class in m.recommended_for and n != "cpu"}
     assert recommended == RECOMMENDED[label]
 
 

@@ -150,8 +150,34 @@ def tiny_llama() -> Any:
     return model
 
 
+def random_llama(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2, seed: int = 3) -> SimpleNamespace:
+    """A Llama-shaped set of random weights under Hugging Face names, without transformers (for write_gguf on
+    machines that have no transformers, such as the GPU check's)."""
+    import torch
+
+    config = SimpleNamespace(vocab_size=len(tiny_vocab()), hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                             max_position_embeddings=128, rms_norm_eps=1e-5, rope_parameters={"rope_theta": 10000.0},
+                             tie_word_embeddings=False)
+    head = hidden // heads
+    generator = torch.Generator().manual_seed(seed)
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, hidden), "model.norm.weight": (hidden,),
+              "lm_head.weight": (config.vocab_size, hidden)}
+    for i in range(layers):
+        shapes |= {f"model.layers.{i}.{name}": shape for name, shape in (
+            ("input_layernorm.weight", (hidden,)), ("post_attention_layernorm.weight", (hidden,)),
+            ("self_attn.q_proj.weight", (hidden, hidden)), ("self_attn.k_proj.weight", (kv_heads * head, hidden)),
+            ("self_attn.v_proj.weight", (kv_heads * head, hidden)), ("self_attn.o_proj.weight", (hidden, hidden)),
+            ("mlp.gate_proj.weight", (2 * hidden, hidden)), ("mlp.up_proj.weight", (2 * hidden, hidden)),
+            ("mlp.down_proj.weight", (hidden, 2 * hidden)))}
+    weights = {name: (1 + 0.1 * torch.randn(shape, generator=generator)) if len(shape) == 1 else
+               torch.randn(shape, generator=generator) * shape[-1] ** -0.5 for name, shape in shapes.items()}
+    return SimpleNamespace(config=config, state_dict=lambda: weights)
+
+
 @pytest.fixture(scope="session")
 def tiny() -> SimpleNamespace:
     """The helpers above, for test modules (conftest is not importable under --import-mode=importlib)."""
     return SimpleNamespace(chat_template=CHAT_TEMPLATE, vocab=tiny_vocab(), save_tokenizer=save_tokenizer,
-                           randomize=randomize, gguf_permute=gguf_permute, write_gguf=write_gguf)
+                           randomize=randomize, gguf_permute=gguf_permute, write_gguf=write_gguf,
+                           random_llama=random_llama)

@@ -25,7 +25,7 @@ from mistralrs_torch.generic import (
     bottom_right_causal_mask,
     dense_attention,
     dequantize_int8,
-    gather_paged_kv,
+    paged_gather_plan,
 )
 from mistralrs_torch.ops import AttentionBackend, CallSpec, CollectiveBackend, Communicator, MatmulBackend
 from mistralrs_torch.runtime import TensorSlice, load_safetensors
@@ -334,13 +334,17 @@ def test_paged_attention_ignores_cache_slots_beyond_sequence_length(garbage: flo
             <= TOL[torch.float32], f"sequence {b} read slots past its length {int(lens[b])}"
 
 
-def test_gather_paged_kv_layout() -> None:
-    # 3 blocks of size 2, 1 kv head, head size 1: cache values encode (block, slot).
-    cache = torch.tensor([[[[10.0]], [[11.0]]], [[[20.0]], [[21.0]]], [[[30.0]], [[31.0]]]])
+def test_the_paged_gather_plan_by_hand() -> None:
+    # 3 blocks of size 2; sequence 0 (3 tokens) in blocks 2, 0; sequence 1 (4 tokens) in blocks 1, 2.
     table = torch.tensor([[2, 0], [1, 2]], dtype=torch.int32)
-    gathered = gather_paged_kv(cache, table)
-    assert gathered.shape == (2, 1, 4, 1)
-    assert gathered[:, 0, :, 0].tolist() == [[30.0, 31.0, 10.0, 11.0], [20.0, 21.0, 30.0, 31.0]]
+    index, allowed = paged_gather_plan(table, torch.tensor([3, 4], dtype=torch.int32), 2, 1)
+    # Flat slot = block * 2 + offset; sequence 0's padding position reads its own first slot (4), masked out.
+    assert index.tolist() == [[4, 5, 0, 4], [2, 3, 4, 5]]
+    assert allowed is not None and allowed[:, 0, 0].tolist() == [[True, True, True, False], [True] * 4]
+    (one,) = paged_gather_plan(table[:1], torch.tensor([4], dtype=torch.int32), 2, 1)[1:]
+    assert one is None  # batch-1 decode sees every key: no mask at all
+    causal = paged_gather_plan(table[1:], torch.tensor([4], dtype=torch.int32), 2, 2)[1]
+    assert causal is not None and causal[0, 0].tolist() == [[True, True, True, False], [True] * 4]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,7 +135,9 @@ def test_wrongly_typed_fields_are_rejected(field, value) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"vendor": "amd"},
+    {"vendor": "intel"},
+    {"vendor": "apple", "other_vendors": ("intel",)},
+    {"vendor": "nvidia", "count_vars": ("lower_case",)},
     {"vendor": "nvidia", "min_count": -1},
     {"vendor": "nvidia", "min_count": "2"},
     {"vendor": "nvidia", "min_compute_capability": (8,)},

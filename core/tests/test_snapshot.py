@@ -11,8 +11,8 @@ import pytest
 from mistralrs_torch import GPU, ConfigError, SystemProfileError, SystemSnapshot, load_system, probe_system
 from mistralrs_torch.system import PROFILE_NAMES, SCHEMA, hardware_classes, visible_device_filter
 
-SHIPPED_PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100",
-                    "apple-m2", "xeon-cpu", "epyc-cpu")
+SHIPPED_PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100", "multi-gpu-4xa100",
+                    "apple-m2", "intel-mac-amd", "xeon-cpu", "epyc-cpu")
 
 
 def _write(tmp_path: Path, data, name: str = "box.json") -> Path:
@@ -45,7 +45,7 @@ def test_profiles_hold_well_formed_facts(name) -> None:
     assert system.torch is not None
     for index, gpu in enumerate(system.gpus):
         assert gpu.index == index
-        assert gpu.vendor in ("nvidia", "apple")
+        assert gpu.vendor in ("nvidia", "apple", "amd")
         if gpu.vendor == "nvidia":
             cc = gpu.compute_capability
             assert isinstance(cc, tuple) and len(cc) == 2 and all(isinstance(v, int) for v in cc)
@@ -218,15 +218,72 @@ def test_visible_device_filter_is_none_when_unset() -> None:
 
 
 @pytest.mark.parametrize(("profile", "classes"), [
-    ("h100", {"nvidia-hopper", "intel-cpu"}),
-    ("h100-fa2", {"nvidia-hopper", "intel-cpu"}),
-    ("a100", {"nvidia-ampere"}),
-    ("rtx4090-windows", {"nvidia-ampere"}),
-    ("v100", {"nvidia-older", "intel-cpu"}),
-    ("multi-gpu-8xh100", {"nvidia-hopper", "multi-gpu-nvidia", "intel-cpu"}),
-    ("apple-m2", {"apple-silicon"}),
-    ("xeon-cpu", {"intel-cpu", "generic-cpu"}),
-    ("epyc-cpu", {"generic-cpu"}),
+    ("h100", ("nvidia-hopper",)),
+    ("h100-fa2", ("nvidia-hopper",)),
+    ("a100", ("nvidia-ampere",)),
+    ("rtx4090-windows", ("nvidia-ampere",)),
+    ("v100", ("nvidia-older",)),
+    ("multi-gpu-8xh100", ("nvidia-hopper", "multi-gpu-nvidia")),
+    ("multi-gpu-4xa100", ("nvidia-ampere", "multi-gpu-nvidia")),
+    ("apple-m2", ("apple-silicon",)),
+    ("intel-mac-amd", ("apple-silicon",)),
+    ("xeon-cpu", ("intel-cpu",)),
+    ("epyc-cpu", ("generic-cpu",)),
 ])
-def test_profiles_fall_into_the_seed_hardware_rows(profile, classes) -> None:
-    assert set(hardware_classes(load_system(profile))) == classes
+def test_profiles_fall_into_one_base_row_and_the_rows_that_add_to_it(profile, classes) -> None:
+    assert hardware_classes(load_system(profile)) == classes
+
+
+def test_every_shipped_profile_is_listed_above() -> None:
+    import inspect
+
+    listed = inspect.getsource(test_profiles_fall_into_one_base_row_and_the_rows_that_add_to_it)
+    assert all(f'"{name}"' in listed for name in PROFILE_NAMES)
+
+
+@pytest.mark.parametrize(("environ", "multi_node"), [
+    ({}, False),
+    ({"RING_CONFIG": "ring.json"}, True),
+    ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}, True),  # torchrun over two machines
+    ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8"}, False),  # torchrun on this machine alone
+    ({"WORLD_SIZE": "8"}, False),
+    ({"SLURM_JOB_NUM_NODES": "2"}, True),
+    ({"SLURM_NNODES": "1"}, False),
+    ({"WORLD_SIZE": "²", "LOCAL_WORLD_SIZE": "1"}, False),
+])
+def test_a_multi_node_run_adds_the_multi_node_row(environ, multi_node) -> None:
+    classes = hardware_classes(load_system("a100"), environ)
+    assert classes == (("nvidia-ampere", "multi-node") if multi_node else ("nvidia-ampere",))
+
+
+def test_mixed_nvidia_generations_take_the_row_every_gpu_can_run() -> None:
+    data = json.loads(json.dumps(load_system("multi-gpu-8xh100").to_json()))
+    data["gpus"][1]["compute_capability"] = [8, 0]
+    assert hardware_classes(SystemSnapshot.from_json(data)) == ("nvidia-ampere", "multi-gpu-nvidia")
+    data["gpus"][2]["compute_capability"] = [7, 0]
+    assert hardware_classes(SystemSnapshot.from_json(data)) == ("nvidia-older", "multi-gpu-nvidia")
+    data = json.loads(json.dumps(load_system("h100").to_json()))
+    data["gpus"][0]["compute_capability"] = [10, 0]  # Blackwell: FlashAttention-2, not 3
+    assert hardware_classes(SystemSnapshot.from_json(data)) == ("nvidia-ampere",)
+
+
+def test_an_intel_mac_without_a_metal_gpu_is_a_generic_cpu() -> None:
+    data = json.loads(json.dumps(load_system("intel-mac-amd").to_json()))
+    data["gpus"] = []
+    assert hardware_classes(SystemSnapshot.from_json(data)) == ("generic-cpu",)
+
+
+SYSTEM_PROFILER = json.dumps({"SPDisplaysDataType": [
+    {"_name": "Intel UHD Graphics 630", "sppci_model": "Intel UHD Graphics 630", "spdisplays_vendor": "Intel",
+     "spdisplays_vram": "1536 MB"},
+    {"_name": "AMD Radeon Pro 5500M", "sppci_model": "AMD Radeon Pro 5500M", "spdisplays_vendor": "sppci_vendor_amd",
+     "spdisplays_vram": "8 GB"},
+]})
+
+
+def test_an_intel_macs_amd_gpu_is_read_from_system_profiler() -> None:
+    from mistralrs_torch.system._probe import mac_amd_gpus
+
+    assert mac_amd_gpus(SYSTEM_PROFILER) == [GPU(index=0, name="AMD Radeon Pro 5500M", vendor="amd",
+                                                 memory_total=8 * 1024**3)]
+    assert mac_amd_gpus("not json") == mac_amd_gpus("[]") == mac_amd_gpus('{"SPDisplaysDataType": "x"}') == []

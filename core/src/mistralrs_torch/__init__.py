@@ -27,6 +27,7 @@ from mistralrs_torch._hookspecs import hookimpl, hookspec
 from mistralrs_torch._version import PLUGIN_API_VERSION, __version__
 from mistralrs_torch.features import (
     AutoCondition,
+    ConfigField,
     EnvVar,
     FeatureManifest,
     GPURequirement,
@@ -81,6 +82,7 @@ __all__ = [
     "CollectiveBackend",
     "CollectiveError",
     "Communicator",
+    "ConfigField",
     "ConfigError",
     "Device",
     "EnvVar",

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mistralrs_torch.testing import references as ref
-from mistralrs_torch.generic import dense_attention, gather_paged_kv
+from mistralrs_torch.generic import dense_attention
 from mistralrs_torch.ops import CallSpec, op_spec
 from mistralrs_torch_flash_attn._backends import FlashAttention2
 from mistralrs_torch.system import GPUFacts
@@ -49,10 +49,16 @@ def _bshd_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return out.transpose(1, 2).to(q.dtype).contiguous()
 
 
+def _gather(cache: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(blocks, block size, kv heads, D) + (batch, max blocks) -> (batch, kv heads, max blocks * block size, D)."""
+    batch, width = table.shape
+    return cache[table.long()].reshape(batch, width * cache.shape[1], *cache.shape[2:]).transpose(1, 2)
+
+
 def _paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, table: torch.Tensor, lens: torch.Tensor,
            scale: float | None, causal: bool) -> torch.Tensor:
-    k = gather_paged_kv(k_cache, table).float()  # (batch, kv heads, blocks * block size, D)
-    v = gather_paged_kv(v_cache, table).float()
+    k = _gather(k_cache, table).float()  # (batch, kv heads, blocks * block size, D)
+    v = _gather(v_cache, table).float()
     q_len, k_len = q.shape[1], k.shape[2]
     positions = torch.arange(k_len)[None, None, :]
     limit = lens.long()[:, None, None]

@@ -44,6 +44,22 @@ def test_apple_m2_profile_activates_metal_and_accelerate_with_opt_in_paged_atten
     assert resolution.status("metal").manifest.paged_attention == "opt-in"
 
 
+def test_an_intel_mac_with_an_amd_gpu_runs_metal_when_mps_is_there() -> None:
+    # The seed: metal needs "macOS with Apple Silicon or AMD GPU"; torch MPS drives both.
+    pm = mistralrs_torch.PluginManager(environ={})
+
+    def metal(data: dict) -> mistralrs_torch.FeatureStatus:
+        system = mistralrs_torch.SystemSnapshot.from_json(data)
+        return mistralrs_torch.resolve(pm.features, pm.broken, mistralrs_torch.Selection(), system, {}).status("metal")
+
+    mac = mistralrs_torch.load_system("intel-mac-amd").to_json()
+    assert metal(mac).status == "active"
+    without_mps = {**mac, "libraries": {"accelerate": "14.7"}}
+    assert "torch MPS backend not found" in metal(without_mps).reasons[0]
+    without_gpu = {**mac, "gpus": []}
+    assert metal(without_gpu).reasons[0].startswith("metal needs an Apple or AMD GPU; none is visible")
+
+
 def test_explicit_metal_on_linux_gets_the_seed_message() -> None:
     pm = mistralrs_torch.PluginManager(environ={})
     with pytest.raises(mistralrs_torch.SelectionError, match="metal is macOS-only: remove the metal feature"):

@@ -117,6 +117,36 @@ def test_ranks_sharing_the_machine_keep_device_mapping_off_without_nccl() -> Non
 
 
 @pytest.mark.parametrize(("environ", "status", "words"), [
+    # NCCL active: an explicit map contradicts one process per GPU.
+    ({"MISTRALRS_DEVICE_LAYERS": "0:16;1:16"}, "error",
+     "device layers: MISTRALRS_DEVICE_LAYERS='0:16;1:16' is set, but NCCL is active: each process holds one GPU"),
+    # NCCL off: the explicit map is honoured, and judged against the GPUs.
+    ({"MISTRALRS_NO_NCCL": "1", "MISTRALRS_DEVICE_LAYERS": "0:16;1:16"}, "info",
+     "device layers: on (MISTRALRS_NO_NCCL=1): explicit map from MISTRALRS_DEVICE_LAYERS: cuda:0: 16 layers, "
+     "cuda:1: 16 layers"),
+    ({"MISTRALRS_NO_NCCL": "1", "MISTRALRS_DEVICE_LAYERS": "0:16;9:16"}, "error",
+     "device map names '9', which is not a device here"),
+    ({"MISTRALRS_NO_NCCL": "1", "LOCAL_WORLD_SIZE": "8", "MISTRALRS_DEVICE_LAYERS": "0:16"}, "error",
+     "is set, but 8 ranks share this machine"),
+])
+def test_mistralrs_device_layers_is_judged_with_nccl_on_and_off(environ: dict, status: str, words: str) -> None:
+    found = _statuses(nccl_checks(_active(H100x8, environ), H100x8, environ))
+    assert any(words in line for line in found.get(status, [])), found
+    if status == "info":
+        assert not any("spread over" in line for line in found["info"])  # the explicit map, not the automatic one
+
+
+def test_doctor_reports_the_explicit_map_once_whichever_judges_it() -> None:
+    from mistralrs_torch import load_system
+    from mistralrs_torch.doctor import run_doctor
+
+    for environ in ({"MISTRALRS_DEVICE_LAYERS": "0:16;1:16"},
+                    {"MISTRALRS_DEVICE_LAYERS": "0:16;1:16", "MISTRALRS_NO_NCCL": "1"}):
+        report = run_doctor(environ=environ, system=load_system("multi-gpu-8xh100"), verify=False)
+        assert len([c for c in report.sections["configuration"] if c.name == "device layers"]) == 1
+
+
+@pytest.mark.parametrize(("environ", "status", "words"), [
     ({"MISTRALRS_NO_NCCL": "1", "MISTRALRS_MN_LOCAL_WORLD_SIZE": "4"}, "warning", "is ignored: MISTRALRS_NO_NCCL=1"),
     ({"MISTRALRS_NO_NCCL": "1", "WORLD_SIZE": "8"}, "warning", "WORLD_SIZE=8 ranks were launched"),
     ({"MISTRALRS_NO_NCCL": "maybe"}, "error", "MISTRALRS_NO_NCCL=1 or MISTRALRS_NO_NCCL=0"),

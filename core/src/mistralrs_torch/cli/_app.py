@@ -127,7 +127,8 @@ _system_option = click.option(
     help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) or a JSON file from `plugins system --json`.")
 _features_option = click.option(
     "--features", default=None, metavar="FEATURES",
-    help="Explicit selection, e.g. 'cuda cudnn flash-attn' ('auto' or 'none' also work); overrides MISTRALRS_FEATURES.")
+    help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or 'none' also "
+         "work); overrides MISTRALRS_FEATURES.")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON with a versioned schema.")
 
 
@@ -261,7 +262,8 @@ def _progress(message: str) -> None:
 _doctor_options = [
     _system_option, _features_option, _json_option,
     click.option("--verify/--no-verify", default=True, help="Run each bound backend against a float64 reference (default on)."),
-    click.option("--paged-attn", is_flag=True, help="Opt in to paged attention where it is opt-in (metal, cpu)."),
+    click.option("--paged-attn", is_flag=True,
+                 help="Opt in to paged attention on devices where it is opt-in (`plugins matrix` shows which)."),
 ]
 
 

@@ -1,6 +1,7 @@
 """``mistralrs doctor``: diagnose the machine, the plugins and the features, and verify every backend."""
 
-from mistralrs_torch.doctor._doctor import run_doctor
+from mistralrs_torch.doctor._doctor import DEVICE_LAYERS_CHECK, device_layers_check, run_doctor
 from mistralrs_torch.doctor._report import DOCTOR_SCHEMA, SECTIONS, DoctorReport, Verification
 
-__all__ = ["DOCTOR_SCHEMA", "SECTIONS", "DoctorReport", "Verification", "run_doctor"]
+__all__ = ["DEVICE_LAYERS_CHECK", "DOCTOR_SCHEMA", "SECTIONS", "DoctorReport", "Verification", "device_layers_check",
+           "run_doctor"]

@@ -6,19 +6,19 @@ from collections.abc import Sequence
 
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.plugins import PluginManager
-from mistralrs_torch.resolution import Resolution
-from mistralrs_torch.system import HARDWARE_CLASSES, SystemSnapshot, hardware_classes
+from mistralrs_torch.resolution import NOT_INSTALLED, Recommendation, Resolution
+from mistralrs_torch.system import SystemSnapshot
 
 __all__ = ["accelerator_checks", "feature_checks", "library_checks", "plugin_checks", "recommendation_checks",
            "system_checks"]
 
 _GiB = 1024**3
 _ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "neon")
-#: Library facts the core probes, with the names doctor prints.
+#: Library facts the core probes (torch's build, NVML, PATH), with the names doctor prints; the manifests
+#: name the others.
 LIBRARY_LABELS = {
     "cuda": "CUDA runtime (torch's)", "cuda_driver": "CUDA driver API", "nvidia_driver": "NVIDIA driver",
-    "nvcc": "nvcc (needed only to build kernels)", "cudnn": "cuDNN", "nccl": "NCCL", "mkl": "MKL",
-    "accelerate": "Accelerate", "mps": "MPS", "flash_attn": "flash-attn",
+    "nvcc": "nvcc (needed only to build kernels)", "mps": "MPS (torch's)",
 }
 
 
@@ -56,7 +56,7 @@ def accelerator_checks(system: SystemSnapshot) -> list[CheckResult]:
 def library_checks(system: SystemSnapshot, manager: PluginManager) -> list[CheckResult]:
     wanted = dict(LIBRARY_LABELS)
     for feature in manager.features:
-        wanted.update({r.name: r.name for r in feature.manifest.libraries if r.name not in wanted})
+        wanted.update({r.name: r.label or r.name for r in feature.manifest.libraries if r.name not in wanted})
     checks = []
     for name, label in wanted.items():
         version = system.libraries.get(name)
@@ -109,26 +109,23 @@ def feature_checks(resolution: Resolution, bound_ops: dict[str, set[str]] | None
     return checks
 
 
-def recommendation_checks(resolution: Resolution) -> list[CheckResult]:
-    classes = hardware_classes(resolution.system)
-    installed = {f.name: f for f in resolution.features if f.manifest is not None}
-    checks = []
-    for hardware in classes:
-        label = HARDWARE_CLASSES[hardware][0]
-        wanted = [f for f in installed.values() if hardware in f.manifest.recommended_for]  # type: ignore[union-attr]
-        wanted.sort(key=lambda f: -f.manifest.selection_priority)  # type: ignore[union-attr]
-        kept: list = []
-        for f in wanted:  # keep the runnable, higher-priority side of every exclusion
-            rival = next((k for k in kept if f.name in k.manifest.excludes or k.name in f.manifest.excludes), None)
-            if rival is None and f.status != "unavailable":
-                kept.append(f)
-        names = [f.name for f in kept if f.name != "cpu"]
-        distributions = sorted({f.plugin.distribution for f in kept})
-        if not names:
-            checks.append(_ok(label, "no features needed (the built-in generic CPU backend)", "info"))
-            continue
-        inactive = [n for n in names if installed[n].status != "active"]
-        state = "all active" if not inactive else f"not active: {' '.join(inactive)}"
-        checks.append(_ok(label, f"recommended features: {' '.join(names)} ({state})",
-                          "ok" if not inactive else "info", f"pip install {' '.join(distributions)}"))
+def recommendation_checks(recommendation: Recommendation) -> list[CheckResult]:
+    """The seed's rows for this machine, each recommended feature that is not active and why, optional features
+    with their note, and one pip command for what is missing."""
+    inactive = [f for f in recommendation.features if f.status != "active"]
+    names = " ".join(recommendation.names) or "no features needed (the built-in generic CPU backend)"
+    state = " (all active)" if recommendation.features and not inactive else ""
+    checks = [_ok("hardware", f"{' + '.join(recommendation.labels)}: recommended features: {names}{state}",
+                  "info" if inactive else "ok")]
+    for f in inactive:
+        carried = f"{f.distribution} carries it" + (f"; {f.reason}" if f.reason else "")
+        message = f"not installed ({carried})" if f.status == NOT_INSTALLED else f"{f.status}: {f.reason}"
+        checks.append(_ok(f.name, message, "info", f.fix))
+    for f in recommendation.optional:
+        where = "active" if f.status == "active" else f"{f.status} ({f.distribution})"
+        checks.append(_ok(f.name, f"optional here, {where}: {f.note}", "info",
+                          f"pip install {f.distribution}" if f.status == NOT_INSTALLED else ""))
+    if recommendation.install:
+        checks.append(_ok("install", "one command installs every recommended feature missing here", "info",
+                          recommendation.install))
     return checks

@@ -19,6 +19,7 @@ __all__ = [
     "OPS",
     "PLATFORMS",
     "AutoCondition",
+    "ConfigField",
     "EnvVar",
     "FeatureManifest",
     "GPURequirement",
@@ -31,7 +32,8 @@ PLATFORMS = ("linux", "windows", "macos")
 #: The kinds of backend work a feature can provide: a device, and the backends of each kind of op.
 OPS = ("device", "attention", "matmul", "layers", "collectives")
 PLATFORM_LABELS = {"linux": "Linux", "windows": "Windows", "macos": "macOS"}
-GPU_VENDORS = ("nvidia", "apple")
+GPU_VENDOR_LABELS = {"nvidia": "NVIDIA", "apple": "Apple", "amd": "AMD"}
+GPU_VENDORS = tuple(GPU_VENDOR_LABELS)
 #: FeatureManifest.paged_attention values: not provided, on by default, opt-in.
 PAGED_ATTENTION_MODES = ("", "default", "opt-in")
 _FEATURE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -45,7 +47,7 @@ def _doc(text: str, choices: tuple[str, ...] = ()) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class GPURequirement:
-    """GPUs a feature needs: a vendor, how many, and a compute-capability window."""
+    """GPUs a feature needs: a vendor (or several), how many, and a compute-capability window."""
 
     vendor: str = field(metadata=_doc("The GPUs' vendor.", GPU_VENDORS))
     min_count: int = field(default=1, metadata=_doc("How many GPUs of that vendor must be visible."))
@@ -55,12 +57,31 @@ class GPURequirement:
         'Exclusive upper bound of the compute capability: (10, 0) means "9.x only"; None: no bound.'))
     newer_gpu_fix: str = field(default="", metadata=_doc(
         'The fix printed for a GPU newer than the window allows ("use flash-attn"); empty: remove the feature.'))
+    other_vendors: tuple[str, ...] = field(default=(), metadata=_doc(
+        "GPUs of these vendors count too (metal: the AMD GPU that Metal drives in an Intel Mac).", GPU_VENDORS))
+    power_of_two: bool = field(default=False, metadata=_doc(
+        "The number of GPUs used must be a power of two (1, 2, 4, 8, ...), in auto and explicit mode alike."))
+    count_vars: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Variables that say how many of the visible GPUs are used, the first one set winning (nccl: "
+        "MISTRALRS_MN_LOCAL_WORLD_SIZE, then the launcher's LOCAL_WORLD_SIZE); none set: all visible ones."))
 
     def __post_init__(self) -> None:
-        _check(self.vendor in GPU_VENDORS, f"gpu vendor {self.vendor!r} is not one of {GPU_VENDORS}")
+        for vendor in (self.vendor, *self.other_vendors):
+            _check(vendor in GPU_VENDORS, f"gpu vendor {vendor!r} is not one of {GPU_VENDORS}")
         _check(isinstance(self.min_count, int) and self.min_count >= 0, "gpu min_count must be an int >= 0")
         for cc in (self.min_compute_capability, self.below_compute_capability):
             _check(cc is None or _is_cc(cc), f"compute capability {cc!r} must be a (major, minor) pair of ints")
+        _check(_is_str_tuple(self.count_vars) and all(_ENV_NAME.match(v) for v in self.count_vars),
+               f"gpu count_vars {self.count_vars!r} must be a tuple of UPPER_CASE variable names")
+
+    @property
+    def vendors(self) -> tuple[str, ...]:
+        return (self.vendor, *self.other_vendors)
+
+    @property
+    def label(self) -> str:
+        """The GPUs in words: "NVIDIA GPU", "Apple or AMD GPU"."""
+        return f"{' or '.join(GPU_VENDOR_LABELS[v] for v in self.vendors)} GPU"
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,8 @@ class LibraryRequirement:
         "lists them; a plugin adds its own through ``mistralrs_probe_system``)."))
     missing: str = field(metadata=_doc('What is missing when it is absent, in the seed\'s voice: "MKL not found".'))
     fix: str = field(metadata=_doc('How to get it: "install Intel oneAPI or standalone MKL".'))
+    label: str = field(default="", metadata=_doc(
+        'The library\'s name as doctor prints it ("cuDNN"); empty: the fact\'s name.'))
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and bool(self.missing) and bool(self.fix), "library requirements need name, missing and fix")
@@ -90,14 +113,29 @@ class ModuleRequirement:
 
 
 @dataclass(frozen=True)
+class ConfigField:
+    """One field of the configuration file a variable points to (RING_CONFIG's JSON object), for the docs."""
+
+    name: str = field(metadata=_doc("The field's name in the file."))
+    description: str = field(metadata=_doc("What it holds, as docs/features.md prints it."))
+    required: bool = field(default=True, metadata=_doc("Whether a file without it is malformed."))
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and bool(self.description), "configuration fields need a name and a description")
+
+
+@dataclass(frozen=True)
 class EnvVar:
     """An environment variable a feature reads, for doctor's unknown-variable check and the docs."""
 
     name: str = field(metadata=_doc("The variable's UPPER_CASE name."))
     description: str = field(metadata=_doc("What it does, as docs/features.md prints it."))
+    fields: tuple[ConfigField, ...] = field(default=(), metadata=_doc(
+        "When the variable names a configuration file: the fields that file holds (docs/features.md tables them)."))
 
     def __post_init__(self) -> None:
         _check(bool(_ENV_NAME.match(self.name)), f"environment variable name {self.name!r} is not UPPER_CASE")
+        _check(all(isinstance(f, ConfigField) for f in self.fields), f"{self.name}: fields must be ConfigField")
 
 
 @dataclass(frozen=True)
@@ -107,8 +145,8 @@ class AutoCondition:
     env_set: tuple[str, ...] = field(default=(), metadata=_doc(
         "Auto mode activates the feature only when one of these variables is set (ring: RING_CONFIG)."))
     min_gpus: int = field(default=0, metadata=_doc(
-        "Auto mode activates the feature only with at least this many GPUs of its ``gpu`` requirement's vendor "
-        "(nccl: 2); 0: no condition."))
+        "Auto mode activates the feature only when it would use at least this many GPUs of its ``gpu`` "
+        "requirement's vendors (all visible ones, or as many as its count_vars say; nccl: 2); 0: no condition."))
 
 
 @dataclass(frozen=True)
@@ -174,13 +212,16 @@ class FeatureManifest:
     install_hints: Mapping[str, str] = field(default_factory=dict, hash=False, metadata=_doc(
         "How to get a feature this one requires when no installed plugin provides it (feature -> hint), quoted "
         "in resolution's messages."))
+    rules: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Rules the plugin enforces itself (at bind time and in its doctor checks), in words, for docs/features.md: "
+        '"World size must be a power of two, 2 or more (2, 4, 8, ...)".'))
     api_version: str = field(default=PLUGIN_API_VERSION, metadata=_doc(
         "The plugin API the manifest was written for, \"MAJOR.MINOR\" (default: this core's PLUGIN_API_VERSION); "
         "one this core does not support gets the plugin quarantined at discovery."))
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and bool(_FEATURE_NAME.match(self.name)),
-               f"feature name {self.name!r} must be lower-case words joined by '-' (like 'flash-attn')")
+               f"feature name {self.name!r} must be lower-case words joined by '-' (like 'my-feature')")
         _check(isinstance(self.summary, str) and bool(self.summary), f"feature {self.name!r} needs a summary")
         _check(isinstance(self.distribution, str) and bool(self.distribution), f"feature {self.name!r} needs its distribution name")
         for attr in ("requires", "auto_enables", "excludes"):
@@ -209,6 +250,7 @@ class FeatureManifest:
         _check(all(isinstance(r, LibraryRequirement) for r in self.libraries), f"feature {self.name!r}: libraries must be LibraryRequirement")
         _check(all(isinstance(r, ModuleRequirement) for r in self.modules), f"feature {self.name!r}: modules must be ModuleRequirement")
         _check(all(isinstance(v, EnvVar) for v in self.env_vars), f"feature {self.name!r}: env_vars must be EnvVar")
+        _check(_is_str_tuple(self.rules), f"feature {self.name!r}: rules must be a tuple of sentences")
         _check(isinstance(self.api_version, str), f"feature {self.name!r}: api_version must be a string like '1.0'")
         object.__setattr__(self, "cpu_vendor_notes", MappingProxyType(dict(self.cpu_vendor_notes)))
         object.__setattr__(self, "install_hints", MappingProxyType(dict(self.install_hints)))

@@ -5,8 +5,8 @@ from mistralrs_torch.generic._attention import (
     TorchAttention,
     bottom_right_causal_mask,
     dense_attention,
-    gather_paged_kv,
     paged_attention,
+    paged_gather_plan,
     write_kv_cache,
 )
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
@@ -31,8 +31,8 @@ __all__ = [
     "bottom_right_causal_mask",
     "dense_attention",
     "dequantize_int8",
-    "gather_paged_kv",
     "paged_attention",
+    "paged_gather_plan",
     "rms_norm",
     "rotary_embedding",
     "sdpa_kernel_refusal",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
+from mistralrs_torch.ops import TensorMemo
 
-__all__ = ["GenericLayers", "TorchLayers", "rms_norm", "rotary_embedding"]
+__all__ = ["GenericLayers", "TorchLayers", "rms_norm", "rotary_embedding", "rotary_tables"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -21,12 +22,21 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rotary_embedding(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                     inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate-half rotary embedding; angles in float32, cos and sin cast to the inputs' dtype."""
+def rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (batch, 1, seq, head) of the angles positions * inv_freq, computed in float32, cast to dtype."""
     angles = positions.float()[..., None] * inv_freq.float()  # (batch, seq, head / 2)
-    emb = torch.cat((angles, angles), dim=-1)[:, None]  # (batch, 1, seq, head)
-    cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
+    emb = torch.cat((angles, angles), dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotary_embedding(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, *,
+                     memo: TensorMemo | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half rotary embedding; ``memo`` keeps the tables of positions every layer of a step shares."""
+    if memo is None:
+        cos, sin = rotary_tables(positions, inv_freq, q.dtype)
+    else:
+        cos, sin = memo.get((positions, inv_freq), q.dtype, lambda: rotary_tables(positions, inv_freq, q.dtype))
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
@@ -34,7 +44,13 @@ class TorchLayers(TorchBackend):
     """RMSNorm and rotary embedding in plain torch on one device type."""
 
     rms_norm = staticmethod(rms_norm)
-    rotary_embedding = staticmethod(rotary_embedding)
+
+    def rotary_embedding(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                         inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memo = self.__dict__.get("_tables")
+        if memo is None:
+            memo = self.__dict__["_tables"] = TensorMemo()
+        return rotary_embedding(q, k, positions, inv_freq, memo=memo)
 
 
 class GenericLayers(TorchLayers):

@@ -16,6 +16,7 @@ from mistralrs_torch.ops._contract import (
     kernel_for,
     op_methods,
 )
+from mistralrs_torch.ops._memo import TensorMemo
 from mistralrs_torch.ops._quantized import PreparedWeight, QuantizedWeight
 from mistralrs_torch.ops._registry import BACKEND_KINDS, OPS, OpSpec, op_spec
 from mistralrs_torch.ops._rope import ROPE_TYPES, rope_inv_freq
@@ -37,6 +38,7 @@ __all__ = [
     "PreparedWeight",
     "QuantizedWeight",
     "Support",
+    "TensorMemo",
     "conforms",
     "contract_problem",
     "kernel_for",

@@ -93,6 +93,8 @@ class CallSpec(NamedTuple):
     bits: int = 0
     group_size: int = 0
     symmetric: bool = True
+    out_features: int = 0
+    rows: int = 0
 
     def describe(self) -> str:
         """The signature in words: the dtype and device, then every field that is set."""
@@ -129,6 +131,9 @@ CALLSPEC_FIELDS: dict[str, str] = {
     "bits": "Bits of a group-wise quantized weight (4 or 8).",
     "group_size": "Input columns sharing one scale in a group-wise quantized weight.",
     "symmetric": "Group-wise quantized weight without offsets.",
+    "out_features": "Output features of a group-wise quantized weight (its prepare call).",
+    "rows": "Tokens in the call rounded up to a power of two; set only under measured selection, which times the "
+            "backends once per such bucket (so decode steps do not tune again); 0 otherwise.",
 }
 
 

@@ -54,6 +54,8 @@ class OpSpec:
     cases: str
     #: A representative call of this op on a device type and dtype, for explain.
     probe: Callable[[str, str], CallSpec]
+    #: The tokens a call processes (for measured selection's buckets), from the op's arguments.
+    rows: Callable[..., int]
     #: Indices of the arguments the op writes in place (its result); empty: the op returns its result.
     writes: tuple[int, ...] = ()
     #: The backend method that prepares a weight once at load ("" when the op takes weights as they are).
@@ -93,6 +95,7 @@ mask: bool (True = may attend) or of q's dtype (added to the scores), broadcasta
         sig.attention_key, sig.attention_check, sig.attention_spec, sig.attention_guard,
         _ref("attention"), _cases("attention"),
         lambda device, dtype: CallSpec("attention", dtype, device, 128, "causal", False, True),
+        sig.attention_rows,
     ),
     OpSpec(
         "paged_attention", "attention", "attention over a paged KV cache",
@@ -107,6 +110,7 @@ NaN included, and must not leak into the result. out has q's shape and dtype."""
         sig.paged_attention_key, sig.paged_attention_check, sig.paged_attention_spec, sig.paged_attention_guard,
         _ref("paged_attention"), _cases("paged_attention"),
         lambda device, dtype: CallSpec("paged_attention", dtype, device, 128, "causal", False, True, 16),
+        sig.attention_rows,
     ),
     OpSpec(
         "write_kv_cache", "attention", "writes new keys and values into the paged KV cache",
@@ -119,6 +123,7 @@ distinct. Nothing else in the caches changes.""",
         sig.write_kv_cache_key, sig.write_kv_cache_check, sig.write_kv_cache_spec, sig.write_kv_cache_guard,
         _ref("write_kv_cache"), _cases("write_kv_cache"),
         lambda device, dtype: CallSpec("write_kv_cache", dtype, device, 128, block_size=16),
+        sig.write_kv_cache_rows,
         writes=(2, 3),
     ),
     OpSpec(
@@ -134,6 +139,7 @@ tensors of the inputs' shapes and dtype.""",
         sig.rotary_embedding_key, sig.rotary_embedding_check, sig.rotary_embedding_spec, sig.rotary_embedding_guard,
         _ref("rotary_embedding"), _cases("rotary_embedding"),
         lambda device, dtype: CallSpec("rotary_embedding", dtype, device, 128),
+        sig.attention_rows,
     ),
     OpSpec(
         "rms_norm", "layers", "root-mean-square layer normalisation",
@@ -145,6 +151,7 @@ and dtype.""",
         sig.rms_norm_key, sig.rms_norm_check, sig.rms_norm_spec, None,
         _ref("rms_norm"), _cases("rms_norm"),
         lambda device, dtype: CallSpec("rms_norm", dtype, device),
+        sig.leading_rows,
     ),
     OpSpec(
         "linear", "matmul", "dense linear layer",
@@ -154,6 +161,7 @@ x (..., in), weight (out, in), bias (out,) or None, one floating dtype and devic
         sig.linear_key, sig.linear_check, sig.linear_spec, None,
         _ref("linear"), _cases("linear"),
         lambda device, dtype: CallSpec("linear", dtype, device),
+        sig.leading_rows,
     ),
     OpSpec(
         "int8_linear", "matmul", "weight-only int8 linear, one scale per output channel",
@@ -163,6 +171,7 @@ x (..., in) floating; weight int8 (out, in); scale floating (out,); bias (out,) 
         sig.int8_linear_key, sig.int8_linear_check, sig.int8_linear_spec, None,
         _ref("int8_linear"), _cases("int8_linear"),
         lambda device, dtype: CallSpec("int8_linear", dtype, device, in_features=4096),
+        sig.leading_rows,
     ),
     OpSpec(
         "quantized_linear", "matmul", "group-wise weight-only quantized linear (GGUF Q4_0, Q4_1, Q8_0)",
@@ -180,6 +189,7 @@ weight to bfloat16 (relative error up to 2**-8).""",
         _ref("quantized_linear"), _cases("quantized_linear"),
         lambda device, dtype: CallSpec("quantized_linear", dtype, device, in_features=4096, bits=4, group_size=32,
                                        symmetric=False),
+        sig.leading_rows,
         prepare="prepare_quantized",
     ),
 )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mistralrs_torch._errors import OpInputError
 from mistralrs_torch.ops._contract import CallSpec
+from mistralrs_torch.ops._memo import TensorMemo
 
 if TYPE_CHECKING:
     import torch
@@ -202,29 +203,9 @@ def _blocks_check(op: str, block_table: Any, seq_lens: Any, blocks: int, block_s
                         f"blocks 0..{blocks - 1}")
 
 
-class _Checked:
-    """The tensors whose values were last found valid (by identity and version), so the layers of one step
-    check them once: they all pass the same block table and sequence lengths."""
-
-    def __init__(self) -> None:
-        self._refs: tuple[Any, ...] = ()
-        self._stamp: tuple[Any, ...] | None = None
-
-    def seen(self, *tensors: Any, context: tuple[int, ...]) -> bool:
-        import weakref
-
-        stamp = (tuple(t._version for t in tensors), context)
-        if self._stamp == stamp and all(ref() is t for ref, t in zip(self._refs, tensors, strict=True)):
-            return True
-        self._refs, self._stamp = tuple(weakref.ref(t) for t in tensors), stamp
-        return False
-
-    def forget(self) -> None:
-        self._stamp = None
-
-
-_PAGED_CHECKED = _Checked()
-_SLOTS_CHECKED = _Checked()
+#: Values found valid, so the layers of one step check their shared block table and lengths once.
+_PAGED_CHECKED = TensorMemo()
+_SLOTS_CHECKED = TensorMemo()
 
 
 def paged_attention_guard(args: tuple[Any, ...], kwargs: dict[str, Any], read_values: bool) -> None:
@@ -234,12 +215,9 @@ def paged_attention_guard(args: tuple[Any, ...], kwargs: dict[str, Any], read_va
                                        f"seq_lens {seq_lens.shape[0]} entries; they must be equal (one per sequence)")
     if read_values:
         context = (k_cache.shape[0], k_cache.shape[1], q.shape[-2])
-        if not _PAGED_CHECKED.seen(block_table, seq_lens, context=context):
-            try:
-                _blocks_check("paged_attention", block_table, seq_lens, *context)
-            except OpInputError:
-                _PAGED_CHECKED.forget()
-                raise
+        # A check that raises remembers nothing: the next call checks again.
+        _PAGED_CHECKED.get((block_table, seq_lens), context,
+                           lambda: _blocks_check("paged_attention", block_table, seq_lens, *context))
 
 
 def paged_attention_spec(q: Any, k_cache: Any, v_cache: Any, block_table: Any, seq_lens: Any, *,
@@ -275,15 +253,17 @@ def write_kv_cache_guard(args: tuple[Any, ...], kwargs: dict[str, Any], read_val
     if not (k.shape[0] == v.shape[0] == slot_mapping.shape[0]):
         raise _fail("write_kv_cache", f"k has {k.shape[0]} tokens, v {v.shape[0]} and slot_mapping "
                                       f"{slot_mapping.shape[0]} slots; they must be equal (one slot per token)")
-    if read_values and slot_mapping.numel() and not _SLOTS_CHECKED.seen(slot_mapping, context=(k_cache.shape[0],
-                                                                                                k_cache.shape[1])):
-        slots = k_cache.shape[0] * k_cache.shape[1]
-        low, high = int(slot_mapping.min()), int(slot_mapping.max())
-        if low < -1 or high >= slots:
-            bad = low if low < -1 else high
-            _SLOTS_CHECKED.forget()
-            raise _fail("write_kv_cache", f"slot_mapping holds slot {bad}, outside the cache's slots 0..{slots - 1} "
-                                          "(-1 skips a token): slot = block id * block size + offset")
+    if read_values and slot_mapping.numel():
+        _SLOTS_CHECKED.get((slot_mapping,), (k_cache.shape[0], k_cache.shape[1]),
+                           lambda: _slots_check(slot_mapping, k_cache.shape[0] * k_cache.shape[1]))
+
+
+def _slots_check(slot_mapping: Any, slots: int) -> None:
+    low, high = int(slot_mapping.min()), int(slot_mapping.max())
+    if low < -1 or high >= slots:
+        bad = low if low < -1 else high
+        raise _fail("write_kv_cache", f"slot_mapping holds slot {bad}, outside the cache's slots 0..{slots - 1} "
+                                      "(-1 skips a token): slot = block id * block size + offset")
 
 
 def write_kv_cache_spec(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any) -> CallSpec:
@@ -443,3 +423,19 @@ def quantized_weight_check(weight: Any) -> None:
         if tuple(table.shape) != groups:
             raise _fail(op, f"{name} has shape {tuple(table.shape)}; {out} outputs in groups of {weight.group_size} "
                             f"need {groups}")
+
+
+# -- the token count of a call, for measured selection's buckets ------------------------------------------
+
+
+def attention_rows(q: Any, *args: Any, **kwargs: Any) -> int:
+    return int(q.shape[0]) * int(q.shape[-2])
+
+
+def write_kv_cache_rows(k: Any, *args: Any, **kwargs: Any) -> int:
+    return int(k.shape[0])
+
+
+def leading_rows(x: Any, *args: Any, **kwargs: Any) -> int:
+    """Rows of an activation (..., features): every dimension but the last."""
+    return x.numel() // max(1, x.shape[-1]) if x.dim() else 1

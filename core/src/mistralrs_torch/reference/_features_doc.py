@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 from mistralrs_torch._errors import SelectionError
 from mistralrs_torch._settings import CORE_ENV_VARS
-from mistralrs_torch.features import seed_packages
+from mistralrs_torch.features import catalogue, seed_packages
 from mistralrs_torch.plugins import InstalledFeature
 from mistralrs_torch.reference._matrix import hardware_text
-from mistralrs_torch.resolution import Selection, resolve
+from mistralrs_torch.resolution import Selection, recommend, resolve
 from mistralrs_torch.resolution._rules import hardware_problems
-from mistralrs_torch.system import HARDWARE_CLASSES, PROFILE_NAMES, load_system
+from mistralrs_torch.system import PROFILE_NAMES, hardware_classes, load_system
 
 __all__ = ["features_reference_markdown"]
 
@@ -31,11 +31,16 @@ it. This file is generated from the installed manifests by
 quotes is printed by the code exactly so.
 """
 
-_SEED_NAMES = """The seed's Python package table maps onto these distributions as below. The seed's names
-(`mistralrs`, `mistralrs-cuda`, `mistralrs-metal`, `mistralrs-mkl`) are the Rust engine's own Python
-bindings on PyPI: `pip install mistralrs-cuda` installs that project, not this one. Ours end in
-`-torch` so that no pip command can pick up theirs, and both can live in one environment (their
-import package is `mistralrs`, ours `mistralrs_torch`)."""
+
+def _seed_names() -> str:
+    """Why the seed's package names are not ours, with the names from the catalogue."""
+    seed = [p.seed for p in seed_packages()]
+    example = next(p.seed for p in seed_packages() if p.seed_features)
+    return (f"The seed's Python package table maps onto these distributions as below. The seed's names\n"
+            f"({', '.join(f'`{name}`' for name in seed)}) are the Rust engine's own Python\n"
+            f"bindings on PyPI: `pip install {example}` installs that project, not this one. Ours end in\n"
+            "`-torch` so that no pip command can pick up theirs, and both can live in one environment (their\n"
+            "import package is `mistralrs`, ours `mistralrs_torch`).")
 
 
 def _code(text: str) -> str:
@@ -66,6 +71,64 @@ def _selection_errors(features: tuple[str, ...], profile: str, installed: Sequen
     return []
 
 
+_RECOMMENDATION_RULES = """A machine falls into one base row of the seed's table (its NVIDIA GPUs' generation, the
+GPU of a Mac, or its CPU) and into the rows that add to it (several NVIDIA GPUs; a multi-node run, when a launcher
+starts ranks on several machines or the multi-node feature's variable is set); a feature a later row adds replaces one
+it excludes. `mistralrs doctor` prints this for the machine it runs on (or `--system`), with or without the plugins
+installed, and one pip command for what is missing. Below, each shipped profile under the last row it falls into."""
+
+
+def _recommendation_rows(installed: Sequence[InstalledFeature]) -> list[tuple[str, ...]]:
+    """One row per seed row and distinct recommendation, with the profiles that get it."""
+    rows: list[tuple[str, ...]] = []
+    for row in catalogue().rows:
+        # A row no profile falls into by its hardware (multi-node) is shown on the first profile, with its variable.
+        environ = {} if any(hardware_classes(load_system(p))[-1] == row.hardware_class for p in PROFILE_NAMES) \
+            else dict.fromkeys(row.when_set, "set")
+        groups: dict[tuple[str, str], list[str]] = {}
+        for profile in PROFILE_NAMES:
+            if hardware_classes(load_system(profile), environ)[-1] != row.hardware_class:
+                continue
+            resolution = resolve(installed, (), Selection(), load_system(profile), environ)
+            found = recommend(resolution, environ)
+            names = " ".join(found.names) or "(no features needed)"
+            names += "".join(f"; optional: {f.name} ({f.note})" for f in found.optional)
+            install = f"`pip install {' '.join(found.distributions)}`" if found.distributions else "-"
+            groups.setdefault((names, install), []).append(profile)
+            if environ:
+                break
+        seed = " ".join(row.features) + (f" (plus {row.plus})" if row.plus else "") or "(no features needed)"
+        for (names, install), profiles in groups.items():
+            where = ", ".join(f"`{p}`" for p in profiles) + "".join(f" with {v} set" for v in environ)
+            rows.append((row.label, seed, where, names, install))
+            seed = "(same row)"
+    return rows
+
+
+def _conflict_examples(installed: Sequence[InstalledFeature]) -> list[tuple[tuple[str, ...], str, dict[str, str]]]:
+    """(features, profile, environment) for each pair of features that exclude each other, each feature that
+    requires another it does not turn on, each single-platform feature, and each switch that turns one off: on
+    the first profile where as much of the selection as possible can run."""
+    manifests = {f.manifest.name: f.manifest for f in installed}
+    names = list(manifests)
+    selections = [tuple(sorted((a, b))) for i, a in enumerate(names) for b in names[i + 1:]
+                  if b in manifests[a].excludes or a in manifests[b].excludes]
+    selections += [(m.name,) for m in manifests.values() if set(m.requires) - set(m.auto_enables)]
+    examples: list[tuple[tuple[str, ...], str, dict[str, str]]] = []
+    for selected in selections:
+        profile = max(PROFILE_NAMES, key=lambda p: (sum(not hardware_problems(manifests[n], load_system(p))
+                                                        for n in selected), -PROFILE_NAMES.index(p)))
+        examples.append((selected, profile, {}))
+    for m in manifests.values():
+        if len(m.platforms) == 1:
+            profile = next(p for p in PROFILE_NAMES if load_system(p).os not in m.platforms)
+            examples.append(((m.name,), profile, {}))
+        for var in m.disabled_by:
+            profile = next((p for p in PROFILE_NAMES if not hardware_problems(m, load_system(p))), PROFILE_NAMES[0])
+            examples.append(((m.name,), profile, {var: "1"}))
+    return examples
+
+
 def features_reference_markdown(installed: Sequence[InstalledFeature]) -> str:
     features = sorted(installed, key=lambda f: (f.manifest.distribution, -f.manifest.selection_priority))
     lines = [_INTRO, "## Quick reference", ""]
@@ -88,29 +151,29 @@ def features_reference_markdown(installed: Sequence[InstalledFeature]) -> str:
                         if m.paged_attention else ""))
         if m.env_vars:
             lines += ["", *_table(["Variable", "Meaning"], [(f"`{v.name}`", v.description) for v in m.env_vars])]
+        for v in (v for v in m.env_vars if v.fields):
+            lines += ["", f"The file that `{v.name}` names holds one JSON object with these fields:", ""]
+            lines += _table(["Field", "Description"], [(f"`{f.name}`", f.description + ("" if f.required else
+                                                                                       " (optional)"))
+                                                        for f in v.fields])
+        if m.rules:
+            lines += ["", "Rules:", "", *(f"- {rule}" for rule in m.rules)]
         notes = [f"on {vendor.upper() if len(vendor) <= 3 else vendor} CPUs: {note}" for vendor, note in m.cpu_vendor_notes.items()]
         messages = _messages(m.name, installed)
         if messages or notes:
             lines += ["", "When it cannot run here, `mistralrs plugins list` says:", ""]
             lines += [f"- {message}" for message in messages] + [f"- note {note}" for note in notes]
-    lines += ["", "## Recommended combinations by hardware", ""]
-    rows = []
-    for name, (label, _) in HARDWARE_CLASSES.items():
-        wanted = [f for f in features if name in f.manifest.recommended_for]
-        names = " ".join(f.manifest.name for f in wanted if f.manifest.name != "cpu") or "(no features needed)"
-        packages = sorted({f.manifest.distribution for f in wanted})
-        rows.append((label, names, f"`pip install {' '.join(packages)}`" if packages else "-"))
-    lines += _table(["Hardware", "Recommended features", "Install"], rows)
-    lines += ["", "Where two recommended features exclude each other (flash-attn and flash-attn-v3 on a multi-GPU "
-              "Hopper box), auto mode keeps the one with priority and `mistralrs doctor` recommends only it.", "",
-              "## Python packages", ""]
+    lines += ["", "## Recommended combinations by hardware", "", _RECOMMENDATION_RULES, ""]
+    lines += _table(["Hardware (the seed's row)", "The seed recommends", "Machine (`--system`)", "mistralrs recommends",
+                     "Install"], _recommendation_rows(installed))
+    lines += ["", "## Python packages", ""]
     by_dist: dict[str, list[str]] = {}
     for f in features:
         by_dist.setdefault(f.manifest.distribution, []).append(f.manifest.name)
     lines += _table(["Package", "Features", "Also installs"],
                     [(f"`{dist}`", " ".join(names), " ".join(f"`{d}`" for d in _brings_in(dist)) or "-")
                      for dist, names in by_dist.items()])
-    lines += ["", _SEED_NAMES, ""]
+    lines += ["", _seed_names(), ""]
     lines += _table(["Seed package", "This project", "Features it gives you", "For"],
                     [(f"`{p.seed}`", f"`{p.distribution}`",
                       " ".join(n for d in (p.distribution, *_brings_in(p.distribution)) for n in by_dist.get(d, ())),
@@ -118,18 +181,10 @@ def features_reference_markdown(installed: Sequence[InstalledFeature]) -> str:
     lines += ["", "## Environment variables of the core", ""]
     lines += _table(["Variable", "Meaning"], [(f"`{k}`", v) for k, v in CORE_ENV_VARS.items()])
     lines += ["", "## Troubleshooting", "", "Conflicting features, as `--features` reports them:", ""]
-    conflicts = [(("flash-attn", "flash-attn-v3"), "h100"), (("metal", "cuda"), "h100"), (("cudnn",), "h100"),
-                 (("metal",), "xeon-cpu")]
-    for selected, profile in conflicts:
-        if all(any(f.manifest.name == s for f in features) for s in selected):
-            lines += [f"- `--system {profile} --features \"{' '.join(selected)}\"`: {_code(e)}"
-                      for e in _selection_errors(selected, profile, installed)]
-    if any(f.manifest.disabled_by for f in features):
-        for f in features:
-            for var in f.manifest.disabled_by:
-                lines += [f"- `{var}=1 ... --features {f.manifest.name}`: {_code(e)}" for e in
-                          _selection_errors((f.manifest.name,), "multi-gpu-8xh100", installed, {var: "1"})
-                          if var in e]
+    for selected, profile, environ in _conflict_examples(installed):
+        shown = "".join(f"{k}={v} " for k, v in environ.items())
+        lines += [f"- `{shown}--system {profile} --features \"{' '.join(selected)}\"`: {_code(e)}"
+                  for e in _selection_errors(selected, profile, installed, environ)]
     lines += ["", "Missing libraries and modules:", ""]
     seen = set()
     for f in features:

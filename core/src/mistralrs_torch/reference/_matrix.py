@@ -16,13 +16,14 @@ def hardware_text(m: FeatureManifest) -> str:
     if m.cpu_archs:
         parts.append(f"{'/'.join(m.cpu_archs)} CPU")
     if m.gpu is not None:
-        vendor = {"nvidia": "NVIDIA", "apple": "Apple"}.get(m.gpu.vendor, m.gpu.vendor)
-        gpu = f"{vendor} GPU" if m.gpu.min_count <= 1 else f"{m.gpu.min_count}+ {vendor} GPUs"
+        gpu = m.gpu.label if m.gpu.min_count <= 1 else f"{m.gpu.min_count}+ {m.gpu.label}s"
         low, high = m.gpu.min_compute_capability, m.gpu.below_compute_capability
         if low and high and high == (low[0] + 1, 0):
             gpu += f", compute capability {low[0]}.x"
         elif low:
             gpu += f", compute capability >= {low[0]}.{low[1]}"
+        if m.gpu.power_of_two:
+            gpu += f", a power of two of them{f' ({m.gpu.count_vars[0]} picks how many)' if m.gpu.count_vars else ''}"
         parts.append(gpu)
     parts += [f"library `{r.name}`" for r in m.libraries]
     parts += [f"module `{r.module}` ({r.distribution})" for r in m.modules]

@@ -21,11 +21,13 @@ from mistralrs_torch import _hookspecs
 from mistralrs_torch._version import PLUGIN_API_VERSION
 from mistralrs_torch.features import (
     AutoCondition,
+    ConfigField,
     EnvVar,
     FeatureManifest,
     GPURequirement,
     LibraryRequirement,
     ModuleRequirement,
+    catalogue,
 )
 from mistralrs_torch.ops import BACKEND_KINDS, BACKEND_PROTOCOLS, OPS, CallSpec, OpSpec, op_methods
 from mistralrs_torch.ops import _contract, _signatures
@@ -44,7 +46,8 @@ tutorial; its section [Migrating from plugin API 1.x](writing-a-plugin.md#migrat
 lists what changed in 2.0.
 """
 
-_MANIFEST_TYPES = (FeatureManifest, GPURequirement, LibraryRequirement, ModuleRequirement, EnvVar, AutoCondition)
+_MANIFEST_TYPES = (FeatureManifest, GPURequirement, LibraryRequirement, ModuleRequirement, EnvVar, ConfigField,
+                   AutoCondition)
 
 
 def _markdown(text: str) -> str:
@@ -188,7 +191,8 @@ def _manifest() -> list[str]:
             rows.append((f"`{f.name}`", f"`{f.type}`", _default(f), _markdown(meaning)))
         lines += _table(["field", "type", "default", "meaning"], rows)
     lines += ["", "Hardware classes `recommended_for` takes (`mistralrs_torch.system.HARDWARE_CLASSES`):", ""]
-    lines += _table(["class", "hardware"], [(f"`{name}`", label) for name, (label, _) in HARDWARE_CLASSES.items()])
+    labels = {row.hardware_class: row.label for row in catalogue().rows}  # the seed's table, as the catalogue holds it
+    lines += _table(["class", "hardware"], [(f"`{name}`", labels[name]) for name in HARDWARE_CLASSES])
     return lines
 
 

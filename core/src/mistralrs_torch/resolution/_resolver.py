@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from mistralrs_torch._errors import SelectionError, Violation
 from mistralrs_torch.features import FeatureManifest
 from mistralrs_torch.plugins import GENERIC_CPU, BrokenPlugin, InstalledFeature, PluginInfo
-from mistralrs_torch.resolution._rules import Problem, auto_condition_problem, disabled_by, hardware_problems
+from mistralrs_torch.resolution._rules import (
+    Problem,
+    auto_condition_problem,
+    disabled_by,
+    gpu_count_problem,
+    hardware_problems,
+)
 from mistralrs_torch.resolution._selection import Selection
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch.validation import did_you_mean, shown
@@ -73,6 +79,9 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
     features = {f.manifest.name: f for f in sorted(installed, key=lambda f: (-f.manifest.selection_priority, f.manifest.name))}
     problems = {name: hardware_problems(f.manifest, system) for name, f in features.items()}
     switched_off = {name: disabled_by(f.manifest, environ) for name, f in features.items()}
+    for name, f in features.items():  # how many GPUs: judged only where it could run on the GPUs there are
+        count = None if problems[name] or switched_off[name] else gpu_count_problem(f.manifest, system, environ)
+        problems[name] += [count] if count else []
     reasons, unrunnable = _unrunnable(features, problems, switched_off)
     if selection.mode == "explicit":
         active = _explicit(selection, features, broken, problems, switched_off, reasons, unrunnable)

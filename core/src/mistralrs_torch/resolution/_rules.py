@@ -10,15 +10,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mistralrs_torch.validation import env_flag
-from mistralrs_torch.features import FeatureManifest
+from mistralrs_torch.features import FeatureManifest, ModuleRequirement
 from mistralrs_torch.features._manifest import PLATFORM_LABELS
 from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["Problem", "auto_condition_problem", "disabled_by", "hardware_problems"]
+__all__ = ["Problem", "auto_condition_problem", "disabled_by", "gpu_count_problem", "hardware_problems",
+           "module_problem"]
 
-_VENDOR = {
-    "nvidia": ("NVIDIA GPU", "check that `nvidia-smi` lists it and that CUDA_VISIBLE_DEVICES does not hide it"),
-    "apple": ("Apple GPU (MPS)", "run on a Mac with Apple Silicon or an AMD GPU"),
+#: What to do when no GPU of the required vendor is visible.
+_GPU_FIX = {
+    "nvidia": "check that `nvidia-smi` lists it and that CUDA_VISIBLE_DEVICES does not hide it",
+    "apple": "run on a Mac with Apple Silicon or an AMD GPU",
+    "amd": "check that the operating system lists the AMD GPU",
 }
 
 
@@ -56,18 +59,21 @@ def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Proble
     for library in m.libraries:
         if library.name not in system.libraries:
             problems.append(Problem("library", library.missing, library.fix))
-    for module in m.modules:
-        if module.module not in system.modules:
-            problems.append(Problem("module", f"{module.distribution} is not installed (module {module.module} not found)",
-                                    module.install))
+    problems += [module_problem(module) for module in m.modules if module.module not in system.modules]
     return problems
+
+
+def module_problem(module: ModuleRequirement) -> Problem:
+    """The problem of a module requirement whose module is not found."""
+    return Problem("module", f"{module.distribution} is not installed (module {module.module} not found)",
+                   module.install)
 
 
 def _gpu_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
     gpu = m.gpu
     assert gpu is not None
-    label, fix = _VENDOR[gpu.vendor]
-    gpus = system.gpus_of(gpu.vendor)
+    label, fix = gpu.label, _GPU_FIX[gpu.vendor]
+    gpus = [g for g in system.gpus if g.vendor in gpu.vendors]
     if len(gpus) < gpu.min_count:
         if not gpus:
             return [Problem("gpu", f"{m.name} needs an {label}; none is visible", fix)]
@@ -106,10 +112,41 @@ def auto_condition_problem(m: FeatureManifest, system: SystemSnapshot, environ: 
     if m.auto.env_set and not any(environ.get(name, "").strip() for name in m.auto.env_set):
         return f"set {' or '.join(m.auto.env_set)} to activate {m.name} (auto mode enables it only then)"
     if m.auto.min_gpus and m.gpu is not None:
-        count = len(system.gpus_of(m.gpu.vendor))
+        count, source, _ = _gpu_count(m, system, environ)
         if count < m.auto.min_gpus:
-            return (f"auto mode enables {m.name} with {m.auto.min_gpus} or more GPUs; {count} visible "
-                    f"(select it explicitly to use it)")
+            return (f"auto mode enables {m.name} with {m.auto.min_gpus} or more GPUs; {source} "
+                    "(select it explicitly to use it)")
     return None
 
 
+def gpu_count_problem(m: FeatureManifest, system: SystemSnapshot, environ: Mapping[str, str]) -> Problem | None:
+    """The problem with the number of GPUs the feature would use here (its count variables, its power-of-two
+    rule), or None. Evaluated only where its GPU requirement holds."""
+    return _gpu_count(m, system, environ)[2] if m.gpu is not None else None
+
+
+def _gpu_count(m: FeatureManifest, system: SystemSnapshot,
+               environ: Mapping[str, str]) -> tuple[int, str, Problem | None]:
+    """(how many GPUs the feature would use: all visible ones, or as its count variables say; that in words; the
+    problem with it, if any)."""
+    gpu = m.gpu
+    assert gpu is not None
+    visible = sum(g.vendor in gpu.vendors for g in system.gpus)
+    count, source = visible, f"{visible} {'is' if visible == 1 else 'are'} visible"
+    var = next((v for v in gpu.count_vars if environ.get(v, "").strip()), "")
+    if var:
+        raw = environ[var].strip()
+        if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+            return count, source, Problem("gpu-count", f"{var}={raw!r} is not a number of GPUs",
+                                          f"set it to 1, 2, 4, ... (at most {visible}, the GPUs visible here)")
+        count, source = int(raw), f"{var}={raw} uses {int(raw)}"
+        if count > visible:
+            return count, source, Problem("gpu-count", f"{var}={count} asks for {count} GPUs but {visible} "
+                                          f"{'is' if visible == 1 else 'are'} visible",
+                                          f"set {var} to at most {visible}, or make more GPUs visible")
+    if gpu.power_of_two and count & (count - 1):
+        lower = 1 << (count.bit_length() - 1)
+        how = f"set {gpu.count_vars[0]}={lower} to use {lower} of them" if gpu.count_vars else f"make {lower} visible"
+        return count, source, Problem("gpu-count", f"{m.name} needs a power-of-two number of GPUs (1, 2, 4, 8, ...), "
+                                      f"and {source}", how)
+    return count, source, None

@@ -20,6 +20,7 @@ from typing import Any
 
 from mistralrs_torch._errors import FallbackError, MistralrsError, OpInputError, UnsupportedCallError
 from mistralrs_torch.ops import CallSpec, OpSpec, PreparedWeight, QuantizedWeight, kernel_for
+from mistralrs_torch.runtime._measure import Tuner, bucket
 
 __all__ = ["Binding", "Dispatcher"]
 
@@ -59,7 +60,8 @@ class Dispatcher:
     doctor, the kit); they always run for CPU tensors.
     """
 
-    def __init__(self, spec: OpSpec, backends: Sequence[Any], *, no_fallback: bool, read_values: bool) -> None:
+    def __init__(self, spec: OpSpec, backends: Sequence[Any], *, no_fallback: bool, read_values: bool,
+                 tuner: Tuner | None = None) -> None:
         self.spec = spec
         self.op = spec.name
         # A backend that does not implement this op at all leaves the method out or sets it to None: it is not
@@ -72,7 +74,11 @@ class Dispatcher:
         #: The choice per call signature: CallSpec -> (backend, kernel).
         self.chosen: dict[CallSpec, tuple[Any, Callable[..., Any]]] = {}
         self.bindings: list[Binding] = []
-        self._key = spec.key
+        #: Measured selection's tuner (None: the first supporting backend in dispatch priority wins).
+        self.tuner = tuner
+        # Measured selection chooses per bucket of the call's token count, so the bucket joins the key.
+        self._key = spec.key if tuner is None else (
+            lambda *a, **k: (spec.key(*a, **k), bucket(spec.rows(*a, **k))))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -106,41 +112,72 @@ class Dispatcher:
         self.spec.check(*args, **kwargs)
         call = self.spec.spec(*args, **kwargs)
         only = args[1].backend if self.spec.prepare else None
-        function = self.choose(call, only=only)[1]
+        if self.tuner is not None and not self.spec.prepare:
+            call = call._replace(rows=bucket(self.spec.rows(*args, **kwargs)))
+        function = self.choose(call, only=only, arguments=(args, kwargs))[1]
         if self.spec.guard is not None:
             function = _guarded(function, self.spec.guard, self.read_values or call.device == "cpu")
-        self.cache[self.spec.key(*args, **kwargs)] = function
+        self.cache[self._key(*args, **kwargs)] = function
         return function
 
-    def choose(self, call: CallSpec, *, only: str | None = None) -> tuple[Any, Callable[..., Any]]:
-        """The backend for ``call`` and its kernel: the first supporting one, chosen once per signature.
+    def choose(self, call: CallSpec, *, only: str | None = None,
+               arguments: tuple[tuple[Any, ...], dict[str, Any]] | None = None) -> tuple[Any, Callable[..., Any]]:
+        """The backend for ``call`` and its kernel, chosen once per signature.
 
-        ``only`` restricts the candidates to one backend (a prepared weight can be run only by its preparer).
+        Under priority selection the first supporting backend wins; under measured selection (a tuner, and
+        ``arguments`` to time) the fastest correct one. ``only`` restricts the candidates to one backend (a
+        prepared weight can be run only by its preparer).
         """
         if call in self.chosen and (only is None or self.chosen[call][0].name == only):
             return self.chosen[call]
+        skipped, supporting = self._candidates(call, only)
+        if self.tuner is not None and arguments is not None and len(supporting) > 1:
+            pairs = [(b, kernel_for(b, self.op, call)) for b in supporting]
+            chosen = self.tuner.pick(self.spec, call, pairs, *arguments)
+        else:
+            chosen = (supporting[0], kernel_for(supporting[0], self.op, call))
+        return self._bind(call, chosen, skipped)
+
+    def _candidates(self, call: CallSpec, only: str | None) -> tuple[list[tuple[str, str, str]], list[Any]]:
+        """(why each backend before the first supporting one refused, every supporting backend in order)."""
         skipped: list[tuple[str, str, str]] = []
-        candidates = [b for b in self.backends if only is None or b.name == only]
-        for backend in candidates:
+        supporting = []
+        for backend in (b for b in self.backends if only is None or b.name == only):
             support = backend.supports(call)
-            if not support.ok:
+            if support.ok:
+                supporting.append(backend)
+            elif not supporting:
                 skipped.append((backend.name, backend.feature, support.reason or "no reason given"))
-                continue
-            if skipped and self.no_fallback:
-                name, feature, reason = skipped[0]
-                raise FallbackError(
-                    f"{self.op}: backend {name} ({feature}) refused the call ({reason}) and {backend.name} would "
-                    f"take it; MISTRALRS_NO_FALLBACK=1 forbids that: change the call (dtype, head size, device) "
-                    f"or unset MISTRALRS_NO_FALLBACK")
-            self.bindings.append(Binding(self.op, call, backend.name, tuple(skipped)))
-            self.chosen[call] = (backend, kernel_for(backend, self.op, call))
-            return self.chosen[call]
-        reasons = "; ".join(f"{name} ({feature}): {reason}" for name, feature, reason in skipped) or (
-            f"no bound backend is named {only!r}" if only else "no backend is bound")
-        raise UnsupportedCallError(f"no {self.op} backend supports {call.describe()}: {reasons}")
+        if not supporting:
+            reasons = "; ".join(f"{name} ({feature}): {reason}" for name, feature, reason in skipped) or (
+                f"no bound backend is named {only!r}" if only else "no backend is bound")
+            raise UnsupportedCallError(f"no {self.op} backend supports {call.describe()}: {reasons}")
+        if skipped and self.no_fallback:
+            name, feature, reason = skipped[0]
+            raise FallbackError(
+                f"{self.op}: backend {name} ({feature}) refused the call ({reason}) and {supporting[0].name} would "
+                f"take it; MISTRALRS_NO_FALLBACK=1 forbids that: change the call (dtype, head size, device) "
+                f"or unset MISTRALRS_NO_FALLBACK")
+        return skipped, supporting
+
+    def _bind(self, call: CallSpec, chosen: tuple[Any, Callable[..., Any]],
+              skipped: list[tuple[str, str, str]]) -> tuple[Any, Callable[..., Any]]:
+        self.bindings.append(Binding(self.op, call, chosen[0].name, tuple(skipped)))
+        self.chosen[call] = chosen
+        return chosen
 
     def prepare(self, weight: QuantizedWeight, call: CallSpec, device: str) -> PreparedWeight:
-        """Choose the backend for ``call`` and let it prepare ``weight`` once (the op's ``prepare`` method)."""
-        backend, _ = self.choose(call)
-        payload = getattr(backend, self.spec.prepare)(weight, call, device)
+        """Choose the backend for ``call`` and let it prepare ``weight`` once (the op's ``prepare`` method).
+
+        Under measured selection every supporting backend prepares it and the fastest correct one on a decode
+        call (one token) keeps its payload.
+        """
+        skipped, supporting = self._candidates(call, None)
+        if self.tuner is not None and len(supporting) > 1:
+            backend, payload = self.tuner.pick_prepared(self.spec, call, supporting, weight, device)
+        else:
+            backend = supporting[0]
+            payload = getattr(backend, self.spec.prepare)(weight, call, device)
+        if call not in self.chosen:
+            self._bind(call, (backend, kernel_for(backend, self.op, call)), skipped)
         return PreparedWeight(backend.name, payload, call, weight.shape)

@@ -39,8 +39,14 @@ def explain(runtime: Runtime) -> dict[str, Any]:
                    "bindings": [b.describe() for b in dispatcher.bindings]}
     broken = [{"plugin": b.plugin.name, "distribution": b.plugin.distribution, "stage": b.stage, "error": b.error,
                "features": list(b.features), "fix": b.fix} for b in runtime.broken]
+    tuner = runtime.tuner
+    measured = None if tuner is None else {
+        "seconds": tuner.seconds, "notes": list(tuner.cache.notes),
+        "cache": str(tuner.cache.path) if tuner.cache.path else None,
+        "choices": [{"op": m.op, "call": m.call.describe(), "winner": m.winner, "source": m.source,
+                     "times": dict(m.times), "dropped": dict(m.dropped)} for m in tuner.measurements]}
     return {"device": runtime.device.torch_device, "device_feature": runtime.device.feature,
-            "paged_attention": runtime.paged_attention_enabled,
+            "paged_attention": runtime.paged_attention_enabled, "selection": runtime.selection, "measured": measured,
             "collectives": [b.name for b in runtime.collective_backends],
             "broken": broken, "ops": ops, "fallbacks": [b.describe() for b in runtime.fallbacks]}
 
@@ -62,4 +68,15 @@ def explain_text(data: dict[str, Any]) -> str:
             lines.append(f"    skipped {skip['backend'] or skip['feature']}: {skip['reason']}")
         lines += [f"    bound: {b}" for b in info["bindings"]]
     lines += [f"fallback: {f}" for f in data["fallbacks"]] or ["fallbacks: none recorded"]
+    measured = data.get("measured")
+    if measured is not None:
+        lines.append(f"measured selection: {len(measured['choices'])} choice(s), {measured['seconds']:.2f} s tuning, "
+                     f"cache {measured['cache'] or '(in memory only)'}")
+        lines += [f"    note: {note}" for note in measured["notes"]]
+        for choice in measured["choices"]:
+            timed = ", ".join(f"{name} {seconds * 1e6:.1f} us" for name, seconds in
+                              sorted(choice["times"].items(), key=lambda kv: kv[1]))
+            dropped = "".join(f"; {name} dropped: {why}" for name, why in choice["dropped"].items())
+            lines.append(f"    {choice['op']} [{choice['call']}] -> {choice['winner']} ({choice['source']}: "
+                         f"{timed}{dropped})")
     return "\n".join(lines)

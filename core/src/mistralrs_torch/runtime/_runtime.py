@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mistralrs_torch._errors import ConfigError, OpInputError, UnsupportedCallError
-from mistralrs_torch.validation import env_flag
+from mistralrs_torch.validation import env_flag, shown
 from mistralrs_torch.ops import (
     BACKEND_KINDS,
     BACKEND_PROTOCOLS,
@@ -36,6 +36,7 @@ from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.runtime._dispatch import Binding, Dispatcher
 from mistralrs_torch.runtime._loading import TensorSlice, load_safetensors
+from mistralrs_torch.runtime._measure import SELECTIONS, Tuner, TuningCache, default_cache_path
 from mistralrs_torch.system import SystemSnapshot
 
 __all__ = ["Runtime"]
@@ -46,6 +47,14 @@ def _default_device(devices: tuple[Device, ...], environ: Mapping[str, str]) -> 
     LOCAL_RANK-th device, so ranks sharing a machine's GPUs do not all load onto the first one."""
     same = [d for d in devices if d.feature == devices[0].feature]
     return same[local_rank(environ) % len(same)]
+
+
+def _selection(selection: str | None, environ: Mapping[str, str]) -> str:
+    source = "selection=" if selection is not None else "MISTRALRS_SELECTION="
+    value = selection if selection is not None else (environ.get("MISTRALRS_SELECTION", "").strip() or "priority")
+    if value not in SELECTIONS:
+        raise ConfigError(f"{source}{shown(value)} is not a selection policy: choose one of {', '.join(SELECTIONS)}")
+    return value
 
 
 class Runtime:
@@ -67,7 +76,8 @@ class Runtime:
     quantized_linear: Callable[..., torch.Tensor]
 
     def __init__(self, resolution: Resolution, manager: PluginManager, *, paged_attention: bool | None = None,
-                 environ: Mapping[str, str] = os.environ, dry_run: bool = False) -> None:
+                 environ: Mapping[str, str] = os.environ, dry_run: bool = False, selection: str | None = None,
+                 tuning_cache: str | Path | None = None) -> None:
         if paged_attention is not None and not isinstance(paged_attention, bool):
             raise ConfigError(f"paged_attention={paged_attention!r} must be True, False or None (the device's "
                               "default, or MISTRALRS_PAGED_ATTN)")
@@ -113,8 +123,13 @@ class Runtime:
             env_flag(environ, "MISTRALRS_PAGED_ATTN", default=mode == "default"))
         no_fallback = env_flag(environ, "MISTRALRS_NO_FALLBACK")
         read_values = env_flag(environ, "MISTRALRS_CHECK_INPUTS")
+        self.selection = _selection(selection, environ)
+        #: Measured selection's tuner, with its measurements and cache (None under priority selection).
+        self.tuner = None if self.selection == "priority" else Tuner(TuningCache.load(
+            Path(tuning_cache) if tuning_cache is not None else default_cache_path(environ),
+            self._tuning_conditions(manager)))
         self._dispatchers = {op.name: Dispatcher(op, backends[op.kind], no_fallback=no_fallback,
-                                                 read_values=read_values) for op in OPS}
+                                                 read_values=read_values, tuner=self.tuner) for op in OPS}
         for name, dispatcher in self._dispatchers.items():
             setattr(self, name, dispatcher)  # the op is the dispatcher itself: no extra call on the hot path
         if not self.paged_attention_enabled:
@@ -124,14 +139,23 @@ class Runtime:
                 setattr(self, name, self._dry_run_refused)
         self._communicator: Communicator | None = None
 
+    def _tuning_conditions(self, manager: PluginManager) -> dict[str, Any]:
+        """What makes a timing valid here: a measured choice is reused only while all of it holds."""
+        return {"device": f"{self.device.torch_device} {self.device.name}", "torch": torch.__version__,
+                "plugins": {p.distribution: p.version for p in manager.plugins}, "threads": torch.get_num_threads()}
+
     @classmethod
     def create(cls, features: str | None = None, *, system: SystemSnapshot | None = None,
                paged_attention: bool | None = None, environ: Mapping[str, str] | None = None,
-               manager: PluginManager | None = None, dry_run: bool = False) -> Runtime:
+               manager: PluginManager | None = None, dry_run: bool = False, selection: str | None = None,
+               tuning_cache: str | Path | None = None) -> Runtime:
         """Discover plugins, resolve the selection in force (``features`` overrides it) and bind.
 
         ``system`` describing another machine (a profile, a --system file) needs ``dry_run=True``: such a runtime
-        explains what would be bound there, and its ops refuse to run here.
+        explains what would be bound there, and its ops refuse to run here. ``selection`` is "priority" (the
+        first supporting backend in dispatch priority) or "measured" (the fastest correct one, timed per
+        signature; see :mod:`mistralrs_torch.runtime._measure`), default MISTRALRS_SELECTION or "priority";
+        ``tuning_cache`` is measured selection's file (default MISTRALRS_TUNING_CACHE or the user cache folder).
         """
         if features is not None and not isinstance(features, str):
             raise ConfigError(f"features={features!r} must be a string like 'cuda cudnn', 'auto' or 'none'")
@@ -141,7 +165,8 @@ class Runtime:
         manager = manager or PluginManager(environ=environ)
         snapshot = system or manager.probe_system()
         resolution = resolve(manager.features, manager.broken, read_selection(features, environ), snapshot, environ)
-        return cls(resolution, manager, paged_attention=paged_attention, environ=environ, dry_run=dry_run)
+        return cls(resolution, manager, paged_attention=paged_attention, environ=environ, dry_run=dry_run,
+                   selection=selection, tuning_cache=tuning_cache)
 
     def _dry_run_refused(self, *args: Any, **kwargs: Any) -> Any:
         raise UnsupportedCallError(f"this runtime is a dry run for {self.resolution.system.source}: its ops do not run "
@@ -167,7 +192,7 @@ class Runtime:
         in_features = weight.shape[1]
         call = CallSpec("quantized_linear", dtype_name(dtype), target.split(":")[0],
                         in_features=in_features, bits=weight.bits, group_size=weight.group_size,
-                        symmetric=weight.symmetric)
+                        symmetric=weight.symmetric, out_features=weight.shape[0])
         return self._dispatchers["quantized_linear"].prepare(weight, call, target)
 
     # -- devices and collectives ------------------------------------------------------------------

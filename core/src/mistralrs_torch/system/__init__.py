@@ -2,7 +2,7 @@
 
 from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
 from mistralrs_torch._distributions import installed_version
-from mistralrs_torch.system._probe import probe_system, visible_device_filter
+from mistralrs_torch.system._probe import module_versions, probe_system, visible_device_filter
 from mistralrs_torch.system._profiles import PROFILE_NAMES, load_system
 from mistralrs_torch.system._schema import snapshot_json_schema
 from mistralrs_torch.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, TorchBuild
@@ -23,6 +23,7 @@ __all__ = [
     "hardware_classes",
     "installed_version",
     "load_system",
+    "module_versions",
     "probe_system",
     "snapshot_json_schema",
     "visible_device_filter",

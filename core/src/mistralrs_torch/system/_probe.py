@@ -1,9 +1,10 @@
 """Cheap probes of this machine: no torch import, no CUDA context.
 
-Facts come from the OS (platform, CPU flags, memory), torch's installed files
-(its version and build flags as text), installed distributions' metadata
-(cuDNN, NCCL, MKL wheels), NVML for NVIDIA GPUs, and ``find_spec`` for the
-modules manifests name. Plugins add facts through ``mistralrs_probe_system``.
+Facts come from the OS (platform, CPU flags, memory, the GPUs of a Mac), torch's
+installed files (its version and build flags as text), NVML for NVIDIA GPUs, and
+``find_spec`` for the modules manifests name. What a feature needs beyond that
+(the cuDNN, NCCL or MKL a wheel carries, the Accelerate framework) its plugin
+adds through ``mistralrs_probe_system``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,7 @@ from mistralrs_torch._distributions import installed_version
 from mistralrs_torch.system._nvml import NVMLError, query_nvml
 from mistralrs_torch.system._snapshot import CPU, GPU, SystemSnapshot, TorchBuild
 
-__all__ = ["probe_system", "visible_device_filter"]
-
-# Wheels that carry a library torch loads, newest CUDA line first.
-_LIBRARY_DISTRIBUTIONS = {
-    "cudnn": ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11"),
-    "nccl": ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11"),
-    "mkl": ("mkl",),
-}
-
+__all__ = ["module_versions", "probe_system", "visible_device_filter"]
 
 def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str, str] = os.environ) -> SystemSnapshot:
     """Probe this machine cheaply. ``modules`` are looked up with ``find_spec`` (never imported)."""
@@ -36,15 +29,8 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
     torch = _torch_build()
     libraries: dict[str, str] = {}
     notes: list[str] = []
-    if torch is not None:
-        if torch.cuda:
-            libraries["cuda"] = torch.cuda
-        if torch.mkl:
-            libraries["mkl"] = ""
-    for library, distributions in _LIBRARY_DISTRIBUTIONS.items():
-        version = installed_version(*distributions)
-        if version is not None and (library != "cudnn" or (torch is not None and torch.cudnn)):
-            libraries[library] = version
+    if torch is not None and torch.cuda:
+        libraries["cuda"] = torch.cuda
     if _on_path("nvcc"):
         libraries["nvcc"] = ""
     gpus: list[GPU] = []
@@ -53,14 +39,13 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
     libraries.update(driver)
     if nvml_note:
         notes.append(nvml_note)
-    if os_name == "macos":
-        if os.path.exists("/System/Library/Frameworks/Accelerate.framework"):
-            import platform
-
-            libraries["accelerate"] = platform.mac_ver()[0]
-        if arch == "arm64" and torch is not None:
+    if os_name == "macos" and torch is not None:
+        # torch's MPS backend drives Apple Silicon GPUs, and the AMD GPUs of Intel Macs.
+        mac_gpus = [GPU(index=0, name=f"{_cpu(os_name).model} GPU", vendor="apple", memory_total=_memory())] \
+            if arch == "arm64" else _mac_amd_gpus()
+        if mac_gpus:
             libraries["mps"] = torch.version
-            gpus.append(GPU(index=0, name=f"{_cpu(os_name).model} GPU", vendor="apple", memory_total=_memory()))
+            gpus += mac_gpus
     return SystemSnapshot(
         source="this machine",
         os=os_name,
@@ -72,7 +57,7 @@ def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str
         torch=torch,
         gpus=tuple(gpus),
         libraries=libraries,
-        modules=_module_versions(modules),
+        modules=module_versions(modules),
         notes=tuple(notes),
         local=True,
     )
@@ -151,6 +136,40 @@ def _vendor(model: str) -> str:
     return "unknown"
 
 
+def _mac_amd_gpus() -> list[GPU]:
+    """The AMD GPUs of an Intel Mac, as system_profiler lists them (about a second; Intel Macs only)."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["system_profiler", "-json", "SPDisplaysDataType"], capture_output=True, text=True,
+                              timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return mac_amd_gpus(text)
+
+
+def mac_amd_gpus(system_profiler_json: str) -> list[GPU]:
+    """The AMD GPUs in ``system_profiler -json SPDisplaysDataType`` output, numbered as MPS sees them."""
+    import json
+
+    try:
+        displays = json.loads(system_profiler_json).get("SPDisplaysDataType", [])
+    except (ValueError, AttributeError):
+        return []
+    gpus = []
+    for entry in displays if isinstance(displays, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        vendor = str(entry.get("spdisplays_vendor", "")).lower()
+        name = str(entry.get("sppci_model", "") or entry.get("_name", ""))
+        if "amd" in vendor or "ati" in vendor or name.lower().startswith(("amd", "radeon")):
+            vram_text = str(entry.get("spdisplays_vram", "") or entry.get("_spdisplays_vram", ""))
+            vram = re.match(r"\s*(\d+)\s*([GM])B", vram_text)
+            memory = int(vram.group(1)) * 1024 ** (3 if vram.group(2) == "G" else 2) if vram else 0
+            gpus.append(GPU(index=len(gpus), name=name, vendor="amd", memory_total=memory))
+    return gpus
+
+
 def _sysctl(name: str) -> str:
     import subprocess  # macOS only; keeps the Linux start-up lean
 
@@ -221,7 +240,8 @@ def _on_path(program: str) -> bool:
                for folder in os.environ.get("PATH", "").split(os.pathsep) if folder for name in names)
 
 
-def _module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:
+def module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:
+    """module -> its distribution's version ("" when unknown) for each module found, without importing it."""
     found: dict[str, str] = {}
     for requirement in modules:
         try:

@@ -197,8 +197,9 @@ def run_kit(entry_point: str, features: Sequence[str] | None = None,
     names = [f.manifest.name for f in mine]
     unknown = [n for n in features or () if n not in names]
     if unknown:
-        return KitReport(entry_point, tuple(names), (KitResult("features", "failed", f"{shown(entry_point)} ships "
-                         f"{', '.join(names)}, not {shown(' '.join(unknown))}: name features of this plugin"),))
+        return KitReport(entry_point, tuple(names), (KitResult("features", "failed", f"plugin {shown(entry_point)} "
+                         f"has no feature {', '.join(map(shown, unknown))}: pass --features with some of "
+                         f"{', '.join(names)}"),))
     plugin = PluginUnderTest(entry_point, mine[0].plugin.distribution, tuple(f.manifest for f in mine))
     results = []
     for check in CONTRACT_CHECKS:

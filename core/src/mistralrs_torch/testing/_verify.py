@@ -18,7 +18,7 @@ enough that attention with a 1% scale error fails them.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -29,7 +29,7 @@ import torch
 from mistralrs_torch.ops import OpSpec, PreparedWeight, QuantizedWeight, kernel_for
 from mistralrs_torch.testing._cases import OpCase
 
-__all__ = ["TOLERANCES", "CaseResult", "Tolerance", "compare", "run_case"]
+__all__ = ["TOLERANCES", "CaseResult", "Tolerance", "compare", "run_case", "verify_call"]
 
 
 @dataclass(frozen=True)
@@ -153,3 +153,30 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
     elif device.startswith("mps"):
         torch.mps.synchronize()
+
+
+def verify_call(spec: OpSpec, kernel: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], dtype: str,
+                *, reference_args: Sequence[Any] | None = None) -> str:
+    """Run ``kernel`` on a real call and judge it against the op's reference: "" when within tolerance, else why.
+
+    In-place ops write into copies of their outputs, so the caller's tensors are untouched. ``reference_args``
+    replace ``args`` for the reference (a prepared weight's QuantizedWeight, say).
+    """
+    reference_args = list(args if reference_args is None else reference_args)
+    expected = spec.load_reference()(*(_as_numpy(a) for a in reference_args),
+                                     **{k: _as_numpy(v) for k, v in kwargs.items()})
+    if spec.writes:
+        copies = [a.clone() if i in spec.writes else a for i, a in enumerate(args)]
+        kernel(*copies, **kwargs)
+        out: Any = tuple(copies[i] for i in spec.writes)
+    else:
+        out = kernel(*args, **kwargs)
+    max_error, rms_error, problem = compare(out, expected, dtype)
+    if problem:
+        return problem
+    tolerance = TOLERANCES[dtype]
+    if max_error is not None and rms_error is not None and (max_error > tolerance.max_error
+                                                            or rms_error > tolerance.rms_error):
+        return (f"max error {max_error:.1e} (tolerance {tolerance.max_error:.0e}), rms error {rms_error:.1e} "
+                f"(tolerance {tolerance.rms_error:.0e})")
+    return ""

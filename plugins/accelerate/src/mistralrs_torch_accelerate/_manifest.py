@@ -12,7 +12,7 @@ ACCELERATE = FeatureManifest(
     distribution="mistralrs-torch-accelerate",
     platforms=("macos",),
     libraries=(LibraryRequirement("accelerate", missing="Apple Accelerate framework not found",
-                                  fix="Accelerate ships with macOS: update macOS"),),
+                                  fix="Accelerate ships with macOS: update macOS", label="Accelerate"),),
     selection_priority=50,
     provides=("matmul",),
     recommended_for=("apple-silicon",),

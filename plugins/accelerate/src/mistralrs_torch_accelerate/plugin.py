@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
-from mistralrs_torch import FeatureManifest, hookimpl
+from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
 from mistralrs_torch_accelerate._manifest import ACCELERATE
 
 if TYPE_CHECKING:
@@ -14,6 +15,16 @@ if TYPE_CHECKING:
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (ACCELERATE,)
+
+
+@hookimpl
+def mistralrs_probe_system(system: SystemSnapshot) -> dict[str, str]:
+    # The framework ships with macOS; its version is the system's.
+    if system.os != "macos" or not os.path.exists("/System/Library/Frameworks/Accelerate.framework"):
+        return {}
+    import platform
+
+    return {"accelerate": platform.mac_ver()[0]}
 
 
 @hookimpl

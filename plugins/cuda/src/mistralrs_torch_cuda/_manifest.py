@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from mistralrs_torch import EnvVar, FeatureManifest, GPURequirement, LibraryRequirement
 
-__all__ = ["CUDA", "CUDNN"]
+__all__ = ["CUDA", "CUDNN", "CUDNN_WHEELS"]
 
+#: The wheels carrying the cuDNN torch loads, newest CUDA line first (the library fact "cudnn" is their version).
+CUDNN_WHEELS = ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11")
 _NVIDIA = ("nvidia-ampere", "nvidia-hopper", "nvidia-older", "multi-gpu-nvidia")
 
 CUDA = FeatureManifest(
@@ -37,7 +39,8 @@ CUDNN = FeatureManifest(
         "cudnn",
         missing="cuDNN not found",
         fix="install the cuDNN wheel matching torch's CUDA (pip install nvidia-cudnn-cu12, or -cu13) "
-            "and a torch built with cuDNN"),),
+            "and a torch built with cuDNN",
+        label="cuDNN"),),
     selection_priority=90,
     provides=("attention",),
     recommended_for=_NVIDIA,

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
-from mistralrs_torch_cuda._manifest import CUDA, CUDNN
+from mistralrs_torch.system import installed_version
+from mistralrs_torch_cuda._manifest import CUDA, CUDNN, CUDNN_WHEELS
 
 if TYPE_CHECKING:
     from mistralrs_torch.ops import AttentionBackend, CheckResult, Device, LayerBackend, MatmulBackend
@@ -16,6 +17,13 @@ if TYPE_CHECKING:
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (CUDA, CUDNN)
+
+
+@hookimpl
+def mistralrs_probe_system(system: SystemSnapshot) -> dict[str, str]:
+    # torch loads the cuDNN of its CUDA line's wheel, and only when it was built with cuDNN.
+    version = installed_version(*CUDNN_WHEELS) if system.torch is not None and system.torch.cudnn else None
+    return {"cudnn": version} if version is not None else {}
 
 
 @hookimpl

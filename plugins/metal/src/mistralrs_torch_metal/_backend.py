@@ -7,6 +7,7 @@ import torch
 from mistralrs_torch.generic import TorchAttention, TorchLayers, TorchMatmul
 from mistralrs_torch.ops import Device
 from mistralrs_torch.system import SystemSnapshot
+from mistralrs_torch_metal._manifest import METAL
 
 __all__ = ["MPS_PRIORITY", "mps_attention", "mps_devices", "mps_dtypes", "mps_layers", "mps_matmul"]
 
@@ -22,8 +23,8 @@ def mps_dtypes() -> tuple[str, ...]:
 def mps_devices(system: SystemSnapshot) -> tuple[Device, ...]:
     if not torch.backends.mps.is_available():
         return ()
-    gpu = next(iter(system.gpus_of("apple")), None)
-    return (Device("mps", gpu.name if gpu else "Apple GPU", "metal", int(torch.mps.recommended_max_memory())),)
+    gpu = next((g for g in system.gpus if g.vendor in METAL.gpu.vendors), None) if METAL.gpu else None
+    return (Device("mps", gpu.name if gpu else "Metal GPU", "metal", int(torch.mps.recommended_max_memory())),)
 
 
 def mps_attention() -> TorchAttention:

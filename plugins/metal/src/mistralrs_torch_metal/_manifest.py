@@ -12,7 +12,8 @@ METAL = FeatureManifest(
     distribution="mistralrs-torch-metal",
     excludes=("cuda",),
     platforms=("macos",),
-    gpu=GPURequirement(vendor="apple"),
+    # The seed: "macOS with Apple Silicon or AMD GPU" (torch MPS drives both).
+    gpu=GPURequirement(vendor="apple", other_vendors=("amd",)),
     libraries=(LibraryRequirement("mps", missing="torch MPS backend not found",
                                   fix="install torch for macOS (pip install torch) on Apple Silicon or an AMD GPU"),),
     selection_priority=100,

@@ -14,7 +14,7 @@ MKL = FeatureManifest(
     cpu_archs=("x86_64",),
     libraries=(LibraryRequirement("mkl", missing="MKL not found",
                                   fix="install Intel oneAPI or standalone MKL, with a torch built with MKL "
-                                      "(PyPI's x86_64 torch wheels are)"),),
+                                      "(PyPI's x86_64 torch wheels are)", label="MKL"),),
     selection_priority=50,
     provides=("matmul",),
     env_vars=(EnvVar("MKL_NUM_THREADS", "MKL's thread count"), EnvVar("OMP_NUM_THREADS", "OpenMP's thread count")),

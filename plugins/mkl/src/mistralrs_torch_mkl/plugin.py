@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
+from mistralrs_torch.system import installed_version
 from mistralrs_torch_mkl._manifest import MKL
 
 if TYPE_CHECKING:
@@ -16,6 +17,15 @@ if TYPE_CHECKING:
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (MKL,)
+
+
+@hookimpl
+def mistralrs_probe_system(system: SystemSnapshot) -> dict[str, str]:
+    # MKL is in torch's build (PyPI's x86_64 wheels link it) or in the mkl wheel, whose version then says which.
+    version = installed_version("mkl")
+    if version is None and system.torch is not None and system.torch.mkl:
+        version = ""
+    return {"mkl": version} if version is not None else {}
 
 
 @hookimpl

@@ -12,14 +12,43 @@ from mistralrs_torch_nccl._world import LOCAL_WORLD_SIZE_VAR, local_world_size
 __all__ = ["nccl_checks"]
 
 
-def _mapping(gpus: int, environ: Mapping[str, str], why_on: str) -> CheckResult:
-    """The device-mapping mode with NCCL off, by the core's rule (ranks sharing this machine turn it off too)."""
+def _mapping(gpus: int, environ: Mapping[str, str], why_on: str) -> list[CheckResult]:
+    """The device-mapping mode with NCCL off, by the core's rule (ranks sharing this machine turn it off too),
+    and an explicit MISTRALRS_DEVICE_LAYERS map judged against the GPUs."""
+    from mistralrs_torch.doctor import device_layers_check
     from mistralrs_torch.ops import Device
     from mistralrs_torch.parallel import device_mapping_mode
 
-    mode, reason = device_mapping_mode((), [Device(f"cuda:{i}", "GPU", "cuda") for i in range(gpus)], environ)
-    return CheckResult("device mapping", "info", f"off: {reason}" if mode == "disabled" else
-                       f"on ({why_on}): layers are spread over the {gpus} GPUs in proportion to their free memory")
+    if not gpus:
+        return []  # nothing NCCL could change: doctor's runtime judges any explicit map
+    # The devices a runtime would bind here: every GPU, and the built-in CPU device.
+    devices = [Device(f"cuda:{i}", "GPU", "cuda") for i in range(gpus)] + [Device("cpu", "CPU", "cpu")]
+    explicit = device_layers_check((), devices, environ)
+    if explicit and explicit[0].status == "info":  # an explicit map that holds: mapping is on, as it says
+        return [CheckResult(explicit[0].name, "info", f"on ({why_on}): {explicit[0].message}")]
+    mode, reason = device_mapping_mode((), devices, environ)
+    if mode == "disabled":
+        return [CheckResult("device mapping", "info", f"off: {reason}"), *explicit]
+    if explicit or gpus < 2:
+        return explicit
+    return [CheckResult("device mapping", "info", f"on ({why_on}): layers are spread over the {gpus} GPUs in "
+                        "proportion to their free memory")]
+
+
+def _nccl_mapping(environ: Mapping[str, str]) -> list[CheckResult]:
+    """Device mapping with NCCL active: off, and an explicit MISTRALRS_DEVICE_LAYERS map contradicts it."""
+    from mistralrs_torch.doctor import DEVICE_LAYERS_CHECK
+    from mistralrs_torch.parallel._device_map import DEVICE_LAYERS_VAR
+
+    checks = [CheckResult("device mapping", "info", "off: NCCL is active (one process per GPU, each holding its "
+                          "shard), as with mistral.rs's nccl feature")]
+    value = environ.get(DEVICE_LAYERS_VAR, "").strip()
+    if value:
+        checks.append(CheckResult(DEVICE_LAYERS_CHECK, "error", f"{DEVICE_LAYERS_VAR}={value!r} is set, but NCCL is "
+                                  "active: each process holds one GPU, so layers are not mapped across GPUs",
+                                  f"unset {DEVICE_LAYERS_VAR}, or set MISTRALRS_NO_NCCL=1 to map layers over the "
+                                  "GPUs from one process"))
+    return checks
 
 
 def _error(name: str, exc: ConfigError) -> CheckResult:
@@ -51,18 +80,13 @@ def nccl_checks(active: frozenset[str], system: SystemSnapshot, environ: Mapping
             checks.append(CheckResult("MISTRALRS_NO_NCCL", "warning", f"WORLD_SIZE={launched} ranks were launched but "
                                       "MISTRALRS_NO_NCCL=1 turns NCCL off, so each rank would map layers over its "
                                       "GPUs alone", "unset MISTRALRS_NO_NCCL, or start one process"))
-        if gpus > 1:
-            checks.append(_mapping(gpus, environ, "MISTRALRS_NO_NCCL=1"))
-        return checks
+        return checks + _mapping(gpus, environ, "MISTRALRS_NO_NCCL=1")
     if "nccl" not in active:
         if ours:
             checks.append(CheckResult(LOCAL_WORLD_SIZE_VAR, "warning", f"{LOCAL_WORLD_SIZE_VAR}={ours} is set but nccl "
                                       "is not active, so it is ignored", "select nccl (--features nccl), or unset it"))
-        if gpus > 1:
-            checks.append(_mapping(gpus, environ, "nccl is not active"))
-        return checks
-    checks.append(CheckResult("device mapping", "info", "off: NCCL is active (one process per GPU, each holding its "
-                              "shard), as with mistral.rs's nccl feature"))
+        return checks + _mapping(gpus, environ, "nccl is not active")
+    checks += _nccl_mapping(environ)
     try:
         torchrun = torchrun_rendezvous(environ)
     except ConfigError as exc:

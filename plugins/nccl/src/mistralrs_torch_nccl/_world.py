@@ -17,10 +17,9 @@ from mistralrs_torch.parallel import (
     torchrun_rendezvous,
 )
 from mistralrs_torch.validation import parse_int
+from mistralrs_torch_nccl._manifest import LOCAL_WORLD_SIZE_VAR
 
 __all__ = ["LOCAL_WORLD_SIZE_VAR", "local_world_size", "nccl_rendezvous"]
-
-LOCAL_WORLD_SIZE_VAR = "MISTRALRS_MN_LOCAL_WORLD_SIZE"
 
 
 def _count(environ: Mapping[str, str], name: str, gpu_count: int) -> int:

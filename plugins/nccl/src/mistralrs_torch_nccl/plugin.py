@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mistralrs_torch import FeatureManifest, SystemSnapshot, hookimpl
-from mistralrs_torch_nccl._manifest import NCCL
+from mistralrs_torch.system import installed_version
+from mistralrs_torch_nccl._manifest import NCCL, NCCL_WHEELS
 
 if TYPE_CHECKING:
     from mistralrs_torch.ops import CheckResult, CollectiveBackend
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
 @hookimpl
 def mistralrs_features() -> tuple[FeatureManifest, ...]:
     return (NCCL,)
+
+
+@hookimpl
+def mistralrs_probe_system(system: SystemSnapshot) -> dict[str, str]:
+    version = installed_version(*NCCL_WHEELS)
+    return {"nccl": version} if version is not None else {}
 
 
 @hookimpl

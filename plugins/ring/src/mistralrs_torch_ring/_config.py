@@ -31,6 +31,7 @@ from typing import Any
 from mistralrs_torch import ConfigError, InputError
 from mistralrs_torch.parallel import is_loopback, is_power_of_two, is_wildcard, valid_host
 from mistralrs_torch.validation import read_json, shown
+from mistralrs_torch_ring._manifest import RING_CONFIG_FIELDS
 
 __all__ = [
     "FIELDS",
@@ -45,15 +46,7 @@ __all__ = [
 ]
 
 #: field -> (required, what it is, as the messages say it)
-FIELDS = {
-    "master_ip": (True, "the address of rank 0, which hosts the rendezvous"),
-    "master_port": (True, "the rendezvous port on rank 0's machine"),
-    "port": (True, "this process's ring port"),
-    "right_port": (True, "the ring port of the next rank"),
-    "right_ip": (False, "the address of the next rank (default localhost)"),
-    "rank": (True, "this process's rank"),
-    "world_size": (True, "the number of processes"),
-}
+FIELDS = {f.name: (f.required, f.description) for f in RING_CONFIG_FIELDS}
 _PORTS = ("master_port", "port", "right_port")
 #: Ranks one ring may have: every rank needs a port on its machine, and gloo over TCP is not for more.
 MAX_WORLD_SIZE = 1 << 16

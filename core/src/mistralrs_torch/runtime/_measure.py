@@ -1,0 +1,258 @@
+"""Measured selection: time every backend that supports a call signature, check it once, bind the fastest.
+
+Under ``selection="measured"`` (or MISTRALRS_SELECTION=measured) the first call
+of a signature, with its token count rounded up to a power of two (so decode
+steps do not tune again), times each supporting backend on that very call:
+one warm-up, then up to ``repeats`` runs, the median kept; a candidate is
+dropped as soon as one of its runs is slower than the best median so far by
+``margin``. Each candidate's output is checked once against the op's float64
+reference with the verification tolerances; a wrong one is never bound. With a
+single supporting backend nothing is timed.
+
+Choices persist in a tuning cache file keyed by what makes a timing valid: the
+device, torch's version, every plugin's version and the thread count. A file
+written under other conditions is set aside (and rewritten), a corrupt one is
+ignored with a warning; a cached winner is used only while it still supports
+the call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mistralrs_torch.ops import CallSpec, OpSpec, PreparedWeight, QuantizedWeight
+
+__all__ = ["SELECTIONS", "TUNING_SCHEMA", "Measurement", "Tuner", "TuningCache", "TuningWarning", "bucket",
+           "default_cache_path"]
+
+SELECTIONS = ("priority", "measured")
+TUNING_SCHEMA = "mistralrs.tuning/1"
+
+
+class TuningWarning(UserWarning):
+    """The tuning cache file could not be used (corrupt, foreign, unwritable): tuning happens again."""
+
+
+def bucket(rows: int) -> int:
+    """``rows`` rounded up to a power of two (at least 1)."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def default_cache_path(environ: Mapping[str, str]) -> Path:
+    """MISTRALRS_TUNING_CACHE, else $XDG_CACHE_HOME/mistralrs-torch/tuning.json, else ~/.cache/..."""
+    if environ.get("MISTRALRS_TUNING_CACHE", "").strip():
+        return Path(environ["MISTRALRS_TUNING_CACHE"]).expanduser()
+    base = environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mistralrs-torch" / "tuning.json"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One tuning: the candidates' median seconds, why others were dropped, the winner, what it cost."""
+
+    op: str
+    call: CallSpec
+    times: Mapping[str, float]
+    dropped: Mapping[str, str]
+    winner: str
+    seconds: float
+    source: str  # "measured" or "cache"
+
+    def describe(self) -> str:
+        timed = ", ".join(f"{name} {seconds * 1e6:.1f} us" for name, seconds in sorted(self.times.items(),
+                                                                                     key=lambda kv: kv[1]))
+        dropped = "".join(f"; {name} dropped: {why}" for name, why in self.dropped.items())
+        return (f"{self.op} [{self.call.describe()}] -> {self.winner} ({self.source}: {timed or 'no timings'}"
+                f"{dropped})")
+
+
+@dataclass
+class TuningCache:
+    """Winners by signature, valid for one device, torch, set of plugin versions and thread count."""
+
+    path: Path | None
+    conditions: dict[str, Any]
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path | None, conditions: dict[str, Any]) -> TuningCache:
+        cache = cls(path, conditions)
+        if path is None or not path.exists():
+            return cache
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            valid = (isinstance(data, dict) and data.get("schema") == TUNING_SCHEMA
+                     and isinstance(data.get("entries"), dict)
+                     and all(isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("winner"), str)
+                             for k, v in data["entries"].items()))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            valid, data = False, None
+            cache._note(f"the tuning cache {path} cannot be read ({type(exc).__name__}): ignored; it is rewritten "
+                        "after the next tuning")
+        if data is not None and not valid:
+            cache._note(f"the tuning cache {path} is not a {TUNING_SCHEMA} file: ignored; it is rewritten after "
+                        "the next tuning")
+        elif valid and data.get("conditions") != conditions:
+            changed = sorted(k for k in {*conditions, *(data.get("conditions") or {})}
+                             if (data.get("conditions") or {}).get(k) != conditions.get(k))
+            cache.notes.append(f"the tuning cache {path} was measured under other conditions ({', '.join(changed)} "
+                               "changed): tuning again")
+        elif valid:
+            cache.entries = data["entries"]
+        return cache
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        warnings.warn(text, TuningWarning, stacklevel=3)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, measurement: Measurement) -> None:
+        self.entries[key] = {"winner": measurement.winner, "times": dict(measurement.times),
+                             "dropped": dict(measurement.dropped)}
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        data = {"schema": TUNING_SCHEMA, "conditions": self.conditions, "entries": self.entries}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+            temporary.replace(self.path)  # never a half-written cache
+        except OSError as exc:
+            self._note(f"the tuning cache {self.path} cannot be written ({exc}): choices are kept in memory only")
+            self.path = None
+
+
+def _synchronized(action: Callable[[], Any], device: str) -> Callable[[], Any]:
+    """``action`` that waits for the device to finish, so its time is the kernel's, not its launch's."""
+    if device != "cuda":
+        return action
+    import torch
+
+    def synced() -> Any:
+        result = action()
+        torch.cuda.synchronize()
+        return result
+
+    return synced
+
+
+class Tuner:
+    """Times candidates for a signature and remembers the winners (in memory and in its cache)."""
+
+    def __init__(self, cache: TuningCache, *, repeats: int = 5, margin: float = 1.5) -> None:
+        self.cache, self.repeats, self.margin = cache, repeats, margin
+        self.measurements: list[Measurement] = []
+
+    @property
+    def seconds(self) -> float:
+        """Time spent tuning (cache hits cost nothing)."""
+        return sum(m.seconds for m in self.measurements if m.source == "measured")
+
+    def pick(self, spec: OpSpec, call: CallSpec, candidates: Sequence[tuple[Any, Callable[..., Any]]],
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Callable[..., Any]]:
+        """The fastest correct of ``candidates`` (backend, kernel) for this call, measured on its arguments."""
+        def run(kernel: Callable[..., Any]) -> Callable[[], Any]:
+            return _synchronized(lambda: kernel(*args, **kwargs), call.device)
+
+        def check(kernel: Callable[..., Any]) -> str:
+            from mistralrs_torch.testing._verify import verify_call
+
+            return verify_call(spec, kernel, args, kwargs, call.dtype)
+
+        return self._tune(spec, call, self._key(spec, call), candidates, run, check)
+
+    def pick_prepared(self, spec: OpSpec, call: CallSpec, candidates: Sequence[Any], weight: QuantizedWeight,
+                      device: str) -> tuple[Any, Any]:
+        """The fastest correct backend to prepare ``weight`` with, timed on one token (decode), and its payload."""
+        import torch
+
+        x = torch.randn(1, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(
+            device=device, dtype=getattr(torch, call.dtype))
+        prepared = {b.name: PreparedWeight(b.name, getattr(b, spec.prepare)(weight, call, device), call, weight.shape)
+                    for b in candidates}
+        pairs = [(b, getattr(b, spec.name)) for b in candidates]
+
+        def run(kernel: Callable[..., Any]) -> Callable[[], Any]:
+            name = next(b.name for b, k in pairs if k is kernel)
+            return _synchronized(lambda: kernel(x, prepared[name]), call.device)
+
+        def check(kernel: Callable[..., Any]) -> str:
+            from mistralrs_torch.testing._verify import verify_call
+
+            return verify_call(spec, run(kernel), (), {}, call.dtype, reference_args=(x, weight))
+
+        backend, _ = self._tune(spec, call, self._key(spec, call), pairs, run, check)
+        return backend, prepared[backend.name].payload
+
+    @staticmethod
+    def _key(spec: OpSpec, call: CallSpec) -> str:
+        return f"{spec.name} [{call.describe()}]"
+
+    def _tune(self, spec: OpSpec, call: CallSpec, key: str, candidates: Sequence[tuple[Any, Callable[..., Any]]],
+              run: Callable[[Callable[..., Any]], Callable[[], Any]],
+              check: Callable[[Callable[..., Any]], str]) -> tuple[Any, Callable[..., Any]]:
+        known = self.cache.get(key)
+        names = [b.name for b, _ in candidates]
+        if known is not None and known["winner"] in names:
+            chosen = candidates[names.index(known["winner"])]
+            self.measurements.append(Measurement(spec.name, call, dict(known.get("times", {})),
+                                                 dict(known.get("dropped", {})), known["winner"], 0.0, "cache"))
+            return chosen
+        start = time.perf_counter()
+        times: dict[str, float] = {}
+        dropped: dict[str, str] = {}
+        rough: dict[str, float] = {}
+        for backend, kernel in candidates:
+            began = time.perf_counter()
+            problem = check(kernel)
+            rough[backend.name] = time.perf_counter() - began
+            if problem:
+                dropped[backend.name] = f"wrong result: {problem}"
+        # Timed fastest-looking first, so a slow candidate meets a best to be dropped against early.
+        for backend, kernel in sorted(candidates, key=lambda pair: rough[pair[0].name]):
+            if backend.name in dropped:
+                continue
+            median = self._time(run(kernel), min(times.values(), default=None))
+            if median is None:
+                dropped[backend.name] = f"slower than the best by more than {self.margin}x"
+            else:
+                times[backend.name] = median
+        if not times:
+            raise_all = "; ".join(f"{name}: {why}" for name, why in dropped.items())
+            from mistralrs_torch._errors import UnsupportedCallError
+
+            raise UnsupportedCallError(f"{spec.name} [{call.describe()}]: no backend computed it within tolerance "
+                                       f"({raise_all}): disable the failing plugins (MISTRALRS_DISABLE_PLUGINS) "
+                                       "and report them")
+        winner = min(times, key=lambda name: times[name])
+        measurement = Measurement(spec.name, call, times, dropped, winner, time.perf_counter() - start, "measured")
+        self.measurements.append(measurement)
+        self.cache.put(key, measurement)
+        return candidates[names.index(winner)]
+
+    def _time(self, action: Callable[[], Any], best: float | None) -> float | None:
+        """Median seconds of ``action`` after a warm-up; None as soon as a run exceeds ``margin`` x ``best``."""
+        action()
+        samples = []
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            action()
+            samples.append(time.perf_counter() - start)
+            if best is not None and samples[-1] > best * self.margin and len(samples) >= 2 \
+                    and statistics.median(samples) > best * self.margin:
+                return None
+        return statistics.median(samples)
