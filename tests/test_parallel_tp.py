@@ -264,6 +264,14 @@ def test_k_proj_with_fewer_kv_heads_than_ranks_is_replicated_whole_never_cut(tmp
         assert torch.allclose(q, q_full[:, r * head:(r + 1) * head], atol=1e-5)  # query head r
         assert torch.allclose(k, k_full[:, r // 2 * head:(r // 2 + 1) * head], atol=1e-5)  # the kv head it uses
         assert torch.allclose(o, q_full @ tensors["o_proj.weight"].T, atol=1e-4)
+    # Without its heads an attention projection is refused, never split evenly into half heads.
+    with pytest.raises(ConfigError, match=r"tensor 'k_proj.weight' in .* is an attention projection \(k_proj\), but "
+                                          r"no heads were given: splitting its 16 rows evenly over 4 ranks"):
+        thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(runtime, comm, path, "k_proj.weight",
+                                                                           device="cpu"))
+    with pytest.raises(ConfigError, match=r"'o_proj.weight' .* \(o_proj\), but no heads were given: splitting its "
+                                          r"32 input columns"):
+        RowParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "o_proj.weight", device="cpu")
     with pytest.raises(ConfigError, match=r"tensor 'k_proj.weight' in .* has 2 attention heads and 2 key/value "
                                           r"heads, which 4 ranks cannot split without cutting a head"):
         thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(

@@ -21,6 +21,9 @@ from mistralrs_torch.runtime._loading import TensorSlice
 
 __all__ = ["AttentionHeads", "HeadShard", "column_slice", "row_slice", "shard_range", "slice_weight"]
 
+#: Projections whose rows (q/k/v) or input columns (o) are heads: an even split could cut one.
+_ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
 
 def shard_range(size: int, rank: int, world_size: int, *, what: str = "dimension") -> tuple[int, int]:
     """The even share [start, stop) of ``size`` for ``rank``; ConfigError when ``world_size`` does not divide it."""
@@ -103,6 +106,7 @@ def column_slice(name: str, rows: int, rank: int, world_size: int, heads: Attent
     messages (" in FILE")."""
     tensor = f"{name!r}{where}"
     if heads is None:
+        _refuse_headless(name, tensor, "rows", rows, world_size)
         return TensorSlice(0, *shard_range(rows, rank, world_size, what=f"dimension 0 of {tensor}"))
     shard = heads.shard(rank, world_size, what=f"tensor {tensor}")
     if rows == heads.heads * heads.head_dim:
@@ -119,11 +123,22 @@ def row_slice(name: str, columns: int, rank: int, world_size: int, heads: Attent
     even share."""
     tensor = f"{name!r}{where}"
     if heads is None:
+        _refuse_headless(name, tensor, "input columns", columns, world_size)
         return TensorSlice(1, *shard_range(columns, rank, world_size, what=f"dimension 1 of {tensor}"))
     if columns != heads.heads * heads.head_dim:
         raise ConfigError(f"tensor {tensor} has {columns} input columns, not the {heads.heads} query heads of "
                           f"{heads.head_dim} its layer's output has: pass the AttentionHeads of its layer")
     return TensorSlice(1, *heads.shard(rank, world_size, what=f"tensor {tensor}").query_rows)
+
+
+def _refuse_headless(name: str, tensor: str, what: str, size: int, world_size: int) -> None:
+    """ConfigError for an attention projection split without its heads (an even split ignores head boundaries)."""
+    projection = next((p for p in name.split(".") if p in _ATTENTION_PROJECTIONS), None)
+    if projection is not None:
+        raise ConfigError(
+            f"tensor {tensor} is an attention projection ({projection}), but no heads were given: splitting its "
+            f"{size} {what} evenly over {world_size} ranks ignores head boundaries and can cut a head; pass "
+            "heads=AttentionHeads(num_attention_heads, num_key_value_heads, head_dim) of its layer")
 
 
 def slice_weight(weight: torch.Tensor | QuantizedWeight, part: TensorSlice, name: str,

@@ -109,7 +109,8 @@ class ColumnParallelLinear:
     default the output stays sharded for a following :class:`RowParallelLinear`.
     Given its layer's ``heads``, a q/k/v projection splits by whole heads, and
     key/value heads fewer than the ranks are replicated (see :mod:`._sharding`);
-    without it the rows split evenly, which suits MLP projections only.
+    without it the rows split evenly, which suits MLP projections only (a
+    tensor named q_proj, k_proj, v_proj or o_proj is refused without ``heads``).
     Replicated heads cannot be gathered (the copies would repeat).
     """
 
