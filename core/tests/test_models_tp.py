@@ -174,7 +174,8 @@ def test_smollm2_cannot_split_over_two_ranks_and_says_why() -> None:
     with pytest.raises(ConfigError) as raised:
         load(path, communicator=_Rank(2))
     message = str(raised.value)
-    assert "9 attention heads and 3 key/value heads, which 2 ranks cannot split without cutting a head" in message
+    assert f"the llama model {path} has 9 attention heads and 3 key/value heads, which 2 ranks cannot split " \
+           "without cutting a head" in message
     assert "9 query heads do not divide by 2" in message and "(1, 3, 9)" in message
 
 

@@ -47,14 +47,15 @@ class LlamaForCausalLM:
 
     ``read(name, part)`` reads tensor ``name``, only ``part`` of it when that is not None. With a
     ``communicator`` of several ranks this rank builds its share of the model; every rank must then make the
-    same forward calls in the same order (the all_reduce calls pair up across ranks).
+    same forward calls in the same order (the all_reduce calls pair up across ranks). ``name`` (the
+    checkpoint's path) is shown in errors.
     """
 
     def __init__(self, config: ModelConfig, runtime: Runtime, read: Callable[[str, TensorSlice | None], Weight],
-                 dtype: torch.dtype, communicator: Communicator | None = None) -> None:
+                 dtype: torch.dtype, communicator: Communicator | None = None, name: str | None = None) -> None:
         self.config, self.runtime, self.dtype = config, runtime, dtype
         self.communicator = communicator if communicator is not None else SingleProcessCommunicator()
-        shards = ModelShards(config, self.communicator)  # refuses a split that cuts a head, before any read
+        shards = ModelShards(config, self.communicator, name)  # refuses a split that cuts a head, before any read
         self.heads, self.kv_heads = shards.heads.heads, shards.heads.kv_heads  # this rank's
         c = config
 

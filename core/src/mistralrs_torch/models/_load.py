@@ -80,7 +80,7 @@ def load(path: str | PathLike[str], *, runtime: Runtime | None = None,
 
     communicator = communicator if communicator is not None else runtime.communicator()
     try:
-        network = LlamaForCausalLM(source.config, runtime, weight, chosen, communicator)
+        network = LlamaForCausalLM(source.config, runtime, weight, chosen, communicator, str(source.path))
     finally:
         progress.close()
     return Model(network, source.tokenizer, source.path)

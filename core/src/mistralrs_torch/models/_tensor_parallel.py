@@ -31,15 +31,16 @@ class ModelShards:
     Made before any weight is read, so that a model the ranks cannot split fails at once, naming the head counts.
     """
 
-    def __init__(self, config: ModelConfig, communicator: Communicator) -> None:
+    def __init__(self, config: ModelConfig, communicator: Communicator, name: str | None = None) -> None:
+        """``name`` (the checkpoint's path) is shown in errors."""
         self.config, self.communicator = config, communicator
         self.rank, self.world_size = communicator.rank, communicator.world_size
         c = config
         self.layout = AttentionHeads(c.num_heads, c.num_kv_heads, c.head_dim)
-        what = f"this {c.architecture} model (num_attention_heads {c.num_heads}, num_key_value_heads {c.num_kv_heads})"
-        self.heads: HeadShard = self.layout.shard(self.rank, self.world_size, what=what)
+        model = f"the {c.architecture} model" + (f" {name}" if name else "")
+        self.heads: HeadShard = self.layout.shard(self.rank, self.world_size, what=model)
         shard_range(c.intermediate_size, self.rank, self.world_size,
-                    what=f"intermediate_size (dimension 0 of 'mlp.gate_proj.weight') of this {c.architecture} model")
+                    what=f"intermediate_size (dimension 0 of 'mlp.gate_proj.weight') of {model}")
 
     def part(self, name: str) -> TensorSlice | None:
         """The slice of tensor ``name`` (a Hugging Face name) this rank reads; None for a replicated tensor."""
