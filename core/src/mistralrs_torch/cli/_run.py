@@ -34,7 +34,9 @@ def _stats(result: Generation) -> str:
 
 
 def _explain(model: Model) -> str:
-    return "\n".join(["backends that ran:", *(f"  {b.describe()}" for b in model.runtime.bindings)])
+    tuner = model.runtime.tuner
+    measured = [] if tuner is None else ["measured selection:", *(f"  {m.describe()}" for m in tuner.measurements)]
+    return "\n".join(["backends that ran:", *(f"  {b.describe()}" for b in model.runtime.bindings), *measured])
 
 
 def _ids(model: Model, messages: list[dict[str, str]], raw: bool) -> list[int]:
@@ -85,17 +87,21 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most tokens to generate.")
 @click.option("--features", default=None, metavar="FEATURES",
-              help="Explicit selection, e.g. 'cuda flash-attn' ('auto' or 'none' also work); overrides "
-                   "MISTRALRS_FEATURES.")
+              help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or "
+                   "'none' also work); overrides MISTRALRS_FEATURES.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere]; quantized "
                    "weights stay quantized.")
+@click.option("--selection", type=click.Choice(["priority", "measured"]), default=None,
+              help="How each op's backend is chosen: the first supporting one in dispatch priority, or the fastest "
+                   "correct one timed on this machine (cached; see `mistralrs tune`) [default: MISTRALRS_SELECTION, "
+                   "else priority].")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result (schema mistralrs.run/1) instead of "
                                                       "streaming text.")
 @click.option("--explain", is_flag=True, help="Also print which backend ran each op.")
-def run_command(path: str, prompt: str | None, max_tokens: int, features: str | None, dtype: str | None, raw: bool,
-                as_json: bool, explain: bool) -> None:
+def run_command(path: str, prompt: str | None, max_tokens: int, features: str | None, dtype: str | None,
+                selection: str | None, raw: bool, as_json: bool, explain: bool) -> None:
     """Generate text with a local model through the bound backends (greedy decoding).
 
     Example: mistralrs run -m SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is the capital of France?"
@@ -107,7 +113,7 @@ def run_command(path: str, prompt: str | None, max_tokens: int, features: str | 
     from mistralrs_torch.models import load
     from mistralrs_torch.runtime import Runtime
 
-    runtime = Runtime.create(features, paged_attention=True)
+    runtime = Runtime.create(features, paged_attention=True, selection=selection)
     communicator = runtime.communicator()  # a rank of a job joins it here, before the model is read
     if prompt is None and communicator.world_size > 1:
         raise click.UsageError(f"this is rank {communicator.rank} of {communicator.world_size}: the interactive chat "
