@@ -91,6 +91,21 @@ def test_each_line_is_prefixed_and_every_rank_gets_the_torchrun_variables(launch
     assert len(ports) == 1 and ports.pop().isdigit()  # one rendezvous port for all, a free one
 
 
+@pytest.mark.parametrize("user_value", [None, "3"])
+def test_each_rank_gets_its_share_of_the_cores_as_omp_num_threads_unless_the_user_set_it(
+        launch, script, cli_env: dict[str, str], user_value: str | None) -> None:
+    # As torchrun does: N ranks each defaulting to every core would oversubscribe the machine.
+    code = script("print('threads', os.environ.get('OMP_NUM_THREADS'))")
+    cli_env.pop("OMP_NUM_THREADS", None)  # the same dict the launch fixture starts from
+    proc = launch("-n", "2", "--", sys.executable, code,
+                  env={} if user_value is None else {"OMP_NUM_THREADS": user_value})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    expected = user_value or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert sorted(line for line in out.splitlines() if " threads " in line) == [
+        f"[rank {r}] threads {expected}" for r in range(2)]
+
+
 def test_the_first_failing_rank_stops_the_others_and_gives_its_status(launch, script) -> None:
     code = script("""
         signal.signal(signal.SIGTERM, lambda *a: (print(f"rank {RANK} stopped by SIGTERM", flush=True), sys.exit(0)))

@@ -28,6 +28,7 @@ import mistralrs_torch.runtime._loading as loading
 from mistralrs_torch import ConfigError, Runtime, UnsupportedCallError
 from mistralrs_torch.generic import SingleProcessCommunicator
 from mistralrs_torch.parallel import (
+    AttentionHeads,
     ColumnParallelLinear,
     ParallelMLP,
     RowParallelLinear,
@@ -62,63 +63,6 @@ def reference_mlp(t: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
                                           None if f"mlp.{name}.bias" not in t else t[f"mlp.{name}.bias"].double())
 
     return lin("down_proj", torch.nn.functional.silu(lin("gate_proj", x)) * lin("up_proj", x))
-
-
-class _ThreadWorld:
-    """N ranks as threads of this process; collectives are exact (the same sum in the same order everywhere)."""
-
-    def __init__(self, world: int) -> None:
-        self.world = world
-        self.barrier = threading.Barrier(world, timeout=30)
-        self.slots: list[Any] = [None] * world
-
-    def exchange(self, rank: int, tensor: torch.Tensor) -> list[torch.Tensor]:
-        self.slots[rank] = tensor.clone()
-        self.barrier.wait()
-        parts = list(self.slots)
-        self.barrier.wait()
-        return parts
-
-    def run(self, work: Callable[[Any], Any]) -> list[Any]:
-        results: list[Any] = [None] * self.world
-        errors: list[BaseException] = []
-
-        def one(rank: int) -> None:
-            try:
-                results[rank] = work(_ThreadComm(self, rank))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread below
-                errors.append(exc)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.world)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results
-
-
-class _ThreadComm:
-    def __init__(self, world: _ThreadWorld, rank: int) -> None:
-        self.world, self.rank, self.world_size = world, rank, world.world
-
-    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        parts = self.world.exchange(self.rank, tensor)
-        total = parts[0].clone()
-        for p in parts[1:]:
-            total = total + p if op == "sum" else torch.maximum(total, p)
-        return tensor.copy_(total)
-
-    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        return self.world.exchange(self.rank, tensor)
-
-    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-        return tensor.copy_(self.world.exchange(self.rank, tensor)[src])
-
-    def barrier(self) -> None:
-        self.world.exchange(self.rank, torch.zeros(1))
 
 
 class _Reads:
@@ -194,7 +138,7 @@ def test_shards_and_shapes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("world", [1, 2, 4])
 @pytest.mark.parametrize("bias", [True, False])
 def test_parallel_mlp_matches_the_single_process_block(tmp_path: Path, runtime: Runtime, reads: _Reads, world: int,
-                                                       bias: bool) -> None:
+                                                       bias: bool, thread_ranks: Callable) -> None:
     path = tmp_path / "w.safetensors"
     tensors = write_mlp(path, bias=bias)
     x = torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(9))
@@ -202,7 +146,7 @@ def test_parallel_mlp_matches_the_single_process_block(tmp_path: Path, runtime: 
     def rank(comm: Any) -> torch.Tensor:
         return ParallelMLP.from_safetensors(runtime, comm, path, "mlp.", device="cpu")(x)
 
-    outputs = _ThreadWorld(world).run(rank)
+    outputs = thread_ranks(world, rank)
     expected = reference_mlp(tensors, x)
     for out in outputs:  # every rank holds the full output after the row-parallel all_reduce
         assert out.shape == (TOKENS, HIDDEN)
@@ -218,16 +162,17 @@ def test_parallel_mlp_matches_the_single_process_block(tmp_path: Path, runtime: 
             assert len(read) == world and all(math.prod(r[2]) == tensor.numel() // world for r in read), read
 
 
-def test_no_rank_reads_a_whole_tensor_even_a_replicated_one(tmp_path: Path, reads: _Reads) -> None:
+def test_no_rank_reads_a_whole_tensor_even_a_replicated_one(tmp_path: Path, reads: _Reads,
+                                                           thread_ranks: Callable) -> None:
     path = tmp_path / "w.safetensors"
     tensors = write_mlp(path)
-    parts = _ThreadWorld(4).run(lambda comm: load_replicated(path, "norm.weight", comm, "cpu"))
+    parts = thread_ranks(4, lambda comm: load_replicated(path, "norm.weight", comm, "cpu"))
     assert all(torch.equal(p, tensors["norm.weight"]) for p in parts)
     rows = sorted(r[2][0] for r in reads.log)
     assert [r[0] for r in reads.log] == ["slice"] * 4 and rows == [11, 12, 12, 12] and sum(rows) == HIDDEN - 1
 
 
-def test_gather_output_and_input_checks(tmp_path: Path, runtime: Runtime) -> None:
+def test_gather_output_and_input_checks(tmp_path: Path, runtime: Runtime, thread_ranks: Callable) -> None:
     path = tmp_path / "w.safetensors"
     tensors = write_mlp(path)
     x = torch.randn(TOKENS, HIDDEN)
@@ -238,18 +183,19 @@ def test_gather_output_and_input_checks(tmp_path: Path, runtime: Runtime) -> Non
         down = RowParallelLinear.from_safetensors(runtime, comm, path, "mlp.down_proj.weight", device="cpu")
         return up(x), down
 
-    (full, down), _ = _ThreadWorld(2).run(rank)
+    (full, down), _ = thread_ranks(2, rank)
     expected = torch.nn.functional.linear(x, tensors["mlp.up_proj.weight"], tensors["mlp.up_proj.bias"])
     assert torch.allclose(full, expected, atol=1e-5)
     with pytest.raises(UnsupportedCallError, match="takes its 64 of 128 input features, got 128"):
         down(torch.randn(TOKENS, INTERMEDIATE))
 
 
-def test_a_world_size_that_does_not_divide_the_weights_is_a_config_error(tmp_path: Path, runtime: Runtime) -> None:
+def test_a_world_size_that_does_not_divide_the_weights_is_a_config_error(tmp_path: Path, runtime: Runtime,
+                                                                        thread_ranks: Callable) -> None:
     path = tmp_path / "w.safetensors"
     write_mlp(path)
     with pytest.raises(ConfigError, match="dimension 0 of 'mlp.gate_proj.weight' .* has size 128, which 3 ranks"):
-        _ThreadWorld(3).run(lambda comm: ParallelMLP.from_safetensors(runtime, comm, path, "mlp.", device="cpu"))
+        thread_ranks(3, lambda comm: ParallelMLP.from_safetensors(runtime, comm, path, "mlp.", device="cpu"))
     with pytest.raises(ConfigError, match="has no tensor 'mlp.nope.weight'"):
         ColumnParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "mlp.nope.weight")
 
@@ -261,6 +207,82 @@ def test_launched_ranks_without_a_collective_feature_are_refused() -> None:
         runtime.communicator()
     assert "WORLD_SIZE=4" in str(raised.value) and "nccl, ring" in str(raised.value)
     assert Runtime.create(environ={"MISTRALRS_FEATURES": "none"}).communicator().world_size == 1
+
+
+# -- attention heads --------------------------------------------------------------------------------------
+
+
+def test_heads_split_whole_and_each_rank_keeps_the_kv_heads_its_query_heads_use() -> None:
+    for heads in range(1, 17):
+        for kv_heads in [k for k in range(1, heads + 1) if heads % k == 0]:
+            layout = AttentionHeads(heads, kv_heads, 8)
+            for world in range(1, 17):
+                if world not in layout.world_sizes():
+                    with pytest.raises(ConfigError, match=f"{heads} attention heads and {kv_heads} key/value heads, "
+                                                          f"which {world} ranks cannot split without cutting a head"):
+                        layout.shard(0, world)
+                    continue
+                shards = [layout.shard(r, world) for r in range(world)]
+                # Together the ranks hold every query head once, in order.
+                assert [h for s in shards for h in range(s.q_start, s.q_stop)] == list(range(heads))
+                for s in shards:
+                    assert s.heads % s.kv_heads == 0  # grouped-query attention within the rank
+                    for local in range(s.heads):  # the rank's own grouping gives the model's kv head for each head
+                        assert s.kv_start + local // (s.heads // s.kv_heads) == (s.q_start + local) // (
+                            heads // kv_heads)
+                    assert (s.query_rows, s.kv_rows) == ((s.q_start * 8, s.q_stop * 8), (s.kv_start * 8, s.kv_stop * 8))
+    assert AttentionHeads(9, 3, 64).world_sizes() == [1, 3, 9]  # SmolLM2: not 2
+    assert [(s.kv_start, s.kv_stop) for s in (AttentionHeads(4, 2, 8).shard(r, 4) for r in range(4))] == [
+        (0, 1), (0, 1), (1, 2), (1, 2)]
+
+
+def test_k_proj_with_fewer_kv_heads_than_ranks_is_replicated_whole_never_cut(tmp_path: Path, runtime: Runtime,
+                                                                            thread_ranks: Callable) -> None:
+    # The case that used to give each of 4 ranks half of one of the 2 key/value heads.
+    head, hidden = 8, 32
+    g = torch.Generator().manual_seed(5)
+    tensors = {"q_proj.weight": torch.randn(4 * head, hidden, generator=g),
+               "k_proj.weight": torch.randn(2 * head, hidden, generator=g),
+               "k_proj.bias": torch.randn(2 * head, generator=g),
+               "o_proj.weight": torch.randn(hidden, 4 * head, generator=g)}
+    path = tmp_path / "attn.safetensors"
+    save_file(tensors, str(path))
+    layout = AttentionHeads(4, 2, head)
+    x = torch.randn(TOKENS, hidden, generator=g)
+
+    def rank(comm: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = ColumnParallelLinear.from_safetensors(runtime, comm, path, "q_proj.weight", heads=layout, device="cpu")
+        k = ColumnParallelLinear.from_safetensors(runtime, comm, path, "k_proj.weight", "k_proj.bias", heads=layout,
+                                                  device="cpu")
+        o = RowParallelLinear.from_safetensors(runtime, comm, path, "o_proj.weight", heads=layout, device="cpu")
+        return q(x), k(x), o(q(x))
+
+    outputs = thread_ranks(4, rank)
+    q_full = x @ tensors["q_proj.weight"].T
+    k_full = x @ tensors["k_proj.weight"].T + tensors["k_proj.bias"]
+    for r, (q, k, o) in enumerate(outputs):
+        assert torch.allclose(q, q_full[:, r * head:(r + 1) * head], atol=1e-5)  # query head r
+        assert torch.allclose(k, k_full[:, r // 2 * head:(r // 2 + 1) * head], atol=1e-5)  # the kv head it uses
+        assert torch.allclose(o, q_full @ tensors["o_proj.weight"].T, atol=1e-4)
+    # Without its heads an attention projection is refused, never split evenly into half heads.
+    with pytest.raises(ConfigError, match=r"tensor 'k_proj.weight' in .* is an attention projection \(k_proj\), but "
+                                          r"no heads were given: splitting its 16 rows evenly over 4 ranks"):
+        thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(runtime, comm, path, "k_proj.weight",
+                                                                           device="cpu"))
+    with pytest.raises(ConfigError, match=r"'o_proj.weight' .* \(o_proj\), but no heads were given: splitting its "
+                                          r"32 input columns"):
+        RowParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "o_proj.weight", device="cpu")
+    with pytest.raises(ConfigError, match=r"tensor 'k_proj.weight' in .* has 2 attention heads and 2 key/value "
+                                          r"heads, which 4 ranks cannot split without cutting a head"):
+        thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(
+            runtime, comm, path, "k_proj.weight", heads=AttentionHeads(2, 2, head), device="cpu"))
+    with pytest.raises(ConfigError, match="gathering the copies would repeat heads"):
+        thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(
+            runtime, comm, path, "k_proj.weight", heads=layout, gather_output=True, device="cpu"))
+    with pytest.raises(ConfigError, match="'k_proj.weight' in .* has 16 rows, which are neither 4 query heads nor "
+                                          "1 key/value heads of 8"):
+        ColumnParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "k_proj.weight",
+                                              heads=AttentionHeads(4, 1, head), device="cpu")
 
 
 # -- real ranks over ring --------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def launch_command(nproc: int, backend: str | None, master_addr: str, master_por
     """Start N local ranks of COMMAND (after `--`), each output line prefixed [rank K].
 
     Ctrl-C reaches every rank; the first rank that fails stops the others, and its exit status is the
-    launcher's. Example: mistralrs launch -n 4 --backend ring -- python examples/tp_mlp.py
+    launcher's. Each rank gets OMP_NUM_THREADS = cores / N unless it is set. Example:
+    mistralrs launch -n 2 --backend ring -- mistralrs run -m MODEL --prompt "Hello"
     """
     from mistralrs_torch.parallel._launch_folder import LaunchFolder
     from mistralrs_torch.parallel._launcher import check_command, launch, rank_environments, rendezvous_port

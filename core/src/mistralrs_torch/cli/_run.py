@@ -5,6 +5,10 @@ With ``--prompt`` one user message goes through the model's chat template
 go to stderr; ``--json`` prints one result object instead. Without
 ``--prompt`` on a terminal it is an interactive chat. The model runner is
 imported only when the command runs, so other commands stay light.
+
+Launched as one rank of a job (`mistralrs launch -n 2 --backend ring -- mistralrs
+run ...`, or one RING_CONFIG per process), each rank loads its share of the
+model and runs every step; only rank 0 prints the answer and the speeds.
 """
 
 from __future__ import annotations
@@ -136,17 +140,26 @@ def run_command(path: str, prompt: str | None, max_tokens: int, features: str | 
                                 min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stops)
     except InputError as exc:  # what click's types cannot say (an empty --stop): a usage error all the same
         raise click.UsageError(str(exc)) from None
-    model = load(path, runtime=Runtime.create(features, paged_attention=True, selection=selection), dtype=dtype)
+    runtime = Runtime.create(features, paged_attention=True, selection=selection)
+    communicator = runtime.communicator()  # a rank of a job joins it here, before the model is read
+    if prompt is None and communicator.world_size > 1:
+        raise click.UsageError(f"this is rank {communicator.rank} of {communicator.world_size}: the interactive chat "
+                               "runs in one process; pass --prompt TEXT to every rank")
+    model = load(path, runtime=runtime, dtype=dtype)
     model.set_kv_cache(blocks=kv_cache_blocks, memory_gib=kv_cache_memory)
     if prompt is None:
         _chat(model, params, raw, explain)
         return
     ids = _ids(model, [{"role": "user", "content": prompt}], raw)
+    leader = communicator.rank == 0  # every rank computes each token; one prints
     if as_json:
         result = model.generate(ids, params)
-        click.echo(json.dumps(_result_json(model, result, str(model.dtype).removeprefix("torch.")), indent=2))
+        if leader:
+            click.echo(json.dumps(_result_json(model, result, str(model.dtype).removeprefix("torch.")), indent=2))
         return
-    result = model.generate(ids, params, on_text=lambda piece: click.echo(piece, nl=False))
+    result = model.generate(ids, params, on_text=(lambda piece: click.echo(piece, nl=False)) if leader else None)
+    if not leader:
+        return
     click.echo()
     click.echo(_stats(result), err=True)
     if explain:

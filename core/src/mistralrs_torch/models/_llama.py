@@ -2,7 +2,9 @@
 
 The differences between them are configuration (ModelConfig), not code: the
 biases present, each layer's window, the RoPE scaling, whether lm_head is the
-embedding. Weights arrive under Hugging Face names from either loader.
+embedding. Weights arrive under Hugging Face names from either loader. Over
+several ranks each holds its share of the heads and MLP rows (ModelShards)
+and o/down end in an all_reduce; every rank then runs the same forward.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from mistralrs_torch.models._config import ModelConfig
+from mistralrs_torch.generic import SingleProcessCommunicator
 from mistralrs_torch.models._batch import StepInputs
 from mistralrs_torch.models._cache import KVCache
 from mistralrs_torch.models._layers import Attention, Embedding, Linear, RMSNorm, Weight
-from mistralrs_torch.ops import rope_inv_freq
+from mistralrs_torch.models._tensor_parallel import ModelShards, ReducedLinear
+from mistralrs_torch.ops import Communicator, rope_inv_freq
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.runtime._loading import TensorSlice
 
 __all__ = ["LlamaForCausalLM"]
+
 
 class _MLP:
     def __init__(self, gate: Linear, up: Linear, down: Linear) -> None:
@@ -40,16 +46,30 @@ class _DecoderLayer:
 
 
 class LlamaForCausalLM:
-    """Token ids in, next-token logits out, for many sequences at once over the shared paged KV cache."""
+    """Token ids in, next-token logits out, for many sequences at once over the shared paged KV cache.
 
-    def __init__(self, config: ModelConfig, runtime: Runtime, weight: Callable[[str], Weight],
-                 dtype: torch.dtype) -> None:
+    ``read(name, part)`` reads tensor ``name``, only ``part`` of it when that is not None. With a
+    ``communicator`` of several ranks this rank builds its share of the model; every rank must then make the
+    same forward calls in the same order (the all_reduce calls pair up across ranks). ``name`` (the
+    checkpoint's path) is shown in errors.
+    """
+
+    def __init__(self, config: ModelConfig, runtime: Runtime, read: Callable[[str, TensorSlice | None], Weight],
+                 dtype: torch.dtype, communicator: Communicator | None = None, name: str | None = None) -> None:
         self.config, self.runtime, self.dtype = config, runtime, dtype
+        self.communicator = communicator if communicator is not None else SingleProcessCommunicator()
+        shards = ModelShards(config, self.communicator, name)  # refuses a split that cuts a head, before any read
+        self.heads, self.kv_heads = shards.heads.heads, shards.heads.kv_heads  # this rank's
         c = config
 
-        def linear(prefix: str, bias: bool) -> Linear:
+        def weight(name: str) -> Weight:
+            return read(name, shards.part(name))
+
+        def linear(prefix: str, bias: bool, reduce: bool = False) -> Linear:
             b = weight(f"{prefix}.bias") if bias else None
             assert b is None or isinstance(b, torch.Tensor)
+            if reduce and shards.world_size > 1:
+                return ReducedLinear(runtime, weight(f"{prefix}.weight"), b, dtype, self.communicator)
             return Linear(runtime, weight(f"{prefix}.weight"), b, dtype)
 
         def norm(name: str) -> RMSNorm:
@@ -65,10 +85,10 @@ class LlamaForCausalLM:
             p = f"model.layers.{i}"
             attention = Attention(runtime, i, linear(f"{p}.self_attn.q_proj", c.qkv_bias),
                                   linear(f"{p}.self_attn.k_proj", c.qkv_bias), linear(f"{p}.self_attn.v_proj", c.qkv_bias),
-                                  linear(f"{p}.self_attn.o_proj", c.o_bias), c.num_heads, c.num_kv_heads, c.head_dim,
-                                  inv_freq, c.sliding_windows[i])
+                                  linear(f"{p}.self_attn.o_proj", c.o_bias, reduce=True), self.heads, self.kv_heads,
+                                  c.head_dim, inv_freq, c.sliding_windows[i])
             mlp = _MLP(linear(f"{p}.mlp.gate_proj", c.mlp_bias), linear(f"{p}.mlp.up_proj", c.mlp_bias),
-                       linear(f"{p}.mlp.down_proj", c.mlp_bias))
+                       linear(f"{p}.mlp.down_proj", c.mlp_bias, reduce=True))
             self.layers.append(_DecoderLayer(attention, mlp, norm(f"{p}.input_layernorm.weight"),
                                              norm(f"{p}.post_attention_layernorm.weight")))
         self.norm = norm("model.norm.weight")
@@ -94,14 +114,14 @@ class LlamaForCausalLM:
     def new_cache(self, blocks: int, block_size: int) -> KVCache:
         """An empty cache of ``blocks`` blocks of ``block_size`` tokens, shared by the sequences opened in it."""
         c = self.config
-        return KVCache(windows=c.sliding_windows, kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=self.dtype,
+        return KVCache(windows=c.sliding_windows, kv_heads=self.kv_heads, head_dim=c.head_dim, dtype=self.dtype,
                        device=self.runtime.device.torch_device, blocks=blocks, block_size=block_size,
                        context=c.max_position_embeddings)
 
     def cache_block_bytes(self, block_size: int) -> int:
         """Bytes one cache block takes over all layers, keys and values."""
         c = self.config
-        return KVCache.block_bytes(layers=c.num_layers, kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+        return KVCache.block_bytes(layers=c.num_layers, kv_heads=self.kv_heads, head_dim=c.head_dim,
                                    dtype=self.dtype, block_size=block_size)
 
     @torch.no_grad()

@@ -14,7 +14,9 @@ from mistralrs_torch.models._llama import LlamaForCausalLM
 from mistralrs_torch.models._model import Model
 from mistralrs_torch.models._progress import Progress
 from mistralrs_torch.models._sources import Source, check_complete, gguf_source, hf_source
+from mistralrs_torch.ops import Communicator
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.runtime._loading import TensorSlice
 
 __all__ = ["DTYPES", "load"]
 
@@ -48,13 +50,17 @@ def _open(path: Path, raw: str, runtime: Runtime, dtype: torch.dtype) -> Source:
 
 
 def load(path: str | PathLike[str], *, runtime: Runtime | None = None,
-         dtype: torch.dtype | str | None = None) -> Model:
+         dtype: torch.dtype | str | None = None, communicator: Communicator | None = None) -> Model:
     """A model ready to generate, from a Hugging Face folder (config.json, safetensors, tokenizer.json) or a GGUF file.
 
     ``runtime`` defaults to ``Runtime.create(paged_attention=True)`` (decode reads a paged KV cache); ``dtype``
     (float32, bfloat16, float16) is the activations' and dense weights' type, by default float32 on the CPU and
     bfloat16 elsewhere. Quantized GGUF weights stay quantized. Raises ModelLoadError naming the file and the field
     when the checkpoint is missing, truncated or unsupported.
+
+    The model is split over ``communicator``'s ranks (default: the runtime's, a world of one unless the process
+    was launched as a rank of a job): each rank reads and holds its share (tensor parallelism), and every rank
+    must then make the same calls. A model whose heads the ranks cannot split whole is a ConfigError.
     """
     runtime = runtime if runtime is not None else Runtime.create(paged_attention=True)
     if not runtime.paged_attention_enabled:
@@ -67,13 +73,14 @@ def load(path: str | PathLike[str], *, runtime: Runtime | None = None,
     check_complete(source, names)
     progress = Progress(f"loading {source.path.name}", len(names))
 
-    def weight(name: str) -> Weight:
-        value = source.weight(name)
+    def weight(name: str, part: TensorSlice | None) -> Weight:
+        value = source.weight(name, part)
         progress.advance()
         return value
 
+    communicator = communicator if communicator is not None else runtime.communicator()
     try:
-        network = LlamaForCausalLM(source.config, runtime, weight, chosen)
+        network = LlamaForCausalLM(source.config, runtime, weight, chosen, communicator, str(source.path))
     finally:
         progress.close()
     return Model(network, source.tokenizer, source.path)

@@ -17,6 +17,7 @@ from mistralrs_torch.models._engine import Engine, RequestOutput
 from mistralrs_torch.models._llama import LlamaForCausalLM
 from mistralrs_torch.models._sampling import SamplingParams
 from mistralrs_torch.models._tokenizer import TextTokenizer
+from mistralrs_torch.ops import Communicator
 from mistralrs_torch.runtime import Runtime
 
 __all__ = ["Generation", "Model"]
@@ -65,6 +66,11 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return self.network.dtype
+
+    @property
+    def communicator(self) -> Communicator:
+        """The ranks the model is split over (a world of one in a single process); every rank runs each call."""
+        return self.network.communicator
 
     # -- one forward pass at a time -----------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 A source gives the config, the tokenizer, the stop ids and a weight getter
 that reads one tensor at a time under its Hugging Face name (so a progress
-bar can follow and no second copy of the checkpoint sits in memory).
+bar can follow and no second copy of the checkpoint sits in memory), or one
+slice of it for a tensor-parallel rank: safetensors read only the slice from
+disk; GGUF tensors are decoded whole, then cut (whole quantization groups).
 """
 
 from __future__ import annotations
@@ -19,20 +21,23 @@ from mistralrs_torch.models._config import ModelConfig, config_from_gguf, config
 from mistralrs_torch.models._gguf import decode_tensor, hf_name, read_gguf, reverse_permute
 from mistralrs_torch.models._layers import Weight
 from mistralrs_torch.models._tokenizer import TextTokenizer, tokenizer_from_gguf, tokenizer_from_hf
+from mistralrs_torch.parallel._sharding import slice_weight
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.runtime._loading import TensorSlice
 
 __all__ = ["Source", "check_complete", "gguf_source", "hf_source"]
 
 
 @dataclass(frozen=True)
 class Source:
-    """A checkpoint opened but not yet read: ``weight(name)`` reads one tensor (dense tensors cast to the dtype)."""
+    """A checkpoint opened but not yet read: ``weight(name, part)`` reads one tensor, or only ``part`` of it when that
+    is not None (dense tensors cast to the dtype)."""
 
     path: Path
     config: ModelConfig
     tokenizer: TextTokenizer
     available: frozenset[str]
-    weight: Callable[[str], Weight]
+    weight: Callable[[str, TensorSlice | None], Weight]
 
 
 def _eos_ids(value: object) -> set[int]:
@@ -86,9 +91,10 @@ def hf_source(folder: Path, runtime: Runtime, dtype: torch.dtype) -> Source:
                                                  if generation.is_file() else set())
     files = _safetensors_files(folder)
 
-    def weight(name: str) -> Weight:
+    def weight(name: str, part: TensorSlice | None) -> Weight:
         # A damaged shard is load_safetensors' ConfigError, naming the file and the tensor.
-        return runtime.load_safetensors(files[name], names=[name], dtype=dtype)[name]
+        slices = None if part is None else {name: part}
+        return runtime.load_safetensors(files[name], names=[name], slices=slices, dtype=dtype)[name]
 
     return Source(folder, config, tokenizer_from_hf(folder, stops), frozenset(files), weight)
 
@@ -101,10 +107,12 @@ def gguf_source(path: Path, dtype: torch.dtype) -> Source:
     # llama.cpp interleaves the q/k rows of Llama-layout models for its RoPE; Qwen2 files are stored as is.
     permuted = config.architecture in ("llama", "mistral")
 
-    def weight(name: str) -> Weight:
+    def weight(name: str, part: TensorSlice | None) -> Weight:
         value = decode_tensor(tensors[names[name]], str(path))
         if permuted and name.endswith(("q_proj.weight", "k_proj.weight")):
             value = reverse_permute(value, config.num_heads if "q_proj" in name else config.num_kv_heads)
+        if part is not None:
+            value = slice_weight(value, part, name)
         return value.to(dtype) if isinstance(value, torch.Tensor) else value
 
     return Source(path, config, tokenizer_from_gguf(metadata, str(path)), frozenset(names), weight)

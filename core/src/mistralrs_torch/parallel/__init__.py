@@ -3,6 +3,7 @@
 - :mod:`._variables`, :mod:`._rendezvous` (no torch): where ranks meet (torchrun variables) and the finite timeouts.
 - :mod:`._communicator`: collectives on torch.distributed, for the collective plugins to build on.
 - :mod:`._device_map` (no torch): the layer-to-device map when one process drives several devices.
+- :mod:`._sharding`: which slice of each weight a rank holds (whole attention heads, uncut quantization groups).
 - :mod:`._tensor_parallel`: column- and row-parallel linear layers loaded as per-rank slices.
 - :mod:`._launcher` (no torch): what `mistralrs launch` runs.
 
@@ -25,7 +26,9 @@ _LAZY = {
     **dict.fromkeys(("DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
                      "parse_device_map", "plan_device_map"), "_device_map"),
     **dict.fromkeys(("ColumnParallelLinear", "ParallelMLP", "RowParallelLinear", "load_replicated", "load_shard",
-                     "rank_device", "shard_range", "tensor_shapes"), "_tensor_parallel"),
+                     "rank_device", "tensor_shapes"), "_tensor_parallel"),
+    **dict.fromkeys(("AttentionHeads", "HeadShard", "column_slice", "row_slice", "shard_range", "slice_weight"),
+                    "_sharding"),
 }
 
 __all__ = sorted(_LAZY)

@@ -3,7 +3,9 @@
 Every rank gets the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), plus what the backend plugin's
 ``mistralrs_launch_environment`` hook adds (ring writes a RING_CONFIG per
-rank). Each output line is prefixed ``[rank K]``. SIGINT (Ctrl-C), SIGTERM
+rank), and OMP_NUM_THREADS = this machine's cores / ranks (at least 1) unless
+the user set it: N ranks each taking every core would oversubscribe them.
+Each output line is prefixed ``[rank K]``. SIGINT (Ctrl-C), SIGTERM
 and SIGHUP are forwarded to every rank; the first rank that fails stops the
 others and its exit status becomes the launcher's. Each rank runs in its own
 process group, which is killed at the end, so no rank or child of one is
@@ -30,7 +32,7 @@ from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Selection, resolve
 from mistralrs_torch.validation import shown
 
-__all__ = ["check_command", "launch", "rank_environments", "rendezvous_port"]
+__all__ = ["check_command", "launch", "rank_environments", "rendezvous_port", "threads_per_rank"]
 
 _POSIX = os.name == "posix"
 _POLL = 0.05
@@ -202,8 +204,15 @@ def _collective_backend(manager: PluginManager, feature: str) -> str:
     return owners[feature].plugin.name
 
 
+def threads_per_rank(nproc: int) -> int:
+    """The cores this process may use, shared among ``nproc`` local ranks; at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // nproc)
+
+
 def rank_environments(nproc: int, backend: str | None, addr: str, port: int, workdir: str) -> list[dict[str, str]]:
-    """Each rank's environment: this one, the torchrun variables, and what ``backend``'s plugin adds.
+    """Each rank's environment: this one, the torchrun variables, OMP_NUM_THREADS unless set, and what
+    ``backend``'s plugin adds.
 
     ConfigError when ``backend`` is not a collective feature that can run here, or its plugin refuses.
     """
@@ -213,6 +222,7 @@ def rank_environments(nproc: int, backend: str | None, addr: str, port: int, wor
     for rank in range(nproc):
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")  # so that a rank's lines arrive as it prints them
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(nproc)))
         env.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
                    GROUP_RANK="0", MASTER_ADDR=addr, MASTER_PORT=str(port))
         if plugin is not None:

@@ -6,7 +6,8 @@ output. A row-parallel linear splits the input features: rank r holds the
 matching columns, computes a partial product from its part of the input, and
 the partial products are summed by an all_reduce through the active
 communicator. A gated MLP is column (gate, up) then row (down), with one
-all_reduce per block.
+all_reduce per block. Attention projections are given their layer's
+:class:`AttentionHeads` and split by whole heads (:mod:`._sharding`).
 
 No rank reads a whole tensor: sharded weights are read as their slice, and
 replicated tensors (biases after a row-parallel reduce, norms) are read as
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from mistralrs_torch._errors import ConfigError, UnsupportedCallError
 from mistralrs_torch.ops import Communicator
+from mistralrs_torch.parallel._sharding import AttentionHeads, column_slice, row_slice
 from mistralrs_torch.runtime._loading import TensorSlice, load_safetensors
 
 __all__ = [
@@ -36,7 +38,6 @@ __all__ = [
     "load_replicated",
     "load_shard",
     "rank_device",
-    "shard_range",
     "tensor_shapes",
 ]
 
@@ -54,15 +55,6 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 
 
-def shard_range(size: int, rank: int, world_size: int, *, what: str = "dimension") -> tuple[int, int]:
-    """The even share [start, stop) of ``size`` for ``rank``; ConfigError when ``world_size`` does not divide it."""
-    if size % world_size:
-        raise ConfigError(f"{what} has size {size}, which {world_size} ranks cannot split evenly: use a world size "
-                          f"that divides {size}")
-    per = size // world_size
-    return rank * per, (rank + 1) * per
-
-
 def rank_device(runtime: Any, communicator: Communicator) -> str:
     """The device this rank computes on: the communicator's own (NCCL: its GPU), else the runtime's default,
     which is already this rank's LOCAL_RANK-th device when several ranks share a machine's GPUs."""
@@ -76,17 +68,19 @@ def _read(path: Path, name: str, part: TensorSlice, device: str) -> torch.Tensor
     return load_safetensors(path, device, names=[name], slices={name: part})[name]
 
 
-def load_shard(path: Path, name: str, dim: int, communicator: Communicator, device: str) -> torch.Tensor:
-    """Rank r's even slice of tensor ``name`` along ``dim``, read from disk alone."""
+def load_shard(path: Path, name: str, dim: int, communicator: Communicator, device: str,
+               heads: AttentionHeads | None = None) -> torch.Tensor:
+    """Rank r's slice of tensor ``name`` along ``dim`` (0: output rows, 1: input columns), read from disk alone:
+    an even share, or whole attention heads when ``heads`` describes the tensor's layer."""
     shapes = tensor_shapes(path)
     if name not in shapes:
         raise ConfigError(f"{path} has no tensor {name!r}: it holds {', '.join(sorted(shapes)[:8])}")
     shape = shapes[name]
     if dim >= len(shape):
         raise ConfigError(f"tensor {name!r} in {path} has shape {list(shape)}: it has no dimension {dim} to split")
-    start, stop = shard_range(shape[dim], communicator.rank, communicator.world_size,
-                              what=f"dimension {dim} of {name!r} in {path}")
-    return _read(path, name, TensorSlice(dim, start, stop), device)
+    split = column_slice if dim == 0 else row_slice
+    part = split(name, shape[dim], communicator.rank, communicator.world_size, heads, where=f" in {path}")
+    return _read(path, name, part, device)
 
 
 def load_replicated(path: Path, name: str, communicator: Communicator, device: str) -> torch.Tensor:
@@ -113,21 +107,29 @@ class ColumnParallelLinear:
 
     With ``gather_output`` the parts are all-gathered into the full output; by
     default the output stays sharded for a following :class:`RowParallelLinear`.
+    Given its layer's ``heads``, a q/k/v projection splits by whole heads, and
+    key/value heads fewer than the ranks are replicated (see :mod:`._sharding`);
+    without it the rows split evenly, which suits MLP projections only (a
+    tensor named q_proj, k_proj, v_proj or o_proj is refused without ``heads``).
+    Replicated heads cannot be gathered (the copies would repeat).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, runtime: Any,
                  communicator: Communicator, gather_output: bool = False) -> None:
         self.weight, self.bias = weight, bias
         self.runtime, self.communicator, self.gather_output = runtime, communicator, gather_output
-        self.out_features = weight.shape[0] * communicator.world_size
 
     @classmethod
     def from_safetensors(cls, runtime: Any, communicator: Communicator, path: Path, weight: str,
                          bias: str | None = None, *, gather_output: bool = False, device: str | None = None,
-                         dtype: torch.dtype | None = None) -> ColumnParallelLinear:
+                         dtype: torch.dtype | None = None, heads: AttentionHeads | None = None,
+                         ) -> ColumnParallelLinear:
         device = device or rank_device(runtime, communicator)
-        w = load_shard(path, weight, 0, communicator, device)
-        b = load_shard(path, bias, 0, communicator, device) if bias else None
+        w = load_shard(path, weight, 0, communicator, device, heads)
+        if gather_output and w.shape[0] * communicator.world_size != tensor_shapes(path)[weight][0]:
+            raise ConfigError(f"{weight!r} in {path} has fewer heads than ranks, so each rank holds a copy of one: "
+                              "gathering the copies would repeat heads; leave gather_output off")
+        b = load_shard(path, bias, 0, communicator, device, heads) if bias else None
         if dtype is not None:
             w, b = w.to(dtype), None if b is None else b.to(dtype)
         return cls(w, b, runtime=runtime, communicator=communicator, gather_output=gather_output)
@@ -143,7 +145,9 @@ class RowParallelLinear:
     """y = sum_r x_r @ W_r.T + b, with rank r holding input features [r*in/N, (r+1)*in/N).
 
     ``x`` is this rank's part of the input (a column-parallel output); the
-    partial products are all-reduced, then the bias is added once.
+    partial products are all-reduced, then the bias is added once. Given its
+    layer's ``heads``, an output projection (o_proj) takes the columns of this
+    rank's query heads.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, runtime: Any,
@@ -155,9 +159,9 @@ class RowParallelLinear:
     @classmethod
     def from_safetensors(cls, runtime: Any, communicator: Communicator, path: Path, weight: str,
                          bias: str | None = None, *, device: str | None = None,
-                         dtype: torch.dtype | None = None) -> RowParallelLinear:
+                         dtype: torch.dtype | None = None, heads: AttentionHeads | None = None) -> RowParallelLinear:
         device = device or rank_device(runtime, communicator)
-        w = load_shard(path, weight, 1, communicator, device)
+        w = load_shard(path, weight, 1, communicator, device, heads)
         b = load_replicated(path, bias, communicator, device) if bias else None
         if dtype is not None:
             w, b = w.to(dtype), None if b is None else b.to(dtype)
