@@ -1,7 +1,8 @@
 """A server process: the listening socket, the engine loop and uvicorn, with a graceful stop and an exit status.
 
-SIGTERM and SIGINT stop accepting connections; requests in flight get ``grace`` seconds to finish, then are
-cancelled; the process then exits 0. uvicorn's own handlers would re-raise the signal once it has shut down (so
+SIGTERM and SIGINT stop accepting connections; requests in flight get ``grace`` seconds to finish, then the engine
+loop stops and ends each of them with a 503 (a stream with an error event), so every response ends properly
+before uvicorn would cut the connections (a few seconds later); the process then exits 0. uvicorn's own handlers would re-raise the signal once it has shut down (so
 the process would die by it, status 143); this server catches the signals itself so that a requested stop is a
 clean exit. A fatal error (the model did not load, a rank of a tensor-parallel job died) stops the server too,
 with exit status 1 and the message on stderr.
@@ -31,9 +32,19 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_GRACE", "Server"]
 
 DEFAULT_GRACE = 10.0
+#: How long after the engine loop has ended the requests in flight uvicorn waits for their responses to finish.
+_LAST_WORDS = 5.0
 
 
 class _Uvicorn(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
@@ -77,10 +88,12 @@ class Server:
         self.metrics = Metrics()
         self.loop = EngineLoop(load, self.metrics, self._fatal)
         self.app = create_app(self.loop, self.metrics, settings)
+        self.grace = grace
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=max(1, round(grace)))
-        self._uvicorn = _Uvicorn(config)
+                                timeout_graceful_shutdown=round(grace + _LAST_WORDS))
+        self._uvicorn = _Uvicorn(config, self._drain)
         self._thread: threading.Thread | None = None
+        self._timer: threading.Timer | None = None
         self.failure = ""
 
     @property
@@ -92,11 +105,19 @@ class Server:
         self.failure = message
         self._uvicorn.should_exit = True
 
+    def _drain(self) -> None:
+        """Stop the engine loop ``grace`` seconds from now (or when uvicorn is done, if that comes first)."""
+        self._timer = threading.Timer(self.grace, self.loop.stop)
+        self._timer.daemon = True
+        self._timer.start()
+
     def run(self) -> int:
         self.loop.start()
         try:
             self._uvicorn.run(sockets=[self.socket])
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             self.loop.stop()
             self.socket.close()
         if self.failure:
