@@ -71,7 +71,7 @@ def _serving(load_engine: Callable[[], Engine], **settings: Any) -> Iterator[Ser
 @pytest.fixture(scope="module")
 def server(model: Model) -> Iterator[Server]:
     with _serving(lambda: Engine(model), api_key=KEY, max_body_bytes=MAX_BODY) as running:
-        _wait_ready(running.url)
+        running.wait_ready(TIMEOUT)
         yield running
 
 
@@ -339,7 +339,8 @@ def test_health_is_503_until_the_model_is_loaded(model: Model) -> None:
         response = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "x"}, timeout=TIMEOUT)
         assert response.status_code == 503 and "loading" in response.json()["error"]["message"]
         loaded.set()
-        _wait_ready(server.url)
+        server.wait_ready(TIMEOUT)
+        assert httpx.get(server.url + "/health", timeout=TIMEOUT).status_code == 200
 
 
 def _environ() -> dict[str, str]:
@@ -386,3 +387,62 @@ def test_without_the_extra_the_command_names_it() -> None:
                             timeout=TIMEOUT, check=False)
     assert result.returncode == 2, result.stderr
     assert "pip install 'mistralrs-torch[serve]'" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- tensor parallel: the schedule rank 0 broadcasts ------------------------------------------------------
+
+
+class _Recorder:
+    """Rank 0 of a two-rank job, in one process: keeps what it sends."""
+
+    rank, world_size = 0, 2
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def all_reduce(self, tensor: Any, op: str = "sum") -> Any:
+        self.sent.append(tensor.clone())
+        return tensor
+
+    def broadcast(self, tensor: Any, src: int = 0) -> Any:
+        self.sent.append(tensor.clone())
+        return tensor
+
+
+class _Replay:
+    """Rank 1: receives what the recorder sent, in order (all_reduce adds rank 0's value to its zero)."""
+
+    rank, world_size = 1, 2
+
+    def __init__(self, sent: list[Any]) -> None:
+        self.sent = iter(sent)
+
+    def all_reduce(self, tensor: Any, op: str = "sum") -> Any:
+        return tensor.add_(next(self.sent))
+
+    def broadcast(self, tensor: Any, src: int = 0) -> Any:
+        return tensor.copy_(next(self.sent))
+
+
+def test_a_follower_applies_rank_0s_ticks_in_lockstep(model: Model) -> None:
+    from mistralrs_torch.serve import follow
+    from mistralrs_torch.serve._ranks import Tick, apply, publish
+
+    leader, wire = Engine(model), _Recorder()
+    sampled = SamplingParams(max_tokens=40, temperature=0.8, top_p=0.9, seed=3, stop=("ab",))
+    ticks = [Tick(adds=[([5, 6, 7], SamplingParams(max_tokens=4)), ([9] * 200, SamplingParams()), ([8], sampled)]),
+             Tick(), Tick(aborts=[0]), Tick(), Tick(), Tick()]
+    states = []
+    for tick in ticks:
+        tick.step = True
+        publish(wire, tick)
+        apply(leader, tick)
+        leader.step()
+        states.append((leader.running, leader.waiting))
+    publish(wire, Tick(stop=True))
+    assert Tick.decode(ticks[0].encode()) == ticks[0]  # the too-long prompt is refused alike on every rank
+    follower = Engine(model)
+    follow(follower, _Replay(wire.sent))  # type: ignore[arg-type]
+    assert states[0] == ((0, 1), ()) and states[-1] == ((1,), ())  # the sampled request still runs
+    assert (follower.running, follower.waiting) == states[-1]
+    assert follower.cache.used_blocks == leader.cache.used_blocks > 0

@@ -82,6 +82,7 @@ class EngineLoop:
         self.leader: Communicator | None = None  # set when other ranks follow this one
         self.state = "loading"  # then "ready", "failed" or "stopped"
         self.error = ""
+        self.settled = threading.Event()  # set once loading is over (ready or failed)
 
     # -- handlers' side ---------------------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class EngineLoop:
         self._publish_state()
         with self._cv:
             self.state = "ready" if not self._stopping else "stopped"
+        self.settled.set()
         try:
             while self._round(engine):
                 pass
@@ -149,6 +151,7 @@ class EngineLoop:
         for ticket in [*pending, *self._tickets.values()]:
             self._close(ticket, self.unavailable(), "error")
         self._tickets.clear()
+        self.settled.set()
         self._on_fatal(message)
 
     def _round(self, engine: Engine) -> bool:

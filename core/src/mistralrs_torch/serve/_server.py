@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from mistralrs_torch._errors import ConfigError
+from mistralrs_torch._errors import ConfigError, MistralrsError
 from mistralrs_torch.serve._app import Settings, create_app
 from mistralrs_torch.serve._loop import EngineLoop
 from mistralrs_torch.serve._metrics import Metrics
@@ -128,6 +128,14 @@ class Server:
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="mistralrs-server", daemon=True)
         self._thread.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the model is loaded and requests are served; MistralrsError if loading failed or took
+        longer than ``timeout`` seconds."""
+        if not self.loop.settled.wait(timeout):
+            raise MistralrsError(f"the model did not load within {timeout:g} s: give it longer, or check the log")
+        if self.loop.state != "ready":
+            raise MistralrsError(self.loop.error or f"the server is {self.loop.state}")
 
     def stop(self, timeout: float = 30.0) -> None:
         self._uvicorn.should_exit = True
