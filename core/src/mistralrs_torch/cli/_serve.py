@@ -53,8 +53,8 @@ def _check_extra() -> None:
 @click.option("--api-key", default=None, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health [default: MISTRALRS_API_KEY].")
 @click.option("--features", default=None, metavar="FEATURES",
-              help="Explicit selection, e.g. 'cuda flash-attn' ('auto' or 'none' also work); overrides "
-                   "MISTRALRS_FEATURES.")
+              help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or "
+                   "'none' also work); overrides MISTRALRS_FEATURES.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere].")
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",

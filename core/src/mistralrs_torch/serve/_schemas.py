@@ -22,7 +22,7 @@ _MAX_SEED = 2**64 - 1
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "n": (1, None), "logprobs": (False, None), "top_logprobs": (0, None), "echo": (False, None), "best_of": (1, None),
     "suffix": (None, ""), "tools": (None, []), "functions": (None, []), "logit_bias": (None, {}),
-    "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None), "response_format": (None,),
+    "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None), "response_format": (None, {"type": "text"}),
 }
 _ROLES = ("system", "user", "assistant")
 
