@@ -108,6 +108,7 @@ def test_a_kv_cache_too_small_for_the_request_is_an_error_naming_the_fix(model_f
     (("--prompt", "x", "--seed", "-1"), "Invalid value for '--seed'"),
     (("--prompt", "x", "--kv-cache-blocks", "0"), "Invalid value for '--kv-cache-blocks'"),
     (("--prompt", "x", "--kv-cache-memory", "0"), "Invalid value for '--kv-cache-memory'"),
+    (("--prompt", "x", "--stop", "ok", "--stop", ""), "stop=('ok', '') holds '': give non-empty strings"),
     (("--prompt", "x", "--kv-cache-blocks", "9", "--kv-cache-memory", "1"),
      "--kv-cache-blocks and --kv-cache-memory both size the KV cache: give one"),
 ])

@@ -133,6 +133,7 @@ def test_a_repetition_penalty_changes_a_greedy_choice_away_from_a_seen_token() -
     ({"max_tokens": 0}, r"max_tokens=0 is out of range: give a whole number >= 1"),
     ({"stop": ("ok", "")}, r"stop=\('ok', ''\) holds '': give non-empty strings"),
     ({"stop_token_ids": (3, -2)}, r"stop_token_ids=\(3, -2\) holds -2"),
+    ({"ignore_eos": 1}, r"ignore_eos=1 is not a bool: give True or False"),
 ])
 def test_every_sampling_parameter_is_range_checked_by_name(change: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=message):

@@ -121,11 +121,15 @@ def run_command(path: str, prompt: str | None, max_tokens: int, features: str | 
         raise click.UsageError("--json prints one result, so it needs --prompt TEXT")
     if kv_cache_blocks is not None and kv_cache_memory is not None:
         raise click.UsageError("--kv-cache-blocks and --kv-cache-memory both size the KV cache: give one")
+    from mistralrs_torch._errors import InputError
     from mistralrs_torch.models import SamplingParams, load
     from mistralrs_torch.runtime import Runtime
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repetition_penalty=repetition_penalty, seed=seed, stop=stops)
+    try:
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stops)
+    except InputError as exc:  # what click's types cannot say (an empty --stop): a usage error all the same
+        raise click.UsageError(str(exc)) from None
     model = load(path, runtime=Runtime.create(features, paged_attention=True), dtype=dtype)
     model.set_kv_cache(blocks=kv_cache_blocks, memory_gib=kv_cache_memory)
     if prompt is None:

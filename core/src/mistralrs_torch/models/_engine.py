@@ -122,7 +122,8 @@ class Engine:
             raise self.cache.full_error(needed, f"a request of {len(prompt)} prompt tokens and up to {limit} new "
                                                 "ones (max_tokens)")
         request = _Request(next(self._ids), prompt, params, limit,
-                           self.tokenizer.stop_ids | frozenset(params.stop_token_ids),
+                           frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos
+                                                               else self.tokenizer.stop_ids),
                            SamplingState(params, vocab, prompt, self.cache.device), TextStream(self.tokenizer))
         self._waiting.append(request)
         return request.id

@@ -35,7 +35,9 @@ class SamplingParams:
 
     temperature 0 is greedy (the most likely token); top_k 0, top_p 1, min_p 0 and repetition_penalty 1 are off.
     ``stop`` strings end generation where they appear in the decoded text (the stop string itself is not
-    returned); ``stop_token_ids`` add to the model's own stop tokens (eos and generation_config's).
+    returned); ``stop_token_ids`` add to the model's own stop tokens (eos and generation_config's);
+    ``ignore_eos`` drops the model's own, so only max_tokens, the context and the stops given here end it
+    (benchmarks generating a fixed number of tokens).
     """
 
     max_tokens: int = 256
@@ -47,6 +49,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -68,6 +71,8 @@ class SamplingParams:
         for text in self.stop:
             if not isinstance(text, str) or not text:
                 raise InputError(f"stop={self.stop!r}", f"holds {text!r}", "give non-empty strings")
+        if not isinstance(self.ignore_eos, bool):
+            raise InputError(f"ignore_eos={self.ignore_eos!r}", "is not a bool", "give True or False")
         for token in self.stop_token_ids:
             if isinstance(token, bool) or not isinstance(token, int) or token < 0:
                 raise InputError(f"stop_token_ids={self.stop_token_ids!r}", f"holds {token!r}",
