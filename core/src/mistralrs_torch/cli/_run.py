@@ -30,7 +30,9 @@ def _stats(result: Generation) -> str:
 
 
 def _explain(model: Model) -> str:
-    return "\n".join(["backends that ran:", *(f"  {b.describe()}" for b in model.runtime.bindings)])
+    tuner = model.runtime.tuner
+    measured = [] if tuner is None else ["measured selection:", *(f"  {m.describe()}" for m in tuner.measurements)]
+    return "\n".join(["backends that ran:", *(f"  {b.describe()}" for b in model.runtime.bindings), *measured])
 
 
 def _ids(model: Model, messages: list[dict[str, str]], raw: bool) -> list[int]:
@@ -80,8 +82,8 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most tokens to generate.")
 @click.option("--features", default=None, metavar="FEATURES",
-              help="Explicit selection, e.g. 'cuda flash-attn' ('auto' or 'none' also work); overrides "
-                   "MISTRALRS_FEATURES.")
+              help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or "
+                   "'none' also work); overrides MISTRALRS_FEATURES.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere]; quantized "
                    "weights stay quantized.")
@@ -103,6 +105,10 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
               help="KV cache size in blocks of 16 tokens [default: at most 1 GiB].")
 @click.option("--kv-cache-memory", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GIB",
               help="KV cache size in GiB (instead of --kv-cache-blocks).")
+@click.option("--selection", type=click.Choice(["priority", "measured"]), default=None,
+              help="How each op's backend is chosen: the first supporting one in dispatch priority, or the fastest "
+                   "correct one timed on this machine (cached; see `mistralrs tune`) [default: MISTRALRS_SELECTION, "
+                   "else priority].")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result (schema mistralrs.run/1) instead of "
                                                       "streaming text.")
@@ -110,7 +116,7 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
 def run_command(path: str, prompt: str | None, max_tokens: int, features: str | None, dtype: str | None,
                 temperature: float, top_k: int, top_p: float, min_p: float, repetition_penalty: float,
                 seed: int | None, stops: tuple[str, ...], kv_cache_blocks: int | None, kv_cache_memory: float | None,
-                raw: bool, as_json: bool, explain: bool) -> None:
+                selection: str | None, raw: bool, as_json: bool, explain: bool) -> None:
     """Generate text with a local model through the bound backends (greedy unless --temperature is above 0).
 
     Example: mistralrs run -m SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is the capital of France?"
@@ -130,7 +136,8 @@ def run_command(path: str, prompt: str | None, max_tokens: int, features: str | 
                                 min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stops)
     except InputError as exc:  # what click's types cannot say (an empty --stop): a usage error all the same
         raise click.UsageError(str(exc)) from None
-    model = load(path, runtime=Runtime.create(features, paged_attention=True), dtype=dtype)
+    model = load(path, runtime=Runtime.create(features, paged_attention=True, selection=selection),
+                 dtype=dtype)
     model.set_kv_cache(blocks=kv_cache_blocks, memory_gib=kv_cache_memory)
     if prompt is None:
         _chat(model, params, raw, explain)

@@ -169,8 +169,8 @@ class Dispatcher:
     def prepare(self, weight: QuantizedWeight, call: CallSpec, device: str) -> PreparedWeight:
         """Choose the backend for ``call`` and let it prepare ``weight`` once (the op's ``prepare`` method).
 
-        Under measured selection every supporting backend prepares it and the fastest correct one on a decode
-        call (one token) keeps its payload.
+        Under measured selection every supporting backend prepares it and the fastest correct one on a chat turn
+        in miniature (one-token calls and a prompt's call; see Tuner.pick_prepared) keeps its payload.
         """
         skipped, supporting = self._candidates(call, None)
         if self.tuner is not None and len(supporting) > 1:

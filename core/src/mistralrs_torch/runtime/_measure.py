@@ -37,6 +37,12 @@ SELECTIONS = ("priority", "measured")
 TUNING_SCHEMA = "mistralrs.tuning/1"
 
 
+#: A prepared weight is timed on DECODE_PER_PREFILL one-token calls plus one call of PREFILL_ROWS tokens: the
+#: shape of a chat turn (a prompt of 64 tokens, 64 new tokens) scaled down by four to keep tuning cheap.
+DECODE_PER_PREFILL = 16
+PREFILL_ROWS = 16
+
+
 class TuningWarning(UserWarning):
     """The tuning cache file could not be used (corrupt, foreign, unwritable): tuning happens again."""
 
@@ -138,13 +144,13 @@ class TuningCache:
 
 def _synchronized(action: Callable[[], Any], device: str) -> Callable[[], Any]:
     """``action`` that waits for the device to finish, so its time is the kernel's, not its launch's."""
-    if device != "cuda":
+    if device == "cpu":
         return action
     import torch
 
     def synced() -> Any:
         result = action()
-        torch.cuda.synchronize()
+        torch.accelerator.synchronize()
         return result
 
     return synced
@@ -155,7 +161,9 @@ class Tuner:
 
     def __init__(self, cache: TuningCache, *, repeats: int = 5, margin: float = 1.5) -> None:
         self.cache, self.repeats, self.margin = cache, repeats, margin
+        #: One per signature (key), in the order first met: the weights of many layers share a signature.
         self.measurements: list[Measurement] = []
+        self._met: set[str] = set()
 
     @property
     def seconds(self) -> float:
@@ -177,23 +185,38 @@ class Tuner:
 
     def pick_prepared(self, spec: OpSpec, call: CallSpec, candidates: Sequence[Any], weight: QuantizedWeight,
                       device: str) -> tuple[Any, Any]:
-        """The fastest correct backend to prepare ``weight`` with, timed on one token (decode), and its payload."""
+        """The fastest correct backend to prepare ``weight`` with, and its payload.
+
+        A prepared weight keeps one layout for prefill and decode alike, so each candidate is timed on the work of a
+        generation in miniature: ``DECODE_PER_PREFILL`` one-token calls and one call of ``PREFILL_ROWS`` tokens
+        (kernels that win at one token can lose badly on a prompt's rows, and the other way round).
+        """
         import torch
 
-        x = torch.randn(1, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(
-            device=device, dtype=getattr(torch, call.dtype))
+        generator = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(rows, weight.shape[1], generator=generator).to(device=device,
+                                                                            dtype=getattr(torch, call.dtype))
+                  for rows in (1, PREFILL_ROWS)]
         prepared = {b.name: PreparedWeight(b.name, getattr(b, spec.prepare)(weight, call, device), call, weight.shape)
                     for b in candidates}
         pairs = [(b, getattr(b, spec.name)) for b in candidates]
 
         def run(kernel: Callable[..., Any]) -> Callable[[], Any]:
-            name = next(b.name for b, k in pairs if k is kernel)
-            return _synchronized(lambda: kernel(x, prepared[name]), call.device)
+            payload = prepared[next(b.name for b, k in pairs if k is kernel)]
+
+            def generation() -> None:
+                for _ in range(DECODE_PER_PREFILL):
+                    kernel(inputs[0], payload)
+                kernel(inputs[1], payload)
+
+            return _synchronized(generation, call.device)
 
         def check(kernel: Callable[..., Any]) -> str:
             from mistralrs_torch.testing._verify import verify_call
 
-            return verify_call(spec, run(kernel), (), {}, call.dtype, reference_args=(x, weight))
+            payload = prepared[next(b.name for b, k in pairs if k is kernel)]
+            return "; ".join(problem for x in inputs if (problem := verify_call(
+                spec, lambda x=x: kernel(x, payload), (), {}, call.dtype, reference_args=(x, weight))))
 
         backend, _ = self._tune(spec, call, self._key(spec, call), pairs, run, check)
         return backend, prepared[backend.name].payload
@@ -209,6 +232,9 @@ class Tuner:
         names = [b.name for b, _ in candidates]
         if known is not None and known["winner"] in names:
             chosen = candidates[names.index(known["winner"])]
+            if key in self._met:
+                return chosen
+            self._met.add(key)
             self.measurements.append(Measurement(spec.name, call, dict(known.get("times", {})),
                                                  dict(known.get("dropped", {})), known["winner"], 0.0, "cache"))
             return chosen
@@ -241,6 +267,7 @@ class Tuner:
         winner = min(times, key=lambda name: times[name])
         measurement = Measurement(spec.name, call, times, dropped, winner, time.perf_counter() - start, "measured")
         self.measurements.append(measurement)
+        self._met.add(key)
         self.cache.put(key, measurement)
         return candidates[names.index(winner)]
 

