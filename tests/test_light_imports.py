@@ -16,9 +16,10 @@ COMMANDS = [
     ["plugins", "system"],
     ["plugins", "system", "--json"],
     ["run", "--help"],
+    ["serve", "--help"],
 ]
 
-HEAVY = ("torch", "numpy", "tokenizers", "gguf", "jinja2")
+HEAVY = ("torch", "numpy", "tokenizers", "gguf", "jinja2", "starlette", "uvicorn")
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(a) for a in COMMANDS])

@@ -162,3 +162,22 @@ def test_mistralrs_run_answers_paris() -> None:
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout, result.stdout
     assert "tokens/s decode" in result.stderr
+
+
+def test_mistralrs_serve_answers_paris(models: tuple[Any, Any, Any]) -> None:
+    """The server on the real model, asked through the official openai client."""
+    import openai
+
+    from mistralrs_torch.models import Engine
+    from mistralrs_torch.serve import Server, Settings
+
+    server = Server(lambda: Engine(models[0]), Settings("smollm2"))
+    server.start()
+    try:
+        server.wait_ready(60)
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        answer = client.chat.completions.create(model="smollm2", max_tokens=12, temperature=0,
+                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
+    finally:
+        server.stop()
+    assert "Paris" in (answer.choices[0].message.content or ""), answer

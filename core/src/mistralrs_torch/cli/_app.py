@@ -20,6 +20,7 @@ from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
 from mistralrs_torch.cli._run import run_command
+from mistralrs_torch.cli._serve import serve_command
 from mistralrs_torch.cli._tune import tune_command
 from mistralrs_torch.validation import env_flag, shown
 from mistralrs_torch.plugins import BrokenPlugin, PluginManager
@@ -376,6 +377,7 @@ def system_command(system: SystemSnapshot | None, as_json: bool, schema: bool) -
 
 cli.add_command(launch_command)
 cli.add_command(run_command)
+cli.add_command(serve_command)
 cli.add_command(tune_command)
 
 
