@@ -38,7 +38,7 @@ def _mapping(gpus: int, environ: Mapping[str, str], why_on: str) -> list[CheckRe
 def _nccl_mapping(environ: Mapping[str, str]) -> list[CheckResult]:
     """Device mapping with NCCL active: off, and an explicit MISTRALRS_DEVICE_LAYERS map contradicts it."""
     from mistralrs_torch.doctor import DEVICE_LAYERS_CHECK
-    from mistralrs_torch.parallel._device_map import DEVICE_LAYERS_VAR
+    from mistralrs_torch.parallel import DEVICE_LAYERS_VAR
 
     checks = [CheckResult("device mapping", "info", "off: NCCL is active (one process per GPU, each holding its "
                           "shard), as with mistral.rs's nccl feature")]
