@@ -179,7 +179,8 @@ def test_this_machine_exits_zero(here: DoctorReport, schema: dict[str, Any]) -> 
 def test_features_section_lists_every_installed_feature(here: DoctorReport) -> None:
     statuses = {c.name: c.message.split(":")[0] for c in here.sections["features"] if c.status in ("ok", "info")}
     assert statuses["cpu"] == "active"
-    assert {"cuda", "cudnn", "flash-attn", "flash-attn-v3", "metal", "accelerate", "mkl", "nccl", "ring"} <= set(statuses)
+    every = {"cuda", "cudnn", "flash-attn", "flash-attn-v3", "metal", "accelerate", "mkl", "nccl", "ring"}
+    assert every <= set(statuses)
     assert statuses["metal"] == "unavailable"
 
 
@@ -204,6 +205,7 @@ def test_mkl_amd_note_on_the_epyc_profile() -> None:
 # simulated machines
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
 def test_profiles_skip_verification_and_exit_zero(profile: str, schema: dict[str, Any]) -> None:
     report = run_doctor(environ={}, system=load_system(profile))
@@ -217,12 +219,15 @@ def test_profiles_skip_verification_and_exit_zero(profile: str, schema: dict[str
     validate(report, schema)
 
 
-@pytest.mark.parametrize(("profile", "active", "inactive"), [
-    ("h100", {"cuda", "cudnn", "flash-attn-v3"}, {"flash-attn", "metal"}),
-    ("h100-fa2", {"cuda", "flash-attn"}, {"flash-attn-v3"}),
-    ("a100", {"cuda", "cudnn", "flash-attn"}, {"flash-attn-v3"}),
-    ("apple-m2", {"metal", "accelerate"}, {"cuda", "flash-attn", "mkl"}),
-])
+@pytest.mark.parametrize(
+    ("profile", "active", "inactive"),
+    [
+        ("h100", {"cuda", "cudnn", "flash-attn-v3"}, {"flash-attn", "metal"}),
+        ("h100-fa2", {"cuda", "flash-attn"}, {"flash-attn-v3"}),
+        ("a100", {"cuda", "cudnn", "flash-attn"}, {"flash-attn-v3"}),
+        ("apple-m2", {"metal", "accelerate"}, {"cuda", "flash-attn", "mkl"}),
+    ],
+)
 def test_profile_feature_section(profile: str, active: set[str], inactive: set[str]) -> None:
     report = run_doctor(environ={}, system=load_system(profile))
     shown = {c.name for c in report.sections["features"] if c.status == "ok" and c.message.startswith("active")}
@@ -261,6 +266,7 @@ def test_profile_report_text_names_the_profile() -> None:
 # ---------------------------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------------------------
+
 
 def test_invalid_explicit_selection_is_an_error_with_the_fix(schema: dict[str, Any]) -> None:
     report = run_doctor(environ={}, features="metal")
@@ -322,8 +328,9 @@ def test_a_correct_extra_backend_is_verified(fake_plugin) -> None:
     ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode="exact"), name="planted")
     report = doctor_with([ep])
     planted = [v for v in report.verifications if v.backend == "planted-attention"]
-    assert {(v.op, v.dtype) for v in planted} == {(op, d) for op in ("attention", "paged_attention")
-                                                  for d in ("float32", "bfloat16")}
+    assert {(v.op, v.dtype) for v in planted} == {
+        (op, d) for op in ("attention", "paged_attention") for d in ("float32", "bfloat16")
+    }
     assert all(v.result == "verified" for v in planted)
     assert report.exit_code == 0
 
@@ -389,9 +396,13 @@ def mistralrs_doctor_checks(active, system):
 
 
 def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_plugin, schema) -> None:
-    ep = fake_plugin(_CHECKS_PLUGIN.format(
-        body='return [CheckResult("FAKE_CONFIG", "error", "FAKE_CONFIG is malformed", "write valid JSON"),'
-             ' CheckResult("fake world size", "ok", "2 ranks")]'), name="confplug")
+    ep = fake_plugin(
+        _CHECKS_PLUGIN.format(
+            body='return [CheckResult("FAKE_CONFIG", "error", "FAKE_CONFIG is malformed", "write valid JSON"),'
+            ' CheckResult("fake world size", "ok", "2 ranks")]'
+        ),
+        name="confplug",
+    )
     report = doctor_with([ep], verify=False)
     (error,) = [c for c in report.sections["configuration"] if c.name == "FAKE_CONFIG"]
     assert error.status == "error" and error.plugin == "confplug" and error.fix == "write valid JSON"
@@ -403,9 +414,13 @@ def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_pl
 
 def test_plugin_doctor_checks_judge_the_diagnosed_environment_not_os_environ(fake_plugin, monkeypatch) -> None:
     # The hook names only the parameter it uses (as pluggy allows) and reads the doctor's environ.
-    source = _CHECKS_PLUGIN.replace("def mistralrs_doctor_checks(active, system):", "def mistralrs_doctor_checks(environ):")
-    ep = fake_plugin(source.format(body='return [CheckResult("FAKE_SETTING", "info", environ.get("FAKE_SETTING", "unset"))]'),
-                          name="confplug")
+    source = _CHECKS_PLUGIN.replace(
+        "def mistralrs_doctor_checks(active, system):", "def mistralrs_doctor_checks(environ):"
+    )
+    ep = fake_plugin(
+        source.format(body='return [CheckResult("FAKE_SETTING", "info", environ.get("FAKE_SETTING", "unset"))]'),
+        name="confplug",
+    )
     monkeypatch.setenv("FAKE_SETTING", "from os.environ")
     report = doctor_with([ep], {"FAKE_SETTING": "from the diagnosed environment"}, verify=False)
     (check,) = checks(report, "configuration", "FAKE_SETTING")
@@ -417,7 +432,9 @@ def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_plugin, s
     ep = fake_plugin(_CHECKS_PLUGIN.format(body='raise RuntimeError("check exploded")'), name="confplug")
     report = doctor_with([ep], verify=False)
     (check,) = checks(report, "plugins", "confplug")
-    assert check.status == "warning" and "check exploded" in check.message and "mistralrs_doctor_checks" in check.message
+    assert (
+        check.status == "warning" and "check exploded" in check.message and "mistralrs_doctor_checks" in check.message
+    )
     assert report.exit_code == 0
     validate(report, schema)
 
@@ -425,8 +442,9 @@ def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_plugin, s
 def test_plugin_check_with_an_invalid_status_does_not_break_the_report(fake_plugin, schema) -> None:
     """A check whose status is not ok/info/warning/error breaks the hook's contract: doctor must not
     print it as-is (the JSON would break its own schema and the exit status would ignore it)."""
-    ep = fake_plugin(_CHECKS_PLUGIN.format(body='return [CheckResult("FAKE", "fatal", "something is wrong")]'),
-                          name="confplug")
+    ep = fake_plugin(
+        _CHECKS_PLUGIN.format(body='return [CheckResult("FAKE", "fatal", "something is wrong")]'), name="confplug"
+    )
     report = doctor_with([ep], verify=False)
     validate(report, schema)
 
@@ -439,18 +457,24 @@ def test_malformed_runtime_switches_are_configuration_errors() -> None:
         assert report.exit_code == 1
 
 
-@pytest.mark.parametrize(("value", "status", "words"), [
-    ("cpu:32", "info", "explicit map from MISTRALRS_DEVICE_LAYERS: cpu: 32 layers (32 layers"),
-    ("0:16;1:16", "error", "device map names '0', which is not a device here: devices are cpu"),
-    ("cpu=32", "error", "device map entry 'cpu=32' is not DEVICE:LAYERS"),
-])
+@pytest.mark.parametrize(
+    ("value", "status", "words"),
+    [
+        ("cpu:32", "info", "explicit map from MISTRALRS_DEVICE_LAYERS: cpu: 32 layers (32 layers"),
+        ("0:16;1:16", "error", "device map names '0', which is not a device here: devices are cpu"),
+        ("cpu=32", "error", "device map entry 'cpu=32' is not DEVICE:LAYERS"),
+    ],
+)
 def test_device_layers_variable_is_judged_against_this_runtimes_devices(value, status, words, schema) -> None:
     report = run_doctor(environ={"MISTRALRS_DEVICE_LAYERS": value, "MISTRALRS_FEATURES": "none"})
     (check,) = checks(report, "configuration", "device layers")
     assert check.status == status and words in check.message, check
     assert report.exit_code == (1 if status == "error" else 0)
-    assert not [c for c in report.sections["configuration"] if "MISTRALRS_DEVICE_LAYERS" in c.message
-                and c.name != "device layers"]  # a known variable, not flagged as unknown
+    assert not [
+        c
+        for c in report.sections["configuration"]
+        if "MISTRALRS_DEVICE_LAYERS" in c.message and c.name != "device layers"
+    ]  # a known variable, not flagged as unknown
     validate(report, schema)
 
 
@@ -484,13 +508,20 @@ def test_unknown_mistralrs_variable_warns_with_the_closest_name(schema) -> None:
 
 
 def test_variables_declared_by_the_core_or_a_manifest_are_not_unknown() -> None:
-    environ = {"MISTRALRS_NO_NCCL": "1", "MISTRALRS_MN_LOCAL_WORLD_SIZE": "2", "MISTRALRS_NO_FALLBACK": "0",
-               "MISTRALRS_PAGED_ATTN": "0", "MISTRALRS_DISABLE_PLUGINS": ""}
+    environ = {
+        "MISTRALRS_NO_NCCL": "1",
+        "MISTRALRS_MN_LOCAL_WORLD_SIZE": "2",
+        "MISTRALRS_NO_FALLBACK": "0",
+        "MISTRALRS_PAGED_ATTN": "0",
+        "MISTRALRS_DISABLE_PLUGINS": "",
+    }
     report = run_doctor(environ=environ, verify=False)
     assert not [c for c in report.sections["configuration"] if c.message.startswith("unknown variable")]
 
 
-def test_malformed_mistralrs_toml_in_the_cwd_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema) -> None:
+def test_malformed_mistralrs_toml_in_the_cwd_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema
+) -> None:
     (tmp_path / "mistralrs.toml").write_text("features = [cuda\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     report = run_doctor(environ={}, verify=False)

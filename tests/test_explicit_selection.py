@@ -27,7 +27,8 @@ def _lines(error: SelectionError) -> list[str]:
 
 def test_flash_attn_and_flash_attn_v3_are_mutually_exclusive(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "h100", explicit("flash-attn", "flash-attn-v3"))
-    assert _lines(error) == ["flash-attn and flash-attn-v3 are mutually exclusive: enable one (on Hopper, flash-attn-v3)"]
+    assert _lines(error) == [
+        "flash-attn and flash-attn-v3 are mutually exclusive: enable one (on Hopper, flash-attn-v3)"]
     assert error.violations[0].rule == "excludes"
     assert "flash-attn and flash-attn-v3 are mutually exclusive: enable one (on Hopper, flash-attn-v3)" in str(error)
 

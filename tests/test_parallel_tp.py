@@ -248,9 +248,9 @@ def test_gather_output_and_input_checks(tmp_path: Path, runtime: Runtime) -> Non
 def test_a_world_size_that_does_not_divide_the_weights_is_a_config_error(tmp_path: Path, runtime: Runtime) -> None:
     path = tmp_path / "w.safetensors"
     write_mlp(path)
-    with pytest.raises(ConfigError, match="dimension 0 of 'mlp.gate_proj.weight' .* has size 128, which 3 ranks"):
+    with pytest.raises(ConfigError, match=r"dimension 0 of 'mlp.gate_proj.weight' .* has size 128, which 3 ranks"):
         _ThreadWorld(3).run(lambda comm: ParallelMLP.from_safetensors(runtime, comm, path, "mlp.", device="cpu"))
-    with pytest.raises(ConfigError, match="has no tensor 'mlp.nope.weight'"):
+    with pytest.raises(ConfigError, match=r"has no tensor 'mlp.nope.weight'"):
         ColumnParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "mlp.nope.weight")
 
 
@@ -356,5 +356,5 @@ def test_tp_over_ring_matches_the_single_process_run(tmp_path: Path, runtime: Ru
         info = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert (info["rank"], info["world"], info["backend"]) == (rank, world, "GlooCollectives")
         assert [r for r in info["reads"] if r[0] == "whole"] == [], info["reads"]
-        for kind, name, shape in info["reads"]:  # a 1/world share of every tensor, never more
+        for _kind, name, shape in info["reads"]:  # a 1/world share of every tensor, never more
             assert math.prod(shape) <= math.ceil(tensors[name].numel() / world), (name, shape)

@@ -185,7 +185,8 @@ def test_a_plugin_that_registers_no_feature_is_listed_with_a_warning(fake_plugin
 
 _VARIABLES = ("MISTRALRS_FEATURES", "MISTRALRS_STRICT_PLUGINS", "MISTRALRS_PLUGIN_AUTOLOAD",
               "MISTRALRS_DISABLE_PLUGINS", "MISTRALRS_COLLECTIVE_TIMEOUT", "MISTRALRS_RENDEZVOUS_TIMEOUT",
-              "MISTRALRS_NO_NCCL", "RING_CONFIG", "LOCAL_RANK", "WORLD_SIZE", "RANK", "MASTER_PORT", "MASTER_ADDR", "MISTRALRS_MN_LOCAL_WORLD_SIZE",
+              "MISTRALRS_NO_NCCL", "RING_CONFIG", "LOCAL_RANK", "WORLD_SIZE", "RANK", "MASTER_PORT", "MASTER_ADDR",
+              "MISTRALRS_MN_LOCAL_WORLD_SIZE",
               "MISTRALRS_DEVICE_LAYERS", "MISTRALRS_PAGED_ATTN", "CUDA_VISIBLE_DEVICES")
 _text = st.one_of(st.text(max_size=12), st.sampled_from(
     ["", "1", "0", "auto", "none", "cuda", "mkl ring", "\u00b2", "1e308", "nan", "-1", "9" * 30, "h100", "x" * 300]))

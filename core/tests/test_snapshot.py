@@ -144,7 +144,8 @@ def test_a_malformed_snapshot_is_a_profile_error(change) -> None:
         SystemSnapshot.from_json(data, source="box.json")
 
 
-@pytest.mark.parametrize("cc", ["9.0", [9], [9, 0, 1], ["9", "0"], 9], ids=["text", "one-int", "three-ints", "strings", "bare-int"])
+@pytest.mark.parametrize("cc", ["9.0", [9], [9, 0, 1], ["9", "0"], 9],
+                         ids=["text", "one-int", "three-ints", "strings", "bare-int"])
 def test_a_malformed_compute_capability_is_a_profile_error(cc) -> None:
     # A compute capability that is not two integers must be refused when the file is read,
     # not crash resolution later ("'<' not supported between 'str' and 'int'").

@@ -25,7 +25,7 @@ def test_every_op_is_one_registry_entry_with_everything_it_needs() -> None:
         assert callable(getattr(GENERIC[op.kind], op.name)), f"the generic backend lacks {op.name}"
         probe = op.probe("cpu", "float32")
         assert probe.op == op.name and GENERIC[op.kind].supports(probe).ok
-        assert op.contract.startswith(("prepared = " if op.prepare else f"{op.name}(")), op.name
+        assert op.contract.startswith("prepared = " if op.prepare else f"{op.name}("), op.name
 
 
 def test_call_specs_are_hashable_values_usable_as_cache_keys() -> None:

@@ -169,8 +169,8 @@ def test_the_cli_reports_fuzzed_files_without_a_traceback(tmp_path: Path) -> Non
     paths = [_write(tmp_path, json.dumps(_mutations(rng)), f"f{i}.json") for i in range(8)]
     paths.append(_write(tmp_path, b"\x00\xff{", "binary.json"))
     for path in paths:
-        result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "ring", "check", str(path)], capture_output=True,
-                                text=True, timeout=60, check=False)
+        result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "ring", "check", str(path)],
+                                capture_output=True, text=True, timeout=60, check=False)
         assert "Traceback" not in result.stderr + result.stdout
         if result.returncode:
             assert result.returncode == 1 and result.stderr.startswith("error: ") and str(path) in result.stderr

@@ -20,10 +20,10 @@ from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
 from mistralrs_torch.cli._run import run_command
-from mistralrs_torch.validation import env_flag, shown
 from mistralrs_torch.plugins import BrokenPlugin, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
+from mistralrs_torch.validation import env_flag, shown
 
 __all__ = ["cli", "main"]
 
@@ -124,7 +124,8 @@ class _SystemParam(click.ParamType):
 
 _system_option = click.option(
     "--system", "system", type=_SystemParam(), default=None,
-    help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) or a JSON file from `plugins system --json`.")
+    help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) "
+    "or a JSON file from `plugins system --json`.")
 _features_option = click.option(
     "--features", default=None, metavar="FEATURES",
     help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or 'none' also "
@@ -261,7 +262,8 @@ def _progress(message: str) -> None:
 
 _doctor_options = [
     _system_option, _features_option, _json_option,
-    click.option("--verify/--no-verify", default=True, help="Run each bound backend against a float64 reference (default on)."),
+    click.option("--verify/--no-verify", default=True,
+                 help="Run each bound backend against a float64 reference (default on)."),
     click.option("--paged-attn", is_flag=True,
                  help="Opt in to paged attention on devices where it is opt-in (`plugins matrix` shows which)."),
 ]

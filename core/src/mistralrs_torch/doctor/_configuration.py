@@ -6,10 +6,9 @@ from collections.abc import Mapping
 
 from mistralrs_torch._errors import ConfigError
 from mistralrs_torch._settings import CORE_ENV_VARS
-from mistralrs_torch.validation import env_list
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.plugins import PluginManager
-from mistralrs_torch.validation import did_you_mean, shown
+from mistralrs_torch.validation import did_you_mean, env_list, shown
 
 __all__ = ["environment_checks"]
 
@@ -19,9 +18,16 @@ def environment_checks(environ: Mapping[str, str], manager: PluginManager) -> li
     checks = []
     for name in sorted(n for n in environ if n.startswith("MISTRALRS_") and n not in known):
         close = did_you_mean(name, sorted(known))
-        checks.append(CheckResult("environment", "warning", f"unknown variable {shown(name)}={shown(environ[name])}",
-                                  f"did you mean {close}?" if close else
-                                  f"known variables: {', '.join(sorted(k for k in known if k.startswith('MISTRALRS_')))}"))
+        checks.append(
+            CheckResult(
+                "environment",
+                "warning",
+                f"unknown variable {shown(name)}={shown(environ[name])}",
+                f"did you mean {close}?"
+                if close
+                else f"known variables: {', '.join(sorted(k for k in known if k.startswith('MISTRALRS_')))}",
+            )
+        )
     plugin_names = {p.name for p in (*manager.plugins, *manager.disabled)} | {b.plugin.name for b in manager.broken}
     try:
         disabled = env_list(environ, "MISTRALRS_DISABLE_PLUGINS")
@@ -29,7 +35,12 @@ def environment_checks(environ: Mapping[str, str], manager: PluginManager) -> li
         return [*checks, CheckResult("environment", "error", str(exc))]
     for name in disabled:
         if name not in plugin_names:
-            checks.append(CheckResult("environment", "warning", f"MISTRALRS_DISABLE_PLUGINS names {shown(name)}, "
-                                      "which is not an installed plugin",
-                                      f"installed plugins: {', '.join(sorted(plugin_names))}"))
+            checks.append(
+                CheckResult(
+                    "environment",
+                    "warning",
+                    f"MISTRALRS_DISABLE_PLUGINS names {shown(name)}, which is not an installed plugin",
+                    f"installed plugins: {', '.join(sorted(plugin_names))}",
+                )
+            )
     return checks

@@ -14,8 +14,14 @@ def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
 
     cheap = system.torch
     if cheap is None:
-        return [CheckResult("torch import", "warning", f"torch {torch.__version__} imports but the cheap probe found none",
-                            "report this: the cheap probe could not find torch's files")]
+        return [
+            CheckResult(
+                "torch import",
+                "warning",
+                f"torch {torch.__version__} imports but the cheap probe found none",
+                "report this: the cheap probe could not find torch's files",
+            )
+        ]
     facts = {
         "torch version": (cheap.version, torch.__version__),
         "CUDA build": (cheap.cuda, torch.version.cuda),
@@ -30,6 +36,12 @@ def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
         if read == imported:
             checks.append(CheckResult(name, "ok", f"{imported} (confirmed by importing torch)"))
         else:
-            checks.append(CheckResult(name, "warning", f"the cheap probe read {read!r} but torch reports {imported!r}",
-                                      "list and resolve may misjudge this machine: please report it"))
+            checks.append(
+                CheckResult(
+                    name,
+                    "warning",
+                    f"the cheap probe read {read!r} but torch reports {imported!r}",
+                    "list and resolve may misjudge this machine: please report it",
+                )
+            )
     return checks

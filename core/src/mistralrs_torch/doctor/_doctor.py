@@ -9,7 +9,6 @@ from typing import Any
 
 from mistralrs_torch._distributions import plugin_entry_points
 from mistralrs_torch._errors import ConfigError, SelectionError
-from mistralrs_torch.validation import env_flag
 from mistralrs_torch.doctor._configuration import environment_checks
 from mistralrs_torch.doctor._installation import installation_checks
 from mistralrs_torch.doctor._report import DoctorReport
@@ -26,7 +25,7 @@ from mistralrs_torch.ops import CheckResult, Device
 from mistralrs_torch.plugins import ENTRY_POINT_GROUP, PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, recommend, resolve
 from mistralrs_torch.system import SystemSnapshot, module_versions
-from mistralrs_torch.validation import shown
+from mistralrs_torch.validation import env_flag, shown
 
 __all__ = ["DEVICE_LAYERS_CHECK", "device_layers_check", "run_doctor"]
 

@@ -91,11 +91,16 @@ def _other_project(ours: set[str]) -> list[CheckResult]:
               for name in others]
     strays = sorted(d for d in map(_dashed, installed_names())
                     if d.startswith(CORE_DISTRIBUTION + "-") and d not in ours)
-    checks += [CheckResult("installation", "warning",
-                           f"{name} {installed_version(name)} is installed but registers no plugin in the "
-                           f"{ENTRY_POINT_GROUP!r} entry-point group",
-                           f"reinstall it (pip install --force-reinstall {name}) or uninstall it (pip uninstall {name})")
-               for name in strays]
+    checks += [
+        CheckResult(
+            "installation",
+            "warning",
+            f"{name} {installed_version(name)} is installed but registers no plugin in the "
+            f"{ENTRY_POINT_GROUP!r} entry-point group",
+            f"reinstall it (pip install --force-reinstall {name}) or uninstall it (pip uninstall {name})",
+        )
+        for name in strays
+    ]
     return checks
 
 
@@ -104,11 +109,16 @@ def _command_on_path(environ: Mapping[str, str]) -> list[CheckResult]:
     found = shutil.which("mistralrs", path=environ.get("PATH", ""))
     if found is None or _is_ours(found):
         return []
-    return [CheckResult("installation", "warning",
-                        f"the `mistralrs` command first on PATH ({found}) is not this project's (the Rust engine's "
-                        "CLI has the same name): `mistralrs doctor` there runs the other program",
-                        "run this project as `python -m mistralrs_torch`, or put the folder of this environment's "
-                        "`mistralrs` first on PATH")]
+    return [
+        CheckResult(
+            "installation",
+            "warning",
+            f"the `mistralrs` command first on PATH ({found}) is not this project's (the Rust engine's "
+            "CLI has the same name): `mistralrs doctor` there runs the other program",
+            "run this project as `python -m mistralrs_torch`, or put the folder of this environment's "
+            "`mistralrs` first on PATH",
+        )
+    ]
 
 
 def _is_ours(path: str) -> bool:

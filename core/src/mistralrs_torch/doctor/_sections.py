@@ -102,10 +102,17 @@ def feature_checks(resolution: Resolution, bound_ops: dict[str, set[str]] | None
         if f.status == "active" and bound_ops is not None and f.manifest is not None:
             missing = [op for op in f.manifest.provides if op != "device" and f.name not in bound_ops.get(op, set())]
             if missing:
-                checks.append(CheckResult(
-                    f.name, "warning", f"active, but {f.plugin.distribution} {f.plugin.version} provides no "
-                    f"{' or '.join(missing)} backend yet, so its {'/'.join(missing)} work runs elsewhere and cannot be verified",
-                    f"upgrade {f.plugin.distribution} to a version that implements it", f.plugin.name))
+                checks.append(
+                    CheckResult(
+                        f.name,
+                        "warning",
+                        f"active, but {f.plugin.distribution} {f.plugin.version} provides no "
+                        f"{' or '.join(missing)} backend yet, so its {'/'.join(missing)} work runs elsewhere "
+                        "and cannot be verified",
+                        f"upgrade {f.plugin.distribution} to a version that implements it",
+                        f.plugin.name,
+                    )
+                )
     return checks
 
 
@@ -115,17 +122,31 @@ def recommendation_checks(recommendation: Recommendation) -> list[CheckResult]:
     inactive = [f for f in recommendation.features if f.status != "active"]
     names = " ".join(recommendation.names) or "no features needed (the built-in generic CPU backend)"
     state = " (all active)" if recommendation.features and not inactive else ""
-    checks = [_ok("hardware", f"{' + '.join(recommendation.labels)}: recommended features: {names}{state}",
-                  "info" if inactive else "ok")]
+    checks = [
+        _ok(
+            "hardware",
+            f"{' + '.join(recommendation.labels)}: recommended features: {names}{state}",
+            "info" if inactive else "ok",
+        )
+    ]
     for f in inactive:
         carried = f"{f.distribution} carries it" + (f"; {f.reason}" if f.reason else "")
         message = f"not installed ({carried})" if f.status == NOT_INSTALLED else f"{f.status}: {f.reason}"
         checks.append(_ok(f.name, message, "info", f.fix))
     for f in recommendation.optional:
         where = "active" if f.status == "active" else f"{f.status} ({f.distribution})"
-        checks.append(_ok(f.name, f"optional here, {where}: {f.note}", "info",
-                          f"pip install {f.distribution}" if f.status == NOT_INSTALLED else ""))
+        checks.append(
+            _ok(
+                f.name,
+                f"optional here, {where}: {f.note}",
+                "info",
+                f"pip install {f.distribution}" if f.status == NOT_INSTALLED else "",
+            )
+        )
     if recommendation.install:
-        checks.append(_ok("install", "one command installs every recommended feature missing here", "info",
-                          recommendation.install))
+        checks.append(
+            _ok(
+                "install", "one command installs every recommended feature missing here", "info", recommendation.install
+            )
+        )
     return checks

@@ -17,7 +17,10 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def bottom_right_causal_mask(q_len: int, k_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(q_len, k_len) bool mask, True where allowed: query i sees keys up to k_len - q_len + i (flash-attn's alignment)."""
+    """(q_len, k_len) bool mask, True where allowed: query i sees keys up to k_len - q_len + i.
+
+    This is flash-attn's bottom-right alignment.
+    """
     rows = torch.arange(q_len, device=device)[:, None]
     cols = torch.arange(k_len, device=device)[None, :]
     return cols <= rows + (k_len - q_len)

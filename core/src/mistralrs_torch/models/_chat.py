@@ -27,7 +27,7 @@ __all__ = ["render_chat"]
 class _Generation(jinja2.ext.Extension):
     """``{% generation %}...{% endgeneration %}`` (transformers tracks assistant spans with it): renders its body."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012 - jinja2 declares tags as a plain class attribute to override
 
     def parse(self, parser: Any) -> Any:
         lineno = next(parser.stream).lineno

@@ -115,8 +115,8 @@ def reverse_permute(weight: torch.Tensor | QuantizedWeight, heads: int) -> torch
     rows = weight.shape[0]
     order = torch.arange(rows).reshape(heads, rows // heads // 2, 2).transpose(1, 2).reshape(-1)
     if isinstance(weight, QuantizedWeight):
-        return QuantizedWeight(weight.codes[order], weight.scales[order],
-                               None if weight.offsets is None else weight.offsets[order], weight.bits, weight.group_size)
+        offsets = None if weight.offsets is None else weight.offsets[order]
+        return QuantizedWeight(weight.codes[order], weight.scales[order], offsets, weight.bits, weight.group_size)
     return weight[order]
 
 

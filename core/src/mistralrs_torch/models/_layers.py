@@ -124,7 +124,7 @@ class Attention:
     window: int | None
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """x (tokens, hidden) at ``positions`` (1, tokens) int64; fills and reads ``cache`` (length before this call)."""
+        """x (tokens, hidden) at ``positions`` (1, tokens) int64; fills and reads ``cache`` (its length before)."""
         rt, tokens = self.runtime, x.shape[0]
         q = self.q_proj(x).view(1, tokens, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(1, tokens, self.kv_heads, self.head_dim).transpose(1, 2)

@@ -62,7 +62,8 @@ class LlamaForCausalLM:
         for i in range(c.num_layers):
             p = f"model.layers.{i}"
             attention = Attention(runtime, i, linear(f"{p}.self_attn.q_proj", c.qkv_bias),
-                                  linear(f"{p}.self_attn.k_proj", c.qkv_bias), linear(f"{p}.self_attn.v_proj", c.qkv_bias),
+                                  linear(f"{p}.self_attn.k_proj", c.qkv_bias),
+                                  linear(f"{p}.self_attn.v_proj", c.qkv_bias),
                                   linear(f"{p}.self_attn.o_proj", c.o_bias), c.num_heads, c.num_kv_heads, c.head_dim,
                                   inv_freq, c.sliding_windows[i])
             mlp = _MLP(linear(f"{p}.mlp.gate_proj", c.mlp_bias), linear(f"{p}.mlp.up_proj", c.mlp_bias),

@@ -69,7 +69,7 @@ class Model:
 
     def generate(self, prompt: Sequence[int], *, max_tokens: int = 256,
                  on_text: Callable[[str], None] | None = None) -> Generation:
-        """Greedy decoding from ``prompt`` ids until a stop token or ``max_tokens``; ``on_text`` gets text as it forms."""
+        """Greedy decoding from ``prompt`` ids until a stop token or ``max_tokens``; ``on_text`` gets text as formed."""
         limit = self.config.max_position_embeddings
         if not prompt:
             raise ConfigError("the prompt is empty: give at least one token of text")

@@ -92,7 +92,7 @@ def tokenizer_from_hf(folder: Path, stop_ids: Iterable[int]) -> TextTokenizer:
                              "model's GGUF file")
     try:
         backend = Tokenizer.from_file(str(path))
-    except Exception as exc:  # the Rust library raises plain Exception subclasses
+    except Exception as exc:  # noqa: BLE001 - the Rust library raises plain Exception subclasses
         raise ModelLoadError(f"{path} is not a valid tokenizer.json ({exc}): get the file again") from None
     config_path = folder / "tokenizer_config.json"
     config = read_json(config_path) if config_path.is_file() else {}
@@ -150,8 +150,9 @@ def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[
     """
     vocab = {t: i for i, t in enumerate(tokens)}
     merges: list[tuple[str, str, float]] = []
-    for token, score in zip(tokens, scores):
-        pairs = [(token[:i], token[i:], score) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+    for token, score in zip(tokens, scores, strict=False):
+        pairs = [(token[:i], token[i:], score) for i in range(1, len(token))
+                 if token[:i] in vocab and token[i:] in vocab]
         merges.extend(sorted(pairs, key=lambda pair: (vocab[pair[0]], vocab[pair[1]])))
     merges.sort(key=lambda pair: (pair[2], len(pair[0]), len(pair[1])), reverse=True)
     return [(left, right) for left, right, _ in merges]
@@ -202,10 +203,11 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokeniz
                                  else _merges_from_scores(tokens, scores))
     types = metadata.get("tokenizer.ggml.token_type") or ()
     alphabet = set(_bytes_to_unicode().values())
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, kind_ in zip(tokens, types)
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t, kind_ in zip(tokens, types, strict=False)
                                 if kind_ == _CONTROL and (kind != "gpt2" or set(t) <= alphabet)])
     backend.add_tokens([AddedToken(t, normalized=False, special=False)
-                        for t, kind_ in zip(tokens, types) if kind_ == _USER_DEFINED])
+                        for t, kind_ in zip(tokens, types, strict=False) if kind_ == _USER_DEFINED])
 
     def special(key: str) -> str | None:
         index = metadata.get(f"tokenizer.ggml.{key}")

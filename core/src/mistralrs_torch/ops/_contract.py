@@ -269,8 +269,8 @@ def contract_problem(item: object, kind: type) -> str:
                 "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)"
                 if "dispatch_priority" in missing and hasattr(item, "priority") else "")
         return f"{label} has no {', '.join(missing)}{hint}"
-    if not isinstance(getattr(item, "dispatch_priority"), int):
-        return f"{label}.dispatch_priority is {getattr(item, 'dispatch_priority')!r}, not an int"
+    if not isinstance(item.dispatch_priority, int):
+        return f"{label}.dispatch_priority is {item.dispatch_priority!r}, not an int"
     if not all(callable(getattr(item, a)) for a in required[3:]):
         return f"{label}.supports is not callable"
     methods: list[Callable[..., Any] | None] = [getattr(item, op, None) for op in op_methods(kind)]

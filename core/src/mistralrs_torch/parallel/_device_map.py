@@ -74,7 +74,8 @@ def device_mapping_mode(collective_backends: Sequence[Any], devices: Sequence[De
     if len(accelerators) > 1:
         return "auto", (f"{len(accelerators)} devices visible: layers are spread over "
                         f"{', '.join(d.torch_device for d in accelerators)} in proportion to their free memory")
-    return "single", f"one device ({(accelerators or list(devices))[0].torch_device if devices else 'cpu'}) holds every layer"
+    only = (accelerators or list(devices))[0].torch_device if devices else "cpu"
+    return "single", f"one device ({only}) holds every layer"
 
 
 def _free(device: Device) -> int:

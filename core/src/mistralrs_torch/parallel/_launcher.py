@@ -238,8 +238,11 @@ def launch(command: Sequence[str], envs: Sequence[Mapping[str, str]], grace: flo
     def on_signal(signum: int, frame: Any) -> None:
         received.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in handled} if threading.current_thread() is threading.main_thread() \
+    previous = (
+        {s: signal.signal(s, on_signal) for s in handled}
+        if threading.current_thread() is threading.main_thread()
         else {}
+    )
     failure: tuple[int, int] | None = None
     try:
         ranks.start(command, envs)
@@ -267,25 +270,34 @@ def launch(command: Sequence[str], envs: Sequence[Mapping[str, str]], grace: flo
                 term_deadline = None
                 left = ranks.running()
                 if left:
-                    output.say(f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
-                               f"after {grace / 2:g}s: SIGTERM")
+                    output.say(
+                        f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
+                        f"after {grace / 2:g}s: SIGTERM"
+                    )
                     ranks.signal(signal.SIGTERM, left)
             if failure is None and not received:
                 for rank, proc in enumerate(ranks.procs):
                     if proc.returncode not in (None, 0):
                         failure = (rank, proc.returncode)
                         others = ranks.running()
-                        output.say(f"rank {rank} {_status_text(proc.returncode)}"
-                                   + (f"; stopping rank{'s' if len(others) > 1 else ''} "
-                                      f"{', '.join(map(str, others))}" if others else ""))
+                        output.say(
+                            f"rank {rank} {_status_text(proc.returncode)}"
+                            + (
+                                f"; stopping rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
+                                if others
+                                else ""
+                            )
+                        )
                         ranks.signal(signal.SIGTERM, others)
                         stop_deadline = time.monotonic() + grace
                         break
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 left = ranks.running()
                 if left:
-                    output.say(f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
-                               f"after {grace:g}s: killing")
+                    output.say(
+                        f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
+                        f"after {grace:g}s: killing"
+                    )
                 ranks.signal(signal.SIGKILL if _POSIX else signal.SIGTERM, left)
                 stop_deadline = None
             time.sleep(_POLL)

@@ -199,9 +199,10 @@ class ParallelMLP:
             return name if weight.endswith(".weight") and name in shapes else None
 
         kwargs = {"device": device, "dtype": dtype}
-        return cls(ColumnParallelLinear.from_safetensors(runtime, communicator, path, names["gate"], bias(names["gate"]), **kwargs),
-                   ColumnParallelLinear.from_safetensors(runtime, communicator, path, names["up"], bias(names["up"]), **kwargs),
-                   RowParallelLinear.from_safetensors(runtime, communicator, path, names["down"], bias(names["down"]), **kwargs))
+        args = (runtime, communicator, path)
+        return cls(ColumnParallelLinear.from_safetensors(*args, names["gate"], bias(names["gate"]), **kwargs),
+                   ColumnParallelLinear.from_safetensors(*args, names["up"], bias(names["up"]), **kwargs),
+                   RowParallelLinear.from_safetensors(*args, names["down"], bias(names["down"]), **kwargs))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))

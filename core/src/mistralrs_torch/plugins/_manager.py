@@ -9,6 +9,7 @@ and every other plugin keeps working.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,13 +19,13 @@ from typing import Any
 import pluggy
 
 from mistralrs_torch import _hookspecs
+from mistralrs_torch._distributions import PluginEntryPoint, plugin_entry_points
 from mistralrs_torch._errors import MistralrsError, PluginError
-from mistralrs_torch.validation import env_flag, env_list
 from mistralrs_torch._version import PLUGIN_API_VERSION, __version__, supports_api_version
 from mistralrs_torch.features import FeatureManifest
 from mistralrs_torch.plugins import _builtin
-from mistralrs_torch._distributions import PluginEntryPoint, plugin_entry_points
 from mistralrs_torch.system import SystemSnapshot, probe_system
+from mistralrs_torch.validation import env_flag, env_list
 
 __all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "InstalledFeature", "PluginInfo", "PluginManager"]
 
@@ -148,7 +149,7 @@ class PluginManager:
         broken_before = len(self._broken)
         for impl in self._impls(hook):
             info = self._info[impl.plugin_name]
-            result = self._guarded(info, f"hook {hook}", lambda: _call(impl, kwargs))
+            result = self._guarded(info, f"hook {hook}", functools.partial(_call, impl, kwargs))
             if result is None or info.name not in self._info:
                 continue
             problem = _problem(check(result), result)
@@ -181,7 +182,8 @@ class PluginManager:
             if result is None or info.name not in self._info:
                 return None
             if not check(result):
-                self._quarantine(info, f"hook {hook}", f"returned {type(result).__name__}, which breaks the hook's contract")
+                self._quarantine(info, f"hook {hook}",
+                                 f"returned {type(result).__name__}, which breaks the hook's contract")
                 self._raise_if_strict(len(self._broken) - 1)
                 return None
             return result
@@ -207,7 +209,8 @@ class PluginManager:
             stray = [i for i in result if getattr(i, "feature", None) not in own & active]
             if stray:
                 self._quarantine(info, f"hook {hook}", f"returned {type(stray[0]).__name__} for feature "
-                                 f"{getattr(stray[0], 'feature', None)!r}, which is not an active feature of this plugin")
+                                 f"{getattr(stray[0], 'feature', None)!r}, "
+                                 "which is not an active feature of this plugin")
                 continue
             items += result
         self._raise_if_strict(broken_before)
@@ -221,7 +224,8 @@ class PluginManager:
 
     def _add(self, info: PluginInfo, load: Callable[[], object]) -> None:
         if info.name in self._info:
-            self._quarantine(info, "discovery", f"the plugin name {info.name!r} is already used by {self._info[info.name].distribution}")
+            self._quarantine(info, "discovery",
+                             f"the plugin name {info.name!r} is already used by {self._info[info.name].distribution}")
             return
         plugin = self._guarded(info, "import", load)
         if plugin is None:
@@ -233,8 +237,8 @@ class PluginManager:
             import difflib  # only for this error: it costs milliseconds at every start-up
 
             hint = difflib.get_close_matches(unknown[0], _HOOK_NAMES, n=1)
-            self._quarantine(info, "register", f"unknown hook {unknown[0]!r}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else f"; known hooks: {', '.join(_HOOK_NAMES)}"))
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else f"; known hooks: {', '.join(_HOOK_NAMES)}"
+            self._quarantine(info, "register", f"unknown hook {unknown[0]!r}{suggestion}")
             return
         if self._guarded(info, "register", lambda: self._register(plugin, info.name)) is None:
             return
@@ -256,7 +260,8 @@ class PluginManager:
     def _accept_features(self, info: PluginInfo, manifests: Sequence[object]) -> None:
         for manifest in manifests:
             if not isinstance(manifest, FeatureManifest):
-                self._quarantine(info, "manifest", f"mistralrs_features returned {type(manifest).__name__}, not FeatureManifest")
+                self._quarantine(info, "manifest",
+                                 f"mistralrs_features returned {type(manifest).__name__}, not FeatureManifest")
                 return
             if not supports_api_version(manifest.api_version):
                 self._quarantine(info, "api-version", _api_version_problem(manifest, info),

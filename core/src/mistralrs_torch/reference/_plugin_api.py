@@ -29,8 +29,16 @@ from mistralrs_torch.features import (
     ModuleRequirement,
     catalogue,
 )
-from mistralrs_torch.ops import BACKEND_KINDS, BACKEND_PROTOCOLS, OPS, CallSpec, OpSpec, op_methods
-from mistralrs_torch.ops import _contract, _signatures
+from mistralrs_torch.ops import (
+    BACKEND_KINDS,
+    BACKEND_PROTOCOLS,
+    OPS,
+    CallSpec,
+    OpSpec,
+    _contract,
+    _signatures,
+    op_methods,
+)
 from mistralrs_torch.system import HARDWARE_CLASSES
 
 __all__ = ["plugin_api_markdown"]
@@ -118,7 +126,8 @@ def _backends() -> list[str]:
     lines = ["## Backends", "", _body(_contract), "", "The kinds of backend, the hook that returns each, and its ops:",
              ""]
     rows = [(f"`{kind}`", f"`{hook}`", f"`{BACKEND_PROTOCOLS[kind].__name__}`",
-             ", ".join(f"`{op}`" for op in op_methods(BACKEND_PROTOCOLS[kind]))) for kind, hook in BACKEND_KINDS.items()]
+             ", ".join(f"`{op}`" for op in op_methods(BACKEND_PROTOCOLS[kind])))
+            for kind, hook in BACKEND_KINDS.items()]
     lines += _table(["kind (`provides`)", "hook", "protocol", "ops (methods)"], rows)
     lines += ["", "### CallSpec", "", _markdown(inspect.getdoc(CallSpec) or ""), ""]
     defaults, types = CallSpec._field_defaults, typing.get_type_hints(CallSpec)

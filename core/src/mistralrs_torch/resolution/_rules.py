@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mistralrs_torch.validation import env_flag
 from mistralrs_torch.features import FeatureManifest, ModuleRequirement
 from mistralrs_torch.features._manifest import PLATFORM_LABELS
 from mistralrs_torch.system import SystemSnapshot
+from mistralrs_torch.validation import env_flag
 
 __all__ = ["Problem", "auto_condition_problem", "disabled_by", "gpu_count_problem", "hardware_problems",
            "module_problem"]
@@ -48,7 +48,8 @@ def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Proble
         # The other rules follow from the platform; one clear reason beats several echoes of it.
         return [Problem("platform", text, remove)]
     if m.cpu_archs and system.arch not in m.cpu_archs:
-        problems.append(Problem("cpu", f"{m.name} needs a {' or '.join(m.cpu_archs)} CPU; this one is {system.arch}", remove))
+        needs = f"{m.name} needs a {' or '.join(m.cpu_archs)} CPU; this one is {system.arch}"
+        problems.append(Problem("cpu", needs, remove))
     missing_flags = [flag for flag in m.cpu_flags if flag not in system.cpu.flags]
     if missing_flags:
         problems.append(Problem("cpu", f"{m.name} needs the CPU instruction set(s) {', '.join(missing_flags)}, which "
@@ -86,12 +87,15 @@ def _gpu_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
             continue
         if low is not None and cc < low:
             problems.append(Problem("compute-capability",
-                                    f"{m.name} needs compute capability >= {low[0]}.{low[1]}; GPU {g.index} ({g.name}) has {g.cc_label}",
-                                    f"use a GPU with compute capability >= {low[0]}.{low[1]}, or remove the {m.name} feature"))
+                                    f"{m.name} needs compute capability >= {low[0]}.{low[1]}; "
+                                    f"GPU {g.index} ({g.name}) has {g.cc_label}",
+                                    f"use a GPU with compute capability >= {low[0]}.{low[1]}, "
+                                    f"or remove the {m.name} feature"))
         elif high is not None and cc >= high:
             window = f"{low[0]}.x" if low is not None and high == (low[0] + 1, 0) else f"below {high[0]}.{high[1]}"
             problems.append(Problem("compute-capability",
-                                    f"{m.name} needs compute capability {window}; GPU {g.index} ({g.name}) has {g.cc_label}",
+                                    f"{m.name} needs compute capability {window}; "
+                                    f"GPU {g.index} ({g.name}) has {g.cc_label}",
                                     gpu.newer_gpu_fix or f"remove the {m.name} feature"))
         if problems:
             break

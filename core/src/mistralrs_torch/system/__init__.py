@@ -1,7 +1,7 @@
 """System snapshots: facts about a host, probed here or loaded from a profile."""
 
-from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
 from mistralrs_torch._distributions import installed_version
+from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
 from mistralrs_torch.system._probe import module_versions, probe_system, visible_device_filter
 from mistralrs_torch.system._profiles import PROFILE_NAMES, load_system
 from mistralrs_torch.system._schema import snapshot_json_schema
@@ -9,13 +9,13 @@ from mistralrs_torch.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, T
 
 __all__ = [
     "CPU",
-    "BlasInfo",
-    "FactsOnFirstUse",
     "GPU",
-    "GPUFacts",
     "HARDWARE_CLASSES",
     "PROFILE_NAMES",
     "SCHEMA",
+    "BlasInfo",
+    "FactsOnFirstUse",
+    "GPUFacts",
     "SystemSnapshot",
     "TorchBuild",
     "blas_info",

@@ -192,20 +192,31 @@ def run_kit(entry_point: str, features: Sequence[str] | None = None,
         return KitReport(entry_point, (), (KitResult("discovery", "failed", f"{broken[0].stage}: {broken[0].error}"),))
     if not mine:
         installed = sorted({f.plugin.name for f in manager.features})
-        return KitReport(entry_point, (), (KitResult("discovery", "failed", f"no installed plugin named "
-                                                     f"{shown(entry_point)}: installed plugins are {', '.join(installed)}"),))
+        missing = f"no installed plugin named {shown(entry_point)}: installed plugins are {', '.join(installed)}"
+        return KitReport(entry_point, (), (KitResult("discovery", "failed", missing),))
     names = [f.manifest.name for f in mine]
     unknown = [n for n in features or () if n not in names]
     if unknown:
-        return KitReport(entry_point, tuple(names), (KitResult("features", "failed", f"plugin {shown(entry_point)} "
-                         f"has no feature {', '.join(map(shown, unknown))}: pass --features with some of "
-                         f"{', '.join(names)}"),))
+        return KitReport(
+            entry_point,
+            tuple(names),
+            (
+                KitResult(
+                    "features",
+                    "failed",
+                    f"plugin {shown(entry_point)} "
+                    f"has no feature {', '.join(map(shown, unknown))}: pass --features with some of "
+                    f"{', '.join(names)}",
+                ),
+            ),
+        )
     plugin = PluginUnderTest(entry_point, mine[0].plugin.distribution, tuple(f.manifest for f in mine))
     results = []
     for check in CONTRACT_CHECKS:
         if entry_point == BUILTIN and "entry_point" in check.__name__:
-            results.append(KitResult(check.__name__, "skipped", "the built-in plugin is part of the core, not an "
-                                                                 "entry point"))
+            results.append(
+                KitResult(check.__name__, "skipped", "the built-in plugin is part of the core, not an entry point")
+            )
             continue
         try:
             check(plugin)
@@ -226,15 +237,28 @@ def run_kit(entry_point: str, features: Sequence[str] | None = None,
         own = [d.torch_device for d in devices if d.feature in (feature.manifest.name, *feature.manifest.requires)]
         targets = own or [d.torch_device for d in devices]
         for kind, hook in BACKEND_KINDS.items():
-            found = manager.collect(hook, BACKEND_PROTOCOLS[kind], active,
-                                    **({} if kind == "collectives" else {"system": system, "environ": environ}))
+            found = manager.collect(
+                hook,
+                BACKEND_PROTOCOLS[kind],
+                active,
+                **({} if kind == "collectives" else {"system": system, "environ": environ}),
+            )
             backends = [b for b in found if b.feature == feature.manifest.name]
             if kind in feature.manifest.provides and not backends:
-                results.append(KitResult(f"feature {feature.manifest.name}", "failed",
-                                         f"declares it provides {kind}, but its plugin returns no {kind} backend"))
+                results.append(
+                    KitResult(
+                        f"feature {feature.manifest.name}",
+                        "failed",
+                        f"declares it provides {kind}, but its plugin returns no {kind} backend",
+                    )
+                )
             if kind == "collectives":
-                results += [_check_communicator(feature.manifest.name, environ) if feature.plugin.name != BUILTIN
-                            else _check_single_process(b) for b in backends]
+                results += [
+                    _check_communicator(feature.manifest.name, environ)
+                    if feature.plugin.name != BUILTIN
+                    else _check_single_process(b)
+                    for b in backends
+                ]
                 continue
             for backend in backends:
                 results += _check_backend(backend, kind, targets)

@@ -100,7 +100,8 @@ def compare(got: Any, expected: Any, dtype: str) -> tuple[float | None, float | 
         scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
         worst_max = max(worst_max, float(difference.max(initial=0.0)) / scale)
         norm = float(np.linalg.norm(ref))
-        worst_rms = max(worst_rms, float(np.linalg.norm(difference)) / norm if norm else float(difference.max(initial=0)))
+        rms = float(np.linalg.norm(difference)) / norm if norm else float(difference.max(initial=0))
+        worst_rms = max(worst_rms, rms)
     return worst_max, worst_rms, ""
 
 

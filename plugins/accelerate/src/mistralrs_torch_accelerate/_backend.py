@@ -20,8 +20,14 @@ class AccelerateMatmul(TorchMatmul):
     def __init__(self) -> None:
         super().__init__("accelerate-matmul", "accelerate", 100, "cpu", ("float32", "float64"))
         blas = blas_info().blas
-        self._refusal = "" if is_accelerate(blas) else (
-            f"torch's BLAS is {blas}, not Apple Accelerate: install the macOS build of torch (pip install torch on macOS)")
+        self._refusal = (
+            ""
+            if is_accelerate(blas)
+            else (
+                f"torch's BLAS is {blas}, not Apple Accelerate: "
+                "install the macOS build of torch (pip install torch on macOS)"
+            )
+        )
 
     def supports(self, call: CallSpec) -> Support:
         if self._refusal:

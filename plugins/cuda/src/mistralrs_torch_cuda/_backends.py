@@ -1,4 +1,7 @@
-"""The cuda and cudnn backends: torch's cuBLAS and SDPA on the GPU, and torch's cuDNN attention kernel (imports torch)."""
+"""The cuda and cudnn backends: torch's cuBLAS and SDPA on the GPU, and torch's cuDNN attention kernel.
+
+This module imports torch.
+"""
 
 from __future__ import annotations
 

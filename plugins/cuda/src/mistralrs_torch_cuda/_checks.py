@@ -57,8 +57,8 @@ def _torch_build(system: SystemSnapshot) -> list[CheckResult]:
     gpus = system.gpus_of("nvidia")
     seen = f"{len(gpus)} NVIDIA GPU(s) are visible but " if gpus else ""
     return [CheckResult("torch build", "warning" if gpus else "info",
-                        f"torch {system.torch.version} is a CPU build (no CUDA): {seen}mistralrs-torch-cuda is installed "
-                        "and cannot run cuda with it", torch_cuda_fix(system))]
+                        f"torch {system.torch.version} is a CPU build (no CUDA): "
+                        f"{seen}mistralrs-torch-cuda is installed and cannot run cuda with it", torch_cuda_fix(system))]
 
 
 def _driver(active: frozenset[str], system: SystemSnapshot) -> list[CheckResult]:
@@ -72,8 +72,9 @@ def _driver(active: frozenset[str], system: SystemSnapshot) -> list[CheckResult]
            f"a driver supports), or install a torch built for CUDA {driver_text} or older")
     if driver[0] < runtime[0]:
         return [CheckResult("cuda driver", "error" if CUDA.name in active else "warning",
-                            f"{who} supports CUDA {driver_text} but torch was built for CUDA {runtime_text}: CUDA driver "
-                            "version is insufficient for CUDA runtime version, so torch cannot initialise CUDA", fix)]
+                            f"{who} supports CUDA {driver_text} but torch was built for CUDA {runtime_text}: "
+                            "CUDA driver version is insufficient for CUDA runtime version, "
+                            "so torch cannot initialise CUDA", fix)]
     if driver < runtime:
         return [CheckResult("cuda driver", "warning",
                             f"{who} supports CUDA {driver_text}, older than torch's CUDA runtime {runtime_text}: torch "
@@ -98,7 +99,8 @@ def _visibility(system: SystemSnapshot, environ: Mapping[str, str]) -> list[Chec
 
 def _nvcc(system: SystemSnapshot) -> CheckResult:
     if "nvcc" in system.libraries:
-        return CheckResult("nvcc", "info", "nvcc is on PATH (needed only to build kernels such as flash-attn from source)")
+        return CheckResult("nvcc", "info",
+                           "nvcc is on PATH (needed only to build kernels such as flash-attn from source)")
     return CheckResult("nvcc", "info", "nvcc is not on PATH: running mistralrs does not need it; building kernels such "
                        "as flash-attn or FlashAttention-3 from source does",
                        "to build kernels: install the CUDA toolkit and put its bin folder on PATH")
@@ -110,17 +112,18 @@ def _cudnn(system: SystemSnapshot, torch: ModuleType | None) -> list[CheckResult
     if facts.cudnn is not None:
         if facts.cudnn < 90000:
             checks.append(CheckResult("cudnn version", "warning",
-                                      f"cuDNN {system.libraries['cudnn']} is older than 9.0, which torch's cuDNN attention "
-                                      "kernel needs: the cudnn-attention backend refuses every call (cuda-sdpa runs "
-                                      "attention)", "install a torch that ships cuDNN 9 (pip install -U torch)"))
+                                      f"cuDNN {system.libraries['cudnn']} is older than 9.0, "
+                                      "which torch's cuDNN attention kernel needs: "
+                                      "the cudnn-attention backend refuses every call (cuda-sdpa runs attention)",
+                                      "install a torch that ships cuDNN 9 (pip install -U torch)"))
         else:
             checks.append(CheckResult("cudnn version", "ok", f"cuDNN {system.libraries['cudnn']} "
                                       f"({cudnn_label(facts.cudnn)} as torch numbers it)"))
     if facts.capability is not None and facts.capability < (8, 0):
         checks.append(CheckResult("cudnn attention", "info",
-                                  f"{facts.gpu} has compute capability {facts.cc_label}; torch's cuDNN attention kernel "
-                                  "needs 8.0 or newer, so attention runs on cuda-sdpa (cuDNN still serves torch's "
-                                  "other cuDNN work, such as convolutions)"))
+                                  f"{facts.gpu} has compute capability {facts.cc_label}; "
+                                  "torch's cuDNN attention kernel needs 8.0 or newer, so attention runs on cuda-sdpa "
+                                  "(cuDNN still serves torch's other cuDNN work, such as convolutions)"))
     if facts.capability is not None and facts.capability[0] == 10:
         checks.append(CheckResult("cudnn attention", "warning",
                                   f"{facts.gpu} has compute capability {facts.cc_label}, where torch's cuDNN attention "

@@ -1,4 +1,7 @@
-"""Entry point of mistralrs-torch-cuda: registers the cuda and cudnn features. Imports no torch until a runtime binds them."""
+"""Entry point of mistralrs-torch-cuda: registers the cuda and cudnn features.
+
+Imports no torch until a runtime binds them.
+"""
 
 from __future__ import annotations
 
@@ -70,8 +73,9 @@ def mistralrs_layer_backends(active: frozenset[str]) -> tuple[LayerBackend, ...]
 
 
 @hookimpl
-def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
-                            environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
+def mistralrs_doctor_checks(
+    active: frozenset[str], system: SystemSnapshot, environ: Mapping[str, str]
+) -> tuple[CheckResult, ...]:
     from mistralrs_torch_cuda._checks import cuda_checks
 
     # torch is asked only when doctor already imported it (verification on) and only about this machine.

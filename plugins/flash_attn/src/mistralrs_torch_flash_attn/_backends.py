@@ -104,8 +104,9 @@ class FlashAttention2(FactsOnFirstUse):
                 return Support(False, self._paged_refusal)
             block = call.block_size
             if block <= 0 or block % FA2_PAGE_MULTIPLE:
-                return Support(False, f"block size {block} is not a multiple of {FA2_PAGE_MULTIPLE}, which flash-attn's "
-                                      f"paged KV cache needs: allocate the cache in blocks of {FA2_PAGE_MULTIPLE}")
+                return Support(False, f"block size {block} is not a multiple of {FA2_PAGE_MULTIPLE}, "
+                                      "which flash-attn's paged KV cache needs: "
+                                      f"allocate the cache in blocks of {FA2_PAGE_MULTIPLE}")
         return Support(True)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -114,7 +115,8 @@ class FlashAttention2(FactsOnFirstUse):
         return _first(out).transpose(1, 2)
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        block_table: torch.Tensor, seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+                        block_table: torch.Tensor, seq_lens: torch.Tensor, *,
+                        scale: float | None = None) -> torch.Tensor:
         assert self._kvcache is not None  # supports() refused every paged call otherwise
         out = self._kvcache(q.transpose(1, 2), k_cache, v_cache, cache_seqlens=_int32_on(seq_lens, q.device),
                             block_table=_int32_on(block_table, q.device), softmax_scale=scale, causal=True)
@@ -170,7 +172,8 @@ class FlashAttention3(FactsOnFirstUse):
         return _first(out).transpose(1, 2)
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        block_table: torch.Tensor, seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+                        block_table: torch.Tensor, seq_lens: torch.Tensor, *,
+                        scale: float | None = None) -> torch.Tensor:
         out = self._kvcache(q.transpose(1, 2), k_cache, v_cache,  # type: ignore[misc]
                             cache_seqlens=_int32_on(seq_lens, q.device), page_table=_int32_on(block_table, q.device),
                             softmax_scale=scale, causal=True)

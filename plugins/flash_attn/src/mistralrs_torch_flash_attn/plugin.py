@@ -1,4 +1,7 @@
-"""Entry point of mistralrs-torch-flash-attn: registers flash-attn and flash-attn-v3. Imports no torch until a runtime binds them."""
+"""Entry point of mistralrs-torch-flash-attn: registers flash-attn and flash-attn-v3.
+
+Imports no torch until a runtime binds them.
+"""
 
 from __future__ import annotations
 

@@ -43,9 +43,8 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
                             environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
     if MKL.name not in active:
         return ()
-    from mistralrs_torch.ops import CheckResult  # here, not at the top: `plugins list` never needs the op contract
-
     from mistralrs_torch import ConfigError
+    from mistralrs_torch.ops import CheckResult  # here, not at the top: `plugins list` never needs the op contract
     from mistralrs_torch_mkl._threads import requested_threads
 
     try:

@@ -59,7 +59,7 @@ def configs_command(world_size: int, hosts: str, master_ip: str | None, master_p
     if problems:  # the generator and the checker disagree: a bug, reported rather than hidden
         raise _Failure("the written set does not pass its own check:\n" + "\n".join(f"  - {p}" for p in problems))
     click.echo(f"wrote {len(paths)} ring configurations (world size {world_size}) to {out}:")
-    for path, config in zip(paths, configs):
+    for path, config in zip(paths, configs, strict=True):
         host = configs[config.rank - 1].right_ip  # a rank runs where its left neighbour's right_ip points
         click.echo(f"  rank {config.rank}: on {host}: RING_CONFIG={path}")
     click.echo("the rendezvous and gloo's ports accept any peer without authentication: run ring on a trusted "

@@ -362,7 +362,7 @@ def write_ring_configs(folder: str | Path, configs: Sequence[RingConfig], *, ove
         raise ConfigError(f"{existing[0]} already exists: choose an empty --out folder, or pass --force to overwrite")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for target, config in zip(targets, configs):
+        for target, config in zip(targets, configs, strict=True):
             target.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write ring configurations into {folder}: {exc.strerror or exc}: "
