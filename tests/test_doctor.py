@@ -127,7 +127,7 @@ def doctor_with(entry_points: list[importlib.metadata.EntryPoint], environ: Mapp
 
 
 def checks(report: DoctorReport, section: str, name: str | None = None) -> list[Any]:
-    return [c for c in report.sections[section] if name is None or c.name == name]
+    return [c for c in report.sections[section] if name is None or c.subject == name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_every_section_is_present_and_non_empty(here: DoctorReport) -> None:
 
 
 def test_system_section_reports_os_python_torch_cpu_memory(here: DoctorReport) -> None:
-    names = {c.name for c in here.sections["system"]}
+    names = {c.subject for c in here.sections["system"]}
     assert {"os", "python", "cpu", "memory", "torch"} <= names
     cpu = checks(here, "system", "cpu")[0]
     assert "instruction sets" in cpu.message
@@ -177,7 +177,7 @@ def test_this_machine_exits_zero(here: DoctorReport, schema: dict[str, Any]) -> 
 
 
 def test_features_section_lists_every_installed_feature(here: DoctorReport) -> None:
-    statuses = {c.name: c.message.split(":")[0] for c in here.sections["features"] if c.status in ("ok", "info")}
+    statuses = {c.subject: c.message.split(":")[0] for c in here.sections["features"] if c.status in ("ok", "info")}
     assert statuses["cpu"] == "active"
     every = {"cuda", "cudnn", "flash-attn", "flash-attn-v3", "metal", "accelerate", "mkl", "nccl", "ring"}
     assert every <= set(statuses)
@@ -186,7 +186,7 @@ def test_features_section_lists_every_installed_feature(here: DoctorReport) -> N
 
 def test_mkl_on_an_amd_cpu_warns_but_does_not_fail(here: DoctorReport) -> None:
     system = mistralrs_torch.PluginManager(environ={}).probe_system()
-    if system.cpu.vendor != "amd" or "mkl" not in {c.name for c in here.sections["features"] if c.status == "ok"}:
+    if system.cpu.vendor != "amd" or "mkl" not in {c.subject for c in here.sections["features"] if c.status == "ok"}:
         pytest.skip("this machine is not an AMD CPU with mkl active (the epyc-cpu profile test covers the rule)")
     notes = [c for c in checks(here, "features", "mkl") if c.status == "warning"]
     assert any("AMD" in c.message and "Intel-optimized" in c.message for c in notes)
@@ -230,10 +230,10 @@ def test_profiles_skip_verification_and_exit_zero(profile: str, schema: dict[str
 )
 def test_profile_feature_section(profile: str, active: set[str], inactive: set[str]) -> None:
     report = run_doctor(environ={}, system=load_system(profile))
-    shown = {c.name for c in report.sections["features"] if c.status == "ok" and c.message.startswith("active")}
+    shown = {c.subject for c in report.sections["features"] if c.status == "ok" and c.message.startswith("active")}
     assert active <= shown
     assert not (inactive & shown)
-    gpus = [c for c in report.sections["accelerators"] if c.name.startswith("gpu")]
+    gpus = [c for c in report.sections["accelerators"] if c.subject.startswith("gpu")]
     if profile != "apple-m2":
         assert gpus and "compute capability" in gpus[0].message
 
@@ -271,7 +271,7 @@ def test_profile_report_text_names_the_profile() -> None:
 def test_invalid_explicit_selection_is_an_error_with_the_fix(schema: dict[str, Any]) -> None:
     report = run_doctor(environ={}, features="metal")
     errors = [c for c in report.sections["features"] if c.status == "error"]
-    assert errors and errors[0].name == "metal"
+    assert errors and errors[0].subject == "metal"
     assert "macOS-only" in errors[0].message and "remove the metal feature" in errors[0].fix
     assert report.exit_code == 1 and report.verifications == ()
     assert "skipped" in report.verification_note
@@ -282,7 +282,7 @@ def test_invalid_explicit_selection_is_an_error_with_the_fix(schema: dict[str, A
 
 def test_invalid_selection_from_the_environment_is_an_error_too() -> None:
     report = run_doctor(environ={"MISTRALRS_FEATURES": "metal cuda"}, verify=False)
-    assert {c.name for c in report.errors} >= {"metal", "cuda"}
+    assert {c.subject for c in report.errors} >= {"metal", "cuda"}
     assert report.exit_code == 1
 
 
@@ -398,15 +398,15 @@ def mistralrs_doctor_checks(active, system):
 def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_plugin, schema) -> None:
     ep = fake_plugin(
         _CHECKS_PLUGIN.format(
-            body='return [CheckResult("FAKE_CONFIG", "error", "FAKE_CONFIG is malformed", "write valid JSON"),'
-            ' CheckResult("fake world size", "ok", "2 ranks")]'
+            body='return [CheckResult("FAKE_CONFIG", "FAKE_CONFIG is malformed", "write valid JSON", status="error"),'
+            ' CheckResult("fake world size", "2 ranks", status="ok")]'
         ),
         name="confplug",
     )
     report = doctor_with([ep], verify=False)
-    (error,) = [c for c in report.sections["configuration"] if c.name == "FAKE_CONFIG"]
+    (error,) = [c for c in report.sections["configuration"] if c.subject == "FAKE_CONFIG"]
     assert error.status == "error" and error.plugin == "confplug" and error.fix == "write valid JSON"
-    assert any(c.name == "fake world size" and c.plugin == "confplug" for c in report.sections["configuration"])
+    assert any(c.subject == "fake world size" and c.plugin == "confplug" for c in report.sections["configuration"])
     assert report.exit_code == 1
     assert "FAKE_CONFIG [confplug]: FAKE_CONFIG is malformed" in report.to_text()
     validate(report, schema)
@@ -418,7 +418,7 @@ def test_plugin_doctor_checks_judge_the_diagnosed_environment_not_os_environ(fak
         "def mistralrs_doctor_checks(active, system):", "def mistralrs_doctor_checks(environ):"
     )
     ep = fake_plugin(
-        source.format(body='return [CheckResult("FAKE_SETTING", "info", environ.get("FAKE_SETTING", "unset"))]'),
+        source.format(body='return [CheckResult("FAKE_SETTING", environ.get("FAKE_SETTING", "unset"), status="info")]'),
         name="confplug",
     )
     monkeypatch.setenv("FAKE_SETTING", "from os.environ")
@@ -442,9 +442,8 @@ def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_plugin, s
 def test_plugin_check_with_an_invalid_status_does_not_break_the_report(fake_plugin, schema) -> None:
     """A check whose status is not ok/info/warning/error breaks the hook's contract: doctor must not
     print it as-is (the JSON would break its own schema and the exit status would ignore it)."""
-    ep = fake_plugin(
-        _CHECKS_PLUGIN.format(body='return [CheckResult("FAKE", "fatal", "something is wrong")]'), name="confplug"
-    )
+    body = 'return [CheckResult("FAKE", "something is wrong", status="fatal")]'
+    ep = fake_plugin(_CHECKS_PLUGIN.format(body=body), name="confplug")
     report = doctor_with([ep], verify=False)
     validate(report, schema)
 
@@ -473,7 +472,7 @@ def test_device_layers_variable_is_judged_against_this_runtimes_devices(value, s
     assert not [
         c
         for c in report.sections["configuration"]
-        if "MISTRALRS_DEVICE_LAYERS" in c.message and c.name != "device layers"
+        if "MISTRALRS_DEVICE_LAYERS" in c.message and c.subject != "device layers"
     ]  # a known variable, not flagged as unknown
     validate(report, schema)
 

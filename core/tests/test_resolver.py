@@ -184,7 +184,7 @@ def test_auto_enables_adds_and_explicit_requires_demands() -> None:
     assert set(resolve(features, [], _explicit("turbo"), _system(), {}).active) == {"turbo", "engine", "cpu"}
     with pytest.raises(SelectionError) as caught:
         resolve(features, [], _explicit("strict"), _system(), {})
-    assert [(v.feature, v.rule) for v in caught.value.violations] == [("strict", "requires")]
+    assert [(v.subject, v.rule) for v in caught.value.violations] == [("strict", "requires")]
 
 
 def test_auto_conditions_leave_a_runnable_feature_available_and_apply_only_in_auto_mode() -> None:

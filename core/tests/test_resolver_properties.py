@@ -35,6 +35,7 @@ from mistralrs_torch import (
     LibraryRequirement,
     ModuleRequirement,
     PluginInfo,
+    Problem,
     Resolution,
     Selection,
     SelectionError,
@@ -43,7 +44,6 @@ from mistralrs_torch import (
     read_selection,
     resolve,
 )
-from mistralrs_torch._errors import Violation
 from mistralrs_torch.features import PLATFORMS
 from mistralrs_torch.plugins import GENERIC_CPU
 from mistralrs_torch.resolution import STATUSES
@@ -229,10 +229,10 @@ def _statuses(resolution: Resolution) -> dict[str, str]:
     return {f.name: f.status for f in resolution.features}
 
 
-def _order_free(violations: Iterable[Violation]) -> set[tuple[str, ...]]:
+def _order_free(violations: Iterable[Problem]) -> set[tuple[str, ...]]:
     """Violations as a set, an exclusion reduced to its rule and the pair it names."""
     return {("excludes", *sorted(v.message.split(" are ")[0].split(" and "))) if v.rule == "excludes"
-            else (v.feature, v.rule, v.message, v.fix) for v in violations}
+            else (v.subject, v.rule, v.message, v.fix) for v in violations}
 
 
 def _explicit(names: Sequence[str]) -> Selection:
@@ -358,8 +358,8 @@ def test_explicit_mode_activates_the_closed_selection_or_lists_every_violation(
         assert broken_rules, f"raised although every rule holds: {caught}"
         assert caught.violations
         for v in caught.violations:
-            assert v.feature in closure | unknown and v.rule and v.message and v.fix, v
-        assert unknown <= {v.feature for v in caught.violations if v.rule == "unknown"}
+            assert v.subject in closure | unknown and v.rule and v.message and v.fix, v
+        assert unknown <= {v.subject for v in caught.violations if v.rule == "unknown"}
         with pytest.raises(SelectionError) as again:
             resolve(shuffled, [], reordered, system, environ)
         # An exclusion's message names the pair in selection order; every other violation is word for word the same.

@@ -18,10 +18,10 @@ from mistralrs_torch._errors import (
     OpInputError,
     PluginAPIVersionError,
     PluginError,
+    Problem,
     SelectionError,
     SystemProfileError,
     UnsupportedCallError,
-    Violation,
 )
 from mistralrs_torch._hookspecs import hookimpl, hookspec
 from mistralrs_torch._version import PLUGIN_API_VERSION, __version__
@@ -105,6 +105,7 @@ __all__ = [
     "PluginInfo",
     "PluginManager",
     "PreparedWeight",
+    "Problem",
     "QuantizedWeight",
     "Resolution",
     "Runtime",
@@ -114,7 +115,6 @@ __all__ = [
     "SystemProfileError",
     "SystemSnapshot",
     "UnsupportedCallError",
-    "Violation",
     "__version__",
     "hookimpl",
     "hookspec",

@@ -21,10 +21,10 @@ __all__ = [
     "OpInputError",
     "PluginAPIVersionError",
     "PluginError",
+    "Problem",
     "SelectionError",
     "SystemProfileError",
     "UnsupportedCallError",
-    "Violation",
 ]
 
 
@@ -73,22 +73,34 @@ class ModelLoadError(ConfigError):
 
 
 @dataclass(frozen=True)
-class Violation:
-    """One broken rule of an explicit feature selection."""
+class Problem:
+    """One thing wrong, said as what is wrong and how to fix it: the record every rule, check and validator returns.
 
-    feature: str
-    rule: str
+    ``subject`` is what it concerns (a feature, a doctor check, a file), ``field`` the part of the subject at
+    fault ("" for the whole of it), and ``rule`` the rule it breaks, for programs that sort problems ("" when
+    none applies). ``message`` names the thing and the bad value; ``fix`` says what to do ("" when nothing is
+    to be done, as for a doctor check that passed). ``str()`` is "message: fix", the way every command prints it.
+    """
+
+    subject: str
     message: str
-    fix: str
+    fix: str = ""
+    field: str = ""
+    rule: str = ""
+
+    @property
+    def where(self) -> str:
+        """``subject: field``, or the subject alone."""
+        return f"{self.subject}: {self.field}" if self.field else self.subject
 
     def __str__(self) -> str:
-        return f"{self.message}: {self.fix}"
+        return f"{self.message}: {self.fix}" if self.fix else self.message
 
 
 class SelectionError(MistralrsError):
     """An explicit feature selection breaks one or more rules; all of them are listed."""
 
-    def __init__(self, violations: Sequence[Violation], source: str) -> None:
+    def __init__(self, violations: Sequence[Problem], source: str) -> None:
         self.violations = tuple(violations)
         self.source = source
         lines = [f"the features selected by {source} cannot be enabled here:"]

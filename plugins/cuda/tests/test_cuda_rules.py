@@ -45,7 +45,7 @@ def _cpu_torch(profile: str) -> SystemSnapshot:
 def _checks(system: SystemSnapshot, active=None, environ=None) -> dict[str, tuple[str, str, str]]:
     if active is None:
         active = frozenset(_resolve(system).active)
-    return {c.name: (c.status, c.message, c.fix) for c in cuda_checks(active, system, environ or {})}
+    return {c.subject: (c.status, c.message, c.fix) for c in cuda_checks(active, system, environ or {})}
 
 
 # -- resolution ----------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def test_no_visible_gpu_makes_cuda_unavailable_and_explicit_cuda_an_error() -> N
     assert _resolve(hidden).status("cuda").reasons[0] == f"cuda needs an NVIDIA GPU; none is visible: {GPU_FIX}"
     with pytest.raises(SelectionError) as caught:
         _resolve(hidden, "cuda", "cudnn")
-    assert {v.feature for v in caught.value.violations} >= {"cuda"}
+    assert {v.subject for v in caught.value.violations} >= {"cuda"}
 
 
 def test_cudnn_without_the_library_is_unavailable_with_the_wheel_to_install() -> None:
@@ -94,7 +94,7 @@ def test_cudnn_without_the_library_is_unavailable_with_the_wheel_to_install() ->
 def test_cudnn_requires_cuda_when_selected_alone() -> None:
     with pytest.raises(SelectionError) as caught:
         _resolve("a100", "cudnn")
-    assert any(v.feature == "cudnn" and "requires cuda" in v.message for v in caught.value.violations)
+    assert any(v.subject == "cudnn" and "requires cuda" in v.message for v in caught.value.violations)
 
 
 # -- doctor checks ------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_the_doctor_hook_never_asks_torch_about_a_loaded_profile(monkeypatch: py
 
     monkeypatch.setattr(CudaFacts, "from_torch", classmethod(lambda cls: pytest.fail("asked torch about a profile")))
     names = [
-        c.name for c in plugin.mistralrs_doctor_checks(frozenset({"cpu", "cuda", "cudnn"}), load_system("h100"), {})
+        c.subject for c in plugin.mistralrs_doctor_checks(frozenset({"cpu", "cuda", "cudnn"}), load_system("h100"), {})
     ]
     assert "torch cuda" not in names and "cuda driver" in names
 
@@ -261,14 +261,14 @@ def test_on_this_machine_torch_is_asked_whether_it_can_use_the_gpus_nvml_lists(m
         ),
     )
     here = dataclasses.replace(load_system("a100"), local=True)
-    checks = {c.name: (c.status, c.message) for c in cuda_checks(frozenset({"cuda", "cudnn"}), here, {}, torch)}
+    checks = {c.subject: (c.status, c.message) for c in cuda_checks(frozenset({"cuda", "cudnn"}), here, {}, torch)}
     assert checks["torch cuda"] == (
         "error",
         "NVML lists 1 NVIDIA GPU(s) but torch cannot initialise CUDA: CUDA driver "
         "version is insufficient for CUDA runtime version",
     )
     # The same facts loaded from a file describe another machine: torch is not asked.
-    remote = {c.name for c in cuda_checks(frozenset({"cuda", "cudnn"}), load_system("a100"), {}, torch)}
+    remote = {c.subject for c in cuda_checks(frozenset({"cuda", "cudnn"}), load_system("a100"), {}, torch)}
     assert "torch cuda" not in remote
 
 
@@ -282,12 +282,12 @@ def test_doctor_on_this_machine_explains_cuda_without_an_error_exit() -> None:
     report = run_doctor(environ={}, verify=False)
     assert report.exit_code == 0, report.errors
     if not PluginManager(environ={}).probe_system().gpus_of("nvidia"):  # this CPU-only machine
-        (cuda,) = [c for c in report.sections["features"] if c.name == "cuda"]
+        (cuda,) = [c for c in report.sections["features"] if c.subject == "cuda"]
         assert (
             cuda.status == "info"
             and cuda.message == f"unavailable: cuda needs an NVIDIA GPU; none is visible: {GPU_FIX}"
         )
-        (gpu,) = [c for c in report.sections["configuration"] if c.name == "nvidia gpu"]
+        (gpu,) = [c for c in report.sections["configuration"] if c.subject == "nvidia gpu"]
         assert gpu.status == "info" and gpu.plugin == "cuda"
 
 

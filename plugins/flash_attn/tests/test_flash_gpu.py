@@ -146,7 +146,7 @@ def test_the_runtime_binds_flash_attn_and_doctor_names_the_same_implementation()
     bound = runtime.bindings[0].chosen
     assert bound in ("flash-attn-package", "flash-attn-torch")
     report = run_doctor(environ={}, features="flash-attn")
-    (check,) = [c for c in report.sections["configuration"] if c.name == "flash-attn implementation"]
+    (check,) = [c for c in report.sections["configuration"] if c.subject == "flash-attn implementation"]
     # "ok" names the package; "info" names torch's built-in kernel and carries the install command.
     assert ("package" in bound) == (check.status == "ok"), (bound, check)
     assert report.exit_code == 0, (report.errors, report.failed)

@@ -105,7 +105,7 @@ def test_flash_attn_auto_enables_cuda_when_selected_alone() -> None:
 def _checks(profile, active=None) -> dict[str, tuple[str, str, str]]:
     system = load_system(profile) if isinstance(profile, str) else profile
     active = frozenset(_resolve(system).active) if active is None else active
-    return {c.name: (c.status, c.message, c.fix) for c in flash_checks(active, system)}
+    return {c.subject: (c.status, c.message, c.fix) for c in flash_checks(active, system)}
 
 
 def test_doctor_names_the_flash_attn_package_when_installed() -> None:

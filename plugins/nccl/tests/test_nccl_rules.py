@@ -83,7 +83,7 @@ def test_torchrun_variables_are_checked(environ: dict, words: str) -> None:
 def _statuses(checks: list) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for c in checks:
-        found.setdefault(c.status, []).append(f"{c.name}: {c.message} | {c.fix}")
+        found.setdefault(c.status, []).append(f"{c.subject}: {c.message} | {c.fix}")
     return found
 
 
@@ -144,7 +144,7 @@ def test_doctor_reports_the_explicit_map_once_whichever_judges_it() -> None:
     for environ in ({"MISTRALRS_DEVICE_LAYERS": "0:16;1:16"},
                     {"MISTRALRS_DEVICE_LAYERS": "0:16;1:16", "MISTRALRS_NO_NCCL": "1"}):
         report = run_doctor(environ=environ, system=load_system("multi-gpu-8xh100"), verify=False)
-        assert len([c for c in report.sections["configuration"] if c.name == "device layers"]) == 1
+        assert len([c for c in report.sections["configuration"] if c.subject == "device layers"]) == 1
 
 
 @pytest.mark.parametrize(("environ", "status", "words"), [

@@ -79,7 +79,7 @@ def test_ring_config_and_torchrun_variables_must_agree(tmp_path: Path) -> None:
 def _by_status(checks: list) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for c in checks:
-        found.setdefault(c.status, []).append(f"{c.name}: {c.message} | {c.fix}")
+        found.setdefault(c.status, []).append(f"{c.subject}: {c.message} | {c.fix}")
     return found
 
 

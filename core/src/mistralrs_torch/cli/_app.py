@@ -221,7 +221,7 @@ def resolve_command(features: str | None, system: SystemSnapshot | None, as_json
             raise
         _print_json({"schema": _render.RESOLVE_SCHEMA, "mistralrs": __version__, "selection": {"source": exc.source},
                      "active": [], "features": [],
-                     "errors": [{"feature": v.feature, "rule": v.rule, "message": v.message, "fix": v.fix}
+                     "errors": [{"feature": v.subject, "rule": v.rule, "message": v.message, "fix": v.fix}
                                 for v in exc.violations]})
         sys.exit(1)
     explanation = None

@@ -21,26 +21,26 @@ def environment_checks(environ: Mapping[str, str], manager: PluginManager) -> li
         checks.append(
             CheckResult(
                 "environment",
-                "warning",
                 f"unknown variable {shown(name)}={shown(environ[name])}",
                 f"did you mean {close}?"
                 if close
                 else f"known variables: {', '.join(sorted(k for k in known if k.startswith('MISTRALRS_')))}",
+                status="warning",
             )
         )
     plugin_names = {p.name for p in (*manager.plugins, *manager.disabled)} | {b.plugin.name for b in manager.broken}
     try:
         disabled = env_list(environ, "MISTRALRS_DISABLE_PLUGINS")
     except ConfigError as exc:
-        return [*checks, CheckResult("environment", "error", str(exc))]
+        return [*checks, CheckResult("environment", str(exc), status="error")]
     for name in disabled:
         if name not in plugin_names:
             checks.append(
                 CheckResult(
                     "environment",
-                    "warning",
                     f"MISTRALRS_DISABLE_PLUGINS names {shown(name)}, which is not an installed plugin",
                     f"installed plugins: {', '.join(sorted(plugin_names))}",
+                    status="warning",
                 )
             )
     return checks

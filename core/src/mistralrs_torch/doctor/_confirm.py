@@ -17,9 +17,9 @@ def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
         return [
             CheckResult(
                 "torch import",
-                "warning",
                 f"torch {torch.__version__} imports but the cheap probe found none",
                 "report this: the cheap probe could not find torch's files",
+                status="warning",
             )
         ]
     facts = {
@@ -34,14 +34,14 @@ def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
     checks = []
     for name, (read, imported) in facts.items():
         if read == imported:
-            checks.append(CheckResult(name, "ok", f"{imported} (confirmed by importing torch)"))
+            checks.append(CheckResult(name, f"{imported} (confirmed by importing torch)", status="ok"))
         else:
             checks.append(
                 CheckResult(
                     name,
-                    "warning",
                     f"the cheap probe read {read!r} but torch reports {imported!r}",
                     "list and resolve may misjudge this machine: please report it",
+                    status="warning",
                 )
             )
     return checks

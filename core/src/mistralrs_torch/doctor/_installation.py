@@ -67,9 +67,13 @@ def _damage(distribution: str) -> CheckResult | None:
              for paths, what in ((missing, "missing"), (altered, "overwritten by another installation"))
              if paths]
     version = installed_version(distribution)
-    return CheckResult("installation", "error", f"{distribution} {version} is damaged: {'; '.join(parts)}",
-                       f"reinstall it: pip install --force-reinstall --no-deps {distribution}=={version} "
-                       f"(in this repository's workspace: uv sync --reinstall-package {distribution})")
+    return CheckResult(
+        "installation",
+        f"{distribution} {version} is damaged: {'; '.join(parts)}",
+        f"reinstall it: pip install --force-reinstall --no-deps {distribution}=={version} "
+        f"(in this repository's workspace: uv sync --reinstall-package {distribution})",
+        status="error",
+    )
 
 
 def _sha256(path: str) -> str:
@@ -82,22 +86,31 @@ def _sha256(path: str) -> str:
 
 def _other_project(ours: set[str]) -> list[CheckResult]:
     """The Rust engine's bindings (or any other mistralrs* distribution that is not ours): information only."""
-    others = sorted(d for d in map(_dashed, installed_names())
-                    if d.startswith("mistralrs") and not d.startswith(CORE_DISTRIBUTION) and d not in ours)
-    checks = [CheckResult("installation", "info",
-                          f"{name} {installed_version(name)} is installed: another project (the Rust engine's Python "
-                          "bindings use this name), independent of this one",
-                          "nothing to do: it imports as `mistralrs`, this project as `mistralrs_torch`")
-              for name in others]
-    strays = sorted(d for d in map(_dashed, installed_names())
-                    if d.startswith(CORE_DISTRIBUTION + "-") and d not in ours)
+    others = sorted(
+        d
+        for d in map(_dashed, installed_names())
+        if d.startswith("mistralrs") and not d.startswith(CORE_DISTRIBUTION) and d not in ours
+    )
+    checks = [
+        CheckResult(
+            "installation",
+            f"{name} {installed_version(name)} is installed: another project (the Rust engine's Python "
+            "bindings use this name), independent of this one",
+            "nothing to do: it imports as `mistralrs`, this project as `mistralrs_torch`",
+            status="info",
+        )
+        for name in others
+    ]
+    strays = sorted(
+        d for d in map(_dashed, installed_names()) if d.startswith(CORE_DISTRIBUTION + "-") and d not in ours
+    )
     checks += [
         CheckResult(
             "installation",
-            "warning",
             f"{name} {installed_version(name)} is installed but registers no plugin in the "
             f"{ENTRY_POINT_GROUP!r} entry-point group",
             f"reinstall it (pip install --force-reinstall {name}) or uninstall it (pip uninstall {name})",
+            status="warning",
         )
         for name in strays
     ]
@@ -112,11 +125,11 @@ def _command_on_path(environ: Mapping[str, str]) -> list[CheckResult]:
     return [
         CheckResult(
             "installation",
-            "warning",
             f"the `mistralrs` command first on PATH ({found}) is not this project's (the Rust engine's "
             "CLI has the same name): `mistralrs doctor` there runs the other program",
             "run this project as `python -m mistralrs_torch`, or put the folder of this environment's "
             "`mistralrs` first on PATH",
+            status="warning",
         )
     ]
 

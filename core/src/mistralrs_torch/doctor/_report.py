@@ -81,7 +81,7 @@ class DoctorReport:
             "system": self.system,
             "ok": self.exit_code == 0,
             "sections": {
-                name: [asdict(c) for c in self.sections.get(name, ())] for name in SECTIONS if name != "verification"
+                name: [c.to_json() for c in self.sections.get(name, ())] for name in SECTIONS if name != "verification"
             },
             "verification": {"note": self.verification_note, "results": [asdict(v) for v in self.verifications]},
         }
@@ -95,7 +95,7 @@ class DoctorReport:
                 continue
             for check in self.sections.get(name, ()):
                 source = f" [{check.plugin}]" if check.plugin else ""
-                lines.append(f"  {_MARK.get(check.status, '??')} {check.name}{source}: {check.message}")
+                lines.append(f"  {_MARK.get(check.status, '??')} {check.subject}{source}: {check.message}")
                 if check.fix:
                     lines.append(f"       fix: {check.fix}")
         problems = len(self.errors) + len(self.failed)

@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from mistralrs_torch._errors import Problem
+
 if TYPE_CHECKING:
     import torch
 
@@ -145,15 +147,22 @@ class Support:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """One doctor check: status is "ok", "info", "warning" or "error"; ``fix`` says what to do."""
+@dataclass(frozen=True, kw_only=True)
+class CheckResult(Problem):
+    """One doctor check: a :class:`~mistralrs_torch.Problem` whose subject is the check's name, with a status.
 
-    name: str
+    ``status`` is "ok", "info", "warning" or "error" (an ok or info result usually has no ``fix``); ``plugin``
+    names the plugin that made the check ("" for the core's own). Built as
+    ``CheckResult("nvcc", "nvcc is not on PATH", "install the CUDA toolkit", status="info")``.
+    """
+
     status: str
-    message: str
-    fix: str = ""
     plugin: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        """The check as doctor's JSON writes it (schema mistralrs.doctor/1)."""
+        return {"name": self.subject, "status": self.status, "message": self.message, "fix": self.fix,
+                "plugin": self.plugin}
 
 
 @runtime_checkable

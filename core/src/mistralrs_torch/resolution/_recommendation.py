@@ -129,7 +129,7 @@ def _where(name: str, resolution: Resolution, not_loaded: Mapping[str, tuple[str
     if entry.distribution in not_loaded:
         return RecommendedFeature(name, entry.distribution, "not loaded", *not_loaded[entry.distribution], note=note)
     # pip installs the distribution; what it cannot install (FlashAttention-3 is built from source) is said here.
-    problems = [module_problem(m) for m in entry.modules if m.module not in resolution.system.modules]
+    problems = [module_problem(name, m) for m in entry.modules if m.module not in resolution.system.modules]
     return RecommendedFeature(name, entry.distribution, NOT_INSTALLED,
                               "; ".join(f"it also needs what pip cannot install: {p.message}" for p in problems),
                               "; ".join(p.fix for p in problems), note)

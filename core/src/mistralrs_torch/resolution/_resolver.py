@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mistralrs_torch._errors import SelectionError, Violation
+from mistralrs_torch._errors import Problem, SelectionError
 from mistralrs_torch.features import FeatureManifest
 from mistralrs_torch.plugins import GENERIC_CPU, BrokenPlugin, InstalledFeature, PluginInfo
 from mistralrs_torch.resolution._rules import (
-    Problem,
     auto_condition_problem,
     disabled_by,
     gpu_count_problem,
@@ -246,7 +245,7 @@ def _explicit(
     reasons: dict[str, list[str]],
     unrunnable: frozenset[str],
 ) -> set[str]:
-    violations: list[Violation] = []
+    violations: list[Problem] = []
     broken_owner = {name: b for b in broken for name in b.features}
     chosen: dict[str, str] = {}  # feature -> why it is in the set
     queue = [(name, f"selected by {selection.source}") for name in (*selection.features, GENERIC_CPU.name)]
@@ -261,15 +260,14 @@ def _explicit(
         queue += [(dep, f"auto-enabled by {name}") for dep in features[name].manifest.auto_enables]
     for name in chosen:
         m = features[name].manifest
-        for p in problems[name]:
-            violations.append(Violation(name, p.rule, p.message, p.fix))
+        violations += problems[name]
         if switched_off[name]:
             violations.append(
-                Violation(
+                Problem(
                     name,
-                    "disabled-by",
                     f"{name} and {switched_off[name]} contradict each other",
                     f"unset {switched_off[name].split('=')[0]} or remove the {name} feature",
+                    rule="disabled-by",
                 )
             )
         for dep in m.requires:
@@ -277,7 +275,7 @@ def _explicit(
                 hint = (
                     "" if dep in features else f" ({m.install_hints.get(dep, f'install a plugin that provides {dep}')})"
                 )
-                violations.append(Violation(name, "requires", f"{name} requires {dep}", f"add {dep}{hint}"))
+                violations.append(Problem(name, f"{name} requires {dep}", f"add {dep}{hint}", rule="requires"))
     names = list(chosen)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -285,11 +283,11 @@ def _explicit(
                 winner = max((a, b), key=lambda n: features[n].manifest.selection_priority)
                 where = features[winner].manifest.preferred_on
                 violations.append(
-                    Violation(
+                    Problem(
                         a,
-                        "excludes",
                         f"{a} and {b} are mutually exclusive",
                         "enable one" + (f" (on {where}, {winner})" if where else ""),
+                        rule="excludes",
                     )
                 )
     if violations:
@@ -304,20 +302,20 @@ def _explicit(
 
 def _missing(
     name: str, features: Mapping[str, InstalledFeature], broken_owner: Mapping[str, BrokenPlugin]
-) -> Violation:
+) -> Problem:
     if name in broken_owner:
         b = broken_owner[name]
-        return Violation(
+        return Problem(
             name,
-            "broken",
             f"{name} is provided by plugin {b.plugin.name!r} ({b.plugin.distribution}), which is broken ({b.error})",
             f"reinstall {b.plugin.distribution}, or remove {name}",
+            rule="broken",
         )
     close = did_you_mean(name, features)
     hint = f"did you mean {close!r}? " if close else ""
-    return Violation(
+    return Problem(
         name,
-        "unknown",
         f"no installed plugin provides feature {shown(name)}",
         f"{hint}installed features: {', '.join(sorted(features))}",
+        rule="unknown",
     )
