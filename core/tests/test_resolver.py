@@ -26,7 +26,7 @@ from mistralrs_torch import (
     load_system,
     resolve,
 )
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU
 from mistralrs_torch.resolution import STATUSES
 from mistralrs_torch.system import CPU
 

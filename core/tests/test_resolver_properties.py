@@ -44,8 +44,7 @@ from mistralrs_torch import (
     read_selection,
     resolve,
 )
-from mistralrs_torch.features import PLATFORMS
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU, PLATFORMS
 from mistralrs_torch.resolution import STATUSES
 from mistralrs_torch.resolution._rules import hardware_problems
 from mistralrs_torch.system import PROFILE_NAMES
@@ -440,7 +439,7 @@ def test_auto_mode_follows_auto_enables_as_far_as_explicit_mode() -> None:
 
 _RIVALS_SCRIPT = """
 from mistralrs_torch import FeatureManifest, InstalledFeature, PluginInfo, Selection, SystemSnapshot, resolve
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU
 
 plugin = PluginInfo("synthetic-a", "synthetic-a-dist", "1.0", "synthetic_a.plugin")
 builtin = PluginInfo("builtin", "mistralrs-torch", "0", "mistralrs_torch.plugins._builtin")

@@ -27,14 +27,17 @@ from mistralrs_torch._hookspecs import hookimpl, hookspec
 from mistralrs_torch._version import PLUGIN_API_VERSION, __version__
 from mistralrs_torch.features import (
     AutoCondition,
+    BrokenPlugin,
     ConfigField,
     EnvVar,
     FeatureManifest,
     GPURequirement,
+    InstalledFeature,
     LibraryRequirement,
     ModuleRequirement,
+    PluginInfo,
 )
-from mistralrs_torch.plugins import BrokenPlugin, InstalledFeature, PluginInfo, PluginManager
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import FeatureStatus, Resolution, Selection, read_selection, resolve
 from mistralrs_torch.system import GPU, SystemSnapshot, load_system, probe_system
 

@@ -10,23 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = [
-    "CollectiveError",
-    "ConfigError",
-    "FallbackError",
-    "InputError",
-    "ManifestError",
-    "MistralrsError",
-    "ModelLoadError",
-    "OpInputError",
-    "PluginAPIVersionError",
-    "PluginError",
-    "Problem",
-    "SelectionError",
-    "SystemProfileError",
-    "UnsupportedCallError",
-]
-
 
 class MistralrsError(Exception):
     """Base class of every error mistralrs raises on purpose."""

@@ -20,13 +20,11 @@ from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
 from mistralrs_torch.cli._run import run_command
-from mistralrs_torch.plugins import BrokenPlugin, PluginManager
+from mistralrs_torch.features import BrokenPlugin
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
 from mistralrs_torch.validation import env_flag, shown
-
-__all__ = ["cli", "main"]
-
 
 ERROR_SCHEMA = "mistralrs.error/1"
 

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from mistralrs_torch._version import __version__
-from mistralrs_torch.plugins import PluginInfo, PluginManager
+from mistralrs_torch.features import PluginInfo
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import FeatureStatus, Resolution
 from mistralrs_torch.system import SystemSnapshot
-
-__all__ = ["LIST_SCHEMA", "RESOLVE_SCHEMA", "list_json", "list_text", "resolve_json", "resolve_text", "system_text"]
 
 LIST_SCHEMA = "mistralrs.plugins.list/1"
 RESOLVE_SCHEMA = "mistralrs.plugins.resolve/1"

@@ -10,8 +10,6 @@ from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.validation import did_you_mean, env_list, shown
 
-__all__ = ["environment_checks"]
-
 
 def environment_checks(environ: Mapping[str, str], manager: PluginManager) -> list[CheckResult]:
     known = set(CORE_ENV_VARS) | {v for f in manager.features for v in f.manifest.env_var_names()}

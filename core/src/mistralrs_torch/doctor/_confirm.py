@@ -5,8 +5,6 @@ from __future__ import annotations
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["confirm_with_torch"]
-
 
 def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
     """One check per fact: "ok" when import-time torch agrees with the cheap probe, "warning" when not."""

@@ -27,8 +27,6 @@ from mistralrs_torch.resolution import Resolution, read_selection, recommend, re
 from mistralrs_torch.system import SystemSnapshot, module_versions
 from mistralrs_torch.validation import env_flag, shown
 
-__all__ = ["DEVICE_LAYERS_CHECK", "device_layers_check", "run_doctor"]
-
 #: The name of the check that judges MISTRALRS_DEVICE_LAYERS.
 DEVICE_LAYERS_CHECK = "device layers"
 

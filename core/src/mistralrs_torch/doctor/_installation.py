@@ -26,8 +26,6 @@ from mistralrs_torch._distributions import (
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.plugins import ENTRY_POINT_GROUP
 
-__all__ = ["installation_checks"]
-
 CORE_DISTRIBUTION = "mistralrs-torch"
 #: What our console script names; the Rust CLI's binary never contains it.
 _OUR_SCRIPT_MARK = b"mistralrs_torch"

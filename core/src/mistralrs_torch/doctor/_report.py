@@ -6,10 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mistralrs_torch._version import __version__
+from mistralrs_torch.features import BrokenPlugin
 from mistralrs_torch.ops import CheckResult
-from mistralrs_torch.plugins import BrokenPlugin
-
-__all__ = ["DOCTOR_SCHEMA", "SECTIONS", "DoctorReport", "Verification"]
 
 DOCTOR_SCHEMA = "mistralrs.doctor/1"
 #: Section names, in the order doctor prints them.

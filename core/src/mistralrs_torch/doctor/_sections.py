@@ -9,9 +9,6 @@ from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import NOT_INSTALLED, Recommendation, Resolution
 from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["accelerator_checks", "feature_checks", "library_checks", "plugin_checks", "recommendation_checks",
-           "system_checks"]
-
 _GiB = 1024**3
 _ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "neon")
 #: Library facts the core probes (torch's build, NVML, PATH), with the names doctor prints; the manifests

@@ -15,18 +15,6 @@ from types import MappingProxyType
 from mistralrs_torch._errors import ManifestError
 from mistralrs_torch._version import PLUGIN_API_VERSION
 
-__all__ = [
-    "OPS",
-    "PLATFORMS",
-    "AutoCondition",
-    "ConfigField",
-    "EnvVar",
-    "FeatureManifest",
-    "GPURequirement",
-    "LibraryRequirement",
-    "ModuleRequirement",
-]
-
 #: Operating systems, as :attr:`mistralrs_torch.system.SystemSnapshot.os` names them.
 PLATFORMS = ("linux", "windows", "macos")
 #: The kinds of backend work a feature can provide: a device, and the backends of each kind of op.

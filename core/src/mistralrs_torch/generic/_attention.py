@@ -10,9 +10,6 @@ import torch.nn.functional as F
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
 from mistralrs_torch.ops import TensorMemo
 
-__all__ = ["GenericAttention", "TorchAttention", "bottom_right_causal_mask", "dense_attention", "paged_attention",
-           "paged_gather_plan", "write_kv_cache"]
-
 _HALF = (torch.bfloat16, torch.float16)
 
 

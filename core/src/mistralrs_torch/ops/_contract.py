@@ -47,22 +47,6 @@ if TYPE_CHECKING:
 
     from mistralrs_torch.ops._quantized import PreparedWeight, QuantizedWeight
 
-__all__ = [
-    "CALLSPEC_FIELDS",
-    "AttentionBackend",
-    "CallSpec",
-    "CheckResult",
-    "CollectiveBackend",
-    "Communicator",
-    "Device",
-    "LayerBackend",
-    "MatmulBackend",
-    "Support",
-    "conforms",
-    "contract_problem",
-    "kernel_for",
-]
-
 
 @dataclass(frozen=True)
 class Device:

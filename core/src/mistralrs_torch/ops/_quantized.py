@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
     from mistralrs_torch.ops._contract import CallSpec
 
-__all__ = ["PreparedWeight", "QuantizedWeight"]
-
 
 @dataclass(frozen=True, eq=False)
 class QuantizedWeight:

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
     from mistralrs_torch.testing._cases import OpCase
 
-__all__ = ["BACKEND_KINDS", "OPS", "OpSpec", "op_spec"]
-
 #: Kind of backend work -> the hook that returns its backends.
 BACKEND_KINDS = {
     "attention": "mistralrs_attention_backends",

@@ -11,8 +11,6 @@ from mistralrs_torch._errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ROPE_TYPES", "rope_inv_freq"]
-
 #: The rope_scaling types this implementation computes ("default" is no scaling).
 ROPE_TYPES = ("default", "linear", "llama3")
 

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     from mistralrs_torch.ops._quantized import PreparedWeight
 
-__all__ = ["dtype_name"]
-
 _FLOATS = ("float32", "float64", "bfloat16", "float16")
 
 

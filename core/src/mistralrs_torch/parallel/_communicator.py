@@ -35,8 +35,6 @@ from mistralrs_torch.parallel._startup import Startup
 from mistralrs_torch.parallel._store import LEFT_AFTER_FAILURE, LEFT_CLOSED, Late, heartbeat_key, seconds, within
 from mistralrs_torch.validation import env_flag
 
-__all__ = ["TorchDistributedCommunicator"]
-
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 #: Dtypes a transport might not reduce; probed once at start-up (gloo in some torch builds lacks bfloat16).
 _PROBED = (torch.float16, torch.bfloat16)

@@ -21,9 +21,6 @@ from mistralrs_torch.ops import Device
 from mistralrs_torch.parallel._rendezvous import launched_ranks_here
 from mistralrs_torch.validation import shown
 
-__all__ = ["DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
-           "parse_device_map", "plan_device_map"]
-
 _GiB = 1024**3
 #: Fraction of each device's free memory left for activations, the KV cache and allocator slack.
 DEFAULT_HEADROOM = 0.1

@@ -30,8 +30,6 @@ from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Selection, resolve
 from mistralrs_torch.validation import shown
 
-__all__ = ["check_command", "launch", "rank_environments", "rendezvous_port"]
-
 _POSIX = os.name == "posix"
 _POLL = 0.05
 

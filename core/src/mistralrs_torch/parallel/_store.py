@@ -12,8 +12,6 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["LEFT_AFTER_FAILURE", "LEFT_CLOSED", "Late", "first_line", "heartbeat_key", "seconds", "within"]
-
 T = TypeVar("T")
 
 #: Added to a rank's heartbeat counter when it closes its communicator normally ...

@@ -10,24 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mistralrs_torch._hookspecs import hookimpl
-from mistralrs_torch.features import OPS, FeatureManifest
+from mistralrs_torch.features import GENERIC_CPU, FeatureManifest
 
 if TYPE_CHECKING:
     from mistralrs_torch.ops import AttentionBackend, CollectiveBackend, Device, LayerBackend, MatmulBackend
     from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["GENERIC_CPU", "PLUGIN_NAME"]
-
 PLUGIN_NAME = "builtin"
-GENERIC_CPU = FeatureManifest(
-    name="cpu",
-    summary="Generic CPU (built in, no features needed)",
-    distribution="mistralrs-torch",
-    provides=OPS,
-    selection_priority=-1000,
-    paged_attention="opt-in",
-    recommended_for=("generic-cpu",),
-)
 
 
 @hookimpl

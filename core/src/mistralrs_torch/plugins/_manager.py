@@ -13,7 +13,6 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
@@ -22,52 +21,15 @@ from mistralrs_torch import _hookspecs
 from mistralrs_torch._distributions import PluginEntryPoint, plugin_entry_points
 from mistralrs_torch._errors import MistralrsError, PluginError
 from mistralrs_torch._version import PLUGIN_API_VERSION, __version__, supports_api_version
-from mistralrs_torch.features import FeatureManifest
+from mistralrs_torch.features import BrokenPlugin, FeatureManifest, InstalledFeature, PluginInfo
 from mistralrs_torch.plugins import _builtin
 from mistralrs_torch.system import SystemSnapshot, probe_system
 from mistralrs_torch.validation import env_flag, env_list
-
-__all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "InstalledFeature", "PluginInfo", "PluginManager"]
 
 ENTRY_POINT_GROUP = "mistralrs.plugins"
 #: PluginEntryPoint from discovery, or an importlib.metadata.EntryPoint (tests pass fake ones).
 EntryPointLike = Any
 _HOOK_NAMES = tuple(name for name in vars(_hookspecs) if name.startswith("mistralrs_"))
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """A plugin as discovery saw it: entry-point name, distribution and version, and its entry-point value."""
-
-    name: str
-    distribution: str
-    version: str
-    value: str
-
-
-@dataclass(frozen=True)
-class InstalledFeature:
-    """A feature manifest together with the plugin that ships it."""
-
-    manifest: FeatureManifest
-    plugin: PluginInfo
-
-
-@dataclass(frozen=True)
-class BrokenPlugin:
-    """A quarantined plugin: where it failed, the error, the features it had declared, and the fix."""
-
-    plugin: PluginInfo
-    stage: str
-    error: str
-    features: tuple[str, ...] = ()
-    #: The plugin's own traceback, shown with --traceback or MISTRALRS_TRACEBACK=1 ("" when none was raised).
-    traceback: str = field(default="", compare=False, repr=False)
-
-    @property
-    def fix(self) -> str:
-        return (f"disable it with MISTRALRS_DISABLE_PLUGINS={self.plugin.name}, "
-                f"or reinstall or uninstall {self.plugin.distribution}")
 
 
 class PluginManager:

@@ -12,14 +12,11 @@ from collections.abc import Sequence
 
 from mistralrs_torch._errors import SelectionError
 from mistralrs_torch._settings import CORE_ENV_VARS
-from mistralrs_torch.features import catalogue, seed_packages
-from mistralrs_torch.plugins import InstalledFeature
+from mistralrs_torch.features import InstalledFeature, catalogue, seed_packages
 from mistralrs_torch.reference._matrix import hardware_text
 from mistralrs_torch.resolution import Selection, recommend, resolve
 from mistralrs_torch.resolution._rules import hardware_problems
 from mistralrs_torch.system import PROFILE_NAMES, hardware_classes, load_system
-
-__all__ = ["features_reference_markdown"]
 
 _INTRO = """# Features reference
 

@@ -41,8 +41,6 @@ from mistralrs_torch.ops import (
 )
 from mistralrs_torch.system import HARDWARE_CLASSES
 
-__all__ = ["plugin_api_markdown"]
-
 _INTRO = f"""# Plugin API reference
 
 Plugin API {PLUGIN_API_VERSION}. This reference is generated from the code by

@@ -14,13 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mistralrs_torch.features import catalogue
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU, catalogue
 from mistralrs_torch.resolution._resolver import Resolution
 from mistralrs_torch.resolution._rules import module_problem
 from mistralrs_torch.system import hardware_classes
-
-__all__ = ["NOT_INSTALLED", "Recommendation", "RecommendedFeature", "recommend"]
 
 #: The status of a recommended feature no installed plugin provides.
 NOT_INSTALLED = "not installed"

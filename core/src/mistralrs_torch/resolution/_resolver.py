@@ -19,8 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mistralrs_torch._errors import Problem, SelectionError
-from mistralrs_torch.features import FeatureManifest
-from mistralrs_torch.plugins import GENERIC_CPU, BrokenPlugin, InstalledFeature, PluginInfo
+from mistralrs_torch.features import GENERIC_CPU, BrokenPlugin, FeatureManifest, InstalledFeature, PluginInfo
 from mistralrs_torch.resolution._rules import (
     auto_condition_problem,
     disabled_by,
@@ -30,8 +29,6 @@ from mistralrs_torch.resolution._rules import (
 from mistralrs_torch.resolution._selection import Selection
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch.validation import did_you_mean, shown
-
-__all__ = ["STATUSES", "FeatureStatus", "Resolution", "resolve"]
 
 #: Resolution statuses, as list and the JSON output print them.
 STATUSES = ("active", "available", "unavailable", "broken")

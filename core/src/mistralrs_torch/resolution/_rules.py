@@ -14,9 +14,6 @@ from mistralrs_torch.features._manifest import PLATFORM_LABELS
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch.validation import env_flag
 
-__all__ = ["Problem", "auto_condition_problem", "disabled_by", "gpu_count_problem", "hardware_problems",
-           "module_problem"]
-
 #: What to do when no GPU of the required vendor is visible.
 _GPU_FIX = {
     "nvidia": "check that `nvidia-smi` lists it and that CUDA_VISIBLE_DEVICES does not hide it",

@@ -9,8 +9,6 @@ from mistralrs_torch.ops import op_spec
 if TYPE_CHECKING:
     from mistralrs_torch.runtime._runtime import Runtime
 
-__all__ = ["explain", "explain_text"]
-
 
 def explain(runtime: Runtime) -> dict[str, Any]:
     """A JSON-ready explanation: for each op, a representative call, the winner, runners-up and skips."""

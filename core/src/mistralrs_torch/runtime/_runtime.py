@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mistralrs_torch._errors import ConfigError, OpInputError, UnsupportedCallError
+from mistralrs_torch.features import BrokenPlugin
 from mistralrs_torch.ops import (
     BACKEND_KINDS,
     BACKEND_PROTOCOLS,
@@ -31,15 +32,13 @@ from mistralrs_torch.ops import (
 )
 from mistralrs_torch.ops._signatures import dtype_name, quantized_weight_check
 from mistralrs_torch.parallel._rendezvous import local_rank, torchrun_rendezvous
-from mistralrs_torch.plugins import BrokenPlugin, PluginManager
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.runtime._dispatch import Binding, Dispatcher
 from mistralrs_torch.runtime._loading import TensorSlice, load_safetensors
 from mistralrs_torch.runtime._measure import SELECTIONS, Tuner, TuningCache, default_cache_path
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch.validation import env_flag, shown
-
-__all__ = ["Runtime"]
 
 
 def _default_device(devices: tuple[Device, ...], environ: Mapping[str, str]) -> Device:

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 from mistralrs_torch.system._snapshot import SystemSnapshot
 
-__all__ = ["FactsOnFirstUse", "GPUFacts", "cuda_init_error"]
-
 
 @dataclass(frozen=True)
 class GPUFacts:

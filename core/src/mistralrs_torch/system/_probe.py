@@ -20,7 +20,6 @@ from mistralrs_torch.features import ModuleRequirement
 from mistralrs_torch.system._nvml import NVMLError, query_nvml
 from mistralrs_torch.system._snapshot import CPU, GPU, SystemSnapshot, TorchBuild
 
-__all__ = ["module_versions", "probe_system", "visible_device_filter"]
 
 def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str, str] = os.environ) -> SystemSnapshot:
     """Probe this machine cheaply. ``modules`` are looked up with ``find_spec`` (never imported)."""

@@ -14,8 +14,6 @@ from typing import Any
 from mistralrs_torch._errors import SystemProfileError
 from mistralrs_torch.validation import shown
 
-__all__ = ["CPU", "GPU", "SCHEMA", "SystemSnapshot", "TorchBuild"]
-
 #: Versioned schema tag written into every serialised snapshot.
 SCHEMA = "mistralrs.system/1"
 

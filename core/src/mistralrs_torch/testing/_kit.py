@@ -20,14 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mistralrs_torch._errors import SelectionError
+from mistralrs_torch.features import InstalledFeature
 from mistralrs_torch.ops import BACKEND_KINDS, BACKEND_PROTOCOLS, CallSpec, Device, op_methods, op_spec
-from mistralrs_torch.plugins import InstalledFeature, PluginManager
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.plugins._builtin import PLUGIN_NAME as BUILTIN
 from mistralrs_torch.resolution import Resolution, Selection, resolve
 from mistralrs_torch.testing._verify import TOLERANCES, CaseResult, run_case
 from mistralrs_torch.validation import shown
-
-__all__ = ["VERDICT_EXIT_CODES", "KitReport", "KitResult", "run_kit"]
 
 #: Verdict -> exit status of `mistralrs plugins test` (5 is pytest's "no tests ran").
 VERDICT_EXIT_CODES = {"passed": 0, "failed": 1, "skipped": 5}

@@ -9,18 +9,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "attention_reference",
-    "dequantize_reference",
-    "int8_linear_reference",
-    "linear_reference",
-    "paged_attention_reference",
-    "quantized_linear_reference",
-    "rms_norm_reference",
-    "rotary_embedding_reference",
-    "write_kv_cache_reference",
-]
-
 
 def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False,
                         mask: np.ndarray | None = None, scale: float | None = None) -> np.ndarray:

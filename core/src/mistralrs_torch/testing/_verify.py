@@ -29,8 +29,6 @@ import torch
 from mistralrs_torch.ops import OpSpec, PreparedWeight, QuantizedWeight, kernel_for
 from mistralrs_torch.testing._cases import OpCase
 
-__all__ = ["TOLERANCES", "CaseResult", "Tolerance", "compare", "run_case", "verify_call"]
-
 
 @dataclass(frozen=True)
 class Tolerance:

@@ -15,8 +15,6 @@ from typing import Any
 
 from mistralrs_torch._errors import InputError
 
-__all__ = ["MAX_DEPTH", "read_json", "read_toml"]
-
 #: Nesting deeper than this is refused in every file we read (ours are 3 or 4 levels deep).
 MAX_DEPTH = 32
 #: Dotted-key parts (a.b.c) a TOML line may have before it is refused.

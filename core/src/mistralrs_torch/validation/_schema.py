@@ -15,22 +15,6 @@ from typing import Any
 
 from mistralrs_torch.validation._text import did_you_mean, shown
 
-__all__ = [
-    "Const",
-    "Flag",
-    "Integer",
-    "ListOf",
-    "MapOf",
-    "Nullable",
-    "OneOf",
-    "Record",
-    "Schema",
-    "Text",
-    "json_schema",
-    "problem_lines",
-    "problems",
-]
-
 #: Problems reported for one value before the rest are summarised.
 _MAX_PROBLEMS = 20
 

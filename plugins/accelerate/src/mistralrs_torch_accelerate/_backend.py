@@ -6,8 +6,6 @@ from mistralrs_torch.generic import TorchMatmul
 from mistralrs_torch.ops import CallSpec, Support
 from mistralrs_torch.system import blas_info
 
-__all__ = ["AccelerateMatmul", "is_accelerate"]
-
 
 def is_accelerate(blas: str) -> bool:
     """Whether a torch BLAS_INFO names Apple's Accelerate (older builds call it vecLib)."""

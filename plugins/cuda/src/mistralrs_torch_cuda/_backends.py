@@ -16,9 +16,6 @@ from mistralrs_torch.ops import CallSpec, Support
 from mistralrs_torch.system import FactsOnFirstUse
 from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label
 
-__all__ = ["CUDA_DTYPES", "CUDA_PRIORITY", "CUDNN_PRIORITY", "CudaSDPA", "CudnnAttention",
-           "cuda_attention", "cuda_layers", "cuda_matmul", "torch_cudnn_check"]
-
 #: Above the generic CPU backend (-1000); below cuDNN (200), FlashAttention-2 (300) and -3 (400).
 CUDA_PRIORITY = 100
 CUDNN_PRIORITY = 200

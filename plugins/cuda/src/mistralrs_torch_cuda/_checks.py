@@ -17,8 +17,6 @@ from mistralrs_torch.validation import shown
 from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label, parse_version
 from mistralrs_torch_cuda._manifest import CUDA, CUDNN
 
-__all__ = ["cuda_checks", "torch_cuda_fix"]
-
 _GPU_FIX = "check that `nvidia-smi` lists a GPU and that CUDA_VISIBLE_DEVICES does not hide it"
 
 

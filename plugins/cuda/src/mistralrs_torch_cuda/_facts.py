@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from mistralrs_torch.system import GPUFacts, SystemSnapshot
 
-__all__ = ["CudaFacts", "cudnn_version_number", "parse_version"]
-
 
 def parse_version(text: str | None) -> tuple[int, ...] | None:
     """ "12.8" -> (12, 8); "9.8.0.87" -> (9, 8, 0, 87); None or unparsable -> None."""

@@ -21,9 +21,6 @@ from mistralrs_torch.generic import sdpa_kernel_refusal
 from mistralrs_torch.ops import CallSpec, Support
 from mistralrs_torch.system import FactsOnFirstUse, GPUFacts
 
-__all__ = ["FA2_PRIORITY", "FA3_PRIORITY", "FlashAttention2", "FlashAttention3", "TorchFlashAttention",
-           "torch_flash_check"]
-
 #: FlashAttention-3 > FlashAttention-2 > cuDNN (200) > cuda's SDPA (100) > generic CPU (-1000).
 FA3_PRIORITY = 400
 FA2_PRIORITY = 300

@@ -16,8 +16,6 @@ from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch_flash_attn._manifest import FLASH_ATTN, FLASH_ATTN_V3, INSTALL_FLASH_ATTN, INSTALL_FLASH_ATTN_3
 
-__all__ = ["flash_checks"]
-
 Importer = Callable[[str], tuple[ModuleType | None, str]]
 
 

@@ -14,8 +14,6 @@ from mistralrs_torch_flash_attn._backends import (
 )
 from mistralrs_torch_flash_attn._manifest import INSTALL_FLASH_ATTN_3
 
-__all__ = ["flash_attn_backend", "flash_attn_v3_backend", "import_optional"]
-
 
 def import_optional(module: str) -> tuple[ModuleType | None, str]:
     """(module, "") when it imports; (None, "") when it is not installed; (None, why) when it is but fails."""

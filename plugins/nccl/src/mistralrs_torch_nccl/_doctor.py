@@ -9,8 +9,6 @@ from mistralrs_torch.parallel import MAX_WORLD_SIZE, collective_timeouts, is_pow
 from mistralrs_torch.validation import env_flag, env_int, shown
 from mistralrs_torch_nccl._world import LOCAL_WORLD_SIZE_VAR, local_world_size
 
-__all__ = ["nccl_checks"]
-
 
 def _mapping(gpus: int, environ: Mapping[str, str], why_on: str) -> list[CheckResult]:
     """The device-mapping mode with NCCL off, by the core's rule (ranks sharing this machine turn it off too),

@@ -17,8 +17,6 @@ from mistralrs_torch_ring._config import (
     write_ring_configs,
 )
 
-__all__ = ["ring"]
-
 
 class _Failure(click.ClickException):
     """Printed as the core CLI prints its errors: one line per problem, no traceback, exit status 1."""

@@ -33,18 +33,6 @@ from mistralrs_torch.parallel import is_loopback, is_power_of_two, is_wildcard, 
 from mistralrs_torch.validation import read_json, shown
 from mistralrs_torch_ring._manifest import RING_CONFIG_FIELDS
 
-__all__ = [
-    "FIELDS",
-    "MAX_WORLD_SIZE",
-    "RingConfig",
-    "check_ring_config",
-    "check_ring_configs",
-    "load_ring_config",
-    "problem_lines",
-    "ring_config_set",
-    "write_ring_configs",
-]
-
 #: field -> (required, what it is, as the messages say it)
 FIELDS = {f.name: (f.required, f.description) for f in RING_CONFIG_FIELDS}
 _PORTS = ("master_port", "port", "right_port")

@@ -10,8 +10,6 @@ from mistralrs_torch.parallel import collective_timeouts, is_loopback, is_wildca
 from mistralrs_torch_ring._config import check_ring_config
 from mistralrs_torch_ring._rendezvous import ring_rendezvous
 
-__all__ = ["ring_checks"]
-
 _FIREWALL = ("gloo connects every pair of ranks on ports the OS picks (not port/right_port): allow TCP between the "
              "ranks' machines on the ephemeral range, and master_port on rank 0's machine")
 
