@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -89,11 +90,11 @@ def worker(sizes: list[int], rounds: int) -> None:
     comm = Runtime.create().communicator()
     world = comm.world_size
 
-    def timed(call: object, tensor: torch.Tensor, iterations: int) -> float:
+    def timed(call: Callable[[torch.Tensor], object], tensor: torch.Tensor, iterations: int) -> float:
         dist.barrier()
         started = time.perf_counter()
         for _ in range(iterations):
-            call(tensor)  # type: ignore[operator]
+            call(tensor)
         elapsed = torch.tensor([(time.perf_counter() - started) / iterations], dtype=torch.float64)
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
         return float(elapsed)

@@ -54,7 +54,7 @@ def _marker_class() -> type:
     try:
         from packaging.markers import Marker
     except ImportError:  # pip always carries a copy
-        from pip._vendor.packaging.markers import Marker  # type: ignore[no-redef]
+        from pip._vendor.packaging.markers import Marker  # type: ignore[no-redef]  # the fallback import of the same name from pip's vendored copy
     return Marker
 
 

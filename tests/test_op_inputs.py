@@ -162,9 +162,9 @@ def test_a_wrong_argument_count_is_named_with_the_ops_parameters(runtime: Runtim
 
 def test_runtime_create_validates_its_own_arguments() -> None:
     with pytest.raises(ConfigError, match="paged_attention='no' must be True, False or None"):
-        Runtime.create(paged_attention="no", environ={})  # type: ignore[arg-type]
+        Runtime.create(paged_attention="no", environ={})  # type: ignore[arg-type]  # a wrong type on purpose: the refusal is what is tested
     with pytest.raises(ConfigError, match="features=3 must be a string"):
-        Runtime.create(features=3, environ={})  # type: ignore[arg-type]
+        Runtime.create(features=3, environ={})  # type: ignore[arg-type]  # a wrong type on purpose: the refusal is what is tested
 
 
 def test_a_profile_of_another_machine_is_a_dry_run_only() -> None:

@@ -190,13 +190,13 @@ def test_environment_variable_names_are_upper_case(name) -> None:
 def test_manifests_are_frozen() -> None:
     m = _manifest(cpu_vendor_notes={"amd": "note"}, install_hints={"cuda": "pip install x"})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        m.name = "other"  # type: ignore[misc]
+        m.name = "other"  # type: ignore[misc]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(dataclasses.FrozenInstanceError):
-        m.requires = ("x",)  # type: ignore[misc]
+        m.requires = ("x",)  # type: ignore[misc]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(TypeError):
-        m.cpu_vendor_notes["intel"] = "x"  # type: ignore[index]
+        m.cpu_vendor_notes["intel"] = "x"  # type: ignore[index]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(TypeError):
-        m.install_hints["cuda"] = "x"  # type: ignore[index]
+        m.install_hints["cuda"] = "x"  # type: ignore[index]  # writing to a frozen object on purpose: the refusal is what is tested
 
 
 def test_mappings_given_to_a_manifest_are_copied() -> None:

@@ -138,7 +138,7 @@ def _manifest(draw: st.DrawFn, name: str, others: tuple[str, ...], *, exclusions
         auto = AutoCondition(env_set=draw(_ENV_RULE), min_gpus=min_gpus)
     return FeatureManifest(
         name=name, summary=f"{name} feature", distribution=draw(st.sampled_from(PLUGINS)).distribution,
-        requires=requires, auto_enables=auto_enables, excludes=excludes, **hardware,  # type: ignore[arg-type]
+        requires=requires, auto_enables=auto_enables, excludes=excludes, **hardware,  # type: ignore[arg-type]  # hypothesis draws the hardware fields as a plain dict
         disabled_by=draw(_ENV_RULE) if gating else (), auto=auto,
         selection_priority=draw(st.integers(-3, 3)),  # a narrow range: ties are common, and broken by name
     )

@@ -34,7 +34,7 @@ def test_call_specs_are_hashable_values_usable_as_cache_keys() -> None:
     assert a == b and hash(a) == hash(b) and len({a: 1, b: 2}) == 1
     assert a.describe() == "float32 on cpu, head size 64, mask causal, gqa, not aligned"
     with pytest.raises(AttributeError):
-        a.dtype = "bfloat16"  # type: ignore[misc]
+        a.dtype = "bfloat16"  # type: ignore[misc]  # writing to a frozen object on purpose: the refusal is what is tested
 
 
 @pytest.mark.parametrize("op", [op.name for op in OPS])

@@ -112,7 +112,7 @@ def ranks(tmp_path: Path) -> Iterator[type]:
         started.append(Ranks(tmp_path, world))
         return started[-1]
 
-    yield make  # type: ignore[misc]
+    yield make  # type: ignore[misc]  # a generator fixture typed as what it yields
     for group in started:
         group.kill()
 

@@ -92,7 +92,10 @@ class _RootGroup(_Group):
     def _plugin_commands(self) -> dict[str, click.Command]:
         manager = PluginManager(environ=os.environ, strict=False)
         commands: dict[str, click.Command] = {}
-        valid = lambda r: isinstance(r, (list, tuple)) and all(isinstance(c, click.Command) for c in r)  # noqa: E731
+
+        def valid(r: object) -> bool:
+            return isinstance(r, (list, tuple)) and all(isinstance(c, click.Command) for c in r)
+
         for _, result in manager.call_each("mistralrs_cli_commands", valid):
             commands.update({c.name: c for c in result if c.name and c.name not in self.commands})
         return commands

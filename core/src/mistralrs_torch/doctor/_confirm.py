@@ -20,7 +20,7 @@ def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
                 status="warning",
             )
         ]
-    facts = {
+    facts: dict[str, tuple[object, object]] = {
         "torch version": (cheap.version, torch.__version__),
         "CUDA build": (cheap.cuda, torch.version.cuda),
         "MKL": (cheap.mkl, torch.backends.mkl.is_available()),

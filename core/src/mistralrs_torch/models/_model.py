@@ -78,7 +78,7 @@ class Model:
                               "(max_position_embeddings): shorten the prompt")
         max_tokens = min(max_tokens, limit - len(prompt))
         cache = self.new_cache(len(prompt) + max_tokens)
-        stream, pieces, tokens = TextStream(self.tokenizer), [], []
+        stream, pieces, tokens = TextStream(self.tokenizer), [], list[int]()
         start = time.perf_counter()
         logits = self.forward(prompt, cache)
         prefill = time.perf_counter() - start

@@ -165,7 +165,8 @@ def _byte_level(tokens: Sequence[str], merges: Sequence[str], pre: str) -> Token
     # A token outside the byte alphabet (a mislabelled control token) is respelled byte by byte, as transformers does.
     vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
              for i, t in enumerate(tokens)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], dropout=None,
+    pairs = [(a, b) for a, b in (m.split(" ", 1) for m in merges)]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs, dropout=None,
                                    continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     backend.pre_tokenizer = _pre_tokenizer(pre)
     backend.decoder = decoders.ByteLevel()
@@ -185,8 +186,10 @@ def _sentencepiece(tokens: Sequence[str], merges: Sequence[tuple[str, str]]) -> 
 def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokenizer:
     """The tokenizer embedded in GGUF metadata: byte-level BPE ("gpt2") or SentencePiece BPE ("llama")."""
     kind = metadata.get("tokenizer.ggml.model")
-    tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
-    scores = metadata.get("tokenizer.ggml.scores")
+    # GGUF metadata values are untyped: the checks below stand for their types.
+    tokens: Any = metadata.get("tokenizer.ggml.tokens")
+    merges: Any = metadata.get("tokenizer.ggml.merges")
+    scores: Any = metadata.get("tokenizer.ggml.scores")
     if kind not in ("gpt2", "llama"):
         raise ModelLoadError(f"{source}: tokenizer.ggml.model {kind!r} is not supported (supported: gpt2, byte-level "
                              "BPE; llama, SentencePiece BPE): use the model's Hugging Face folder, whose "

@@ -262,8 +262,9 @@ def contract_problem(item: object, kind: type) -> str:
                 "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)"
                 if "dispatch_priority" in missing and hasattr(item, "priority") else "")
         return f"{label} has no {', '.join(missing)}{hint}"
-    if not isinstance(item.dispatch_priority, int):
-        return f"{label}.dispatch_priority is {item.dispatch_priority!r}, not an int"
+    priority = getattr(item, "dispatch_priority", None)
+    if not isinstance(priority, int):
+        return f"{label}.dispatch_priority is {priority!r}, not an int"
     if not all(callable(getattr(item, a)) for a in required[3:]):
         return f"{label}.supports is not callable"
     methods: list[Callable[..., Any] | None] = [getattr(item, op, None) for op in op_methods(kind)]
@@ -280,4 +281,5 @@ def conforms(item: object, kind: type) -> bool:
 def kernel_for(backend: Any, op: str, call: CallSpec) -> Callable[..., Any]:
     """What runs ``call`` on ``backend``: its ``kernel_for(call)`` when it specialises, else its ``op`` method."""
     specialise = getattr(backend, "kernel_for", None)
-    return (specialise(call) if specialise is not None else None) or getattr(backend, op)
+    kernel: Callable[..., Any] = (specialise(call) if specialise is not None else None) or getattr(backend, op)
+    return kernel

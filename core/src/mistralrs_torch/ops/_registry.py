@@ -60,10 +60,12 @@ class OpSpec:
     prepare: str = ""
 
     def load_reference(self) -> Callable[..., np.ndarray | tuple[np.ndarray, ...]]:
-        return _load(self.reference)
+        reference: Callable[..., np.ndarray | tuple[np.ndarray, ...]] = _load(self.reference)
+        return reference
 
     def load_cases(self) -> Callable[[], Iterator[OpCase]]:
-        return _load(self.cases)
+        cases: Callable[[], Iterator[OpCase]] = _load(self.cases)
+        return cases
 
 
 def _load(path: str) -> Any:

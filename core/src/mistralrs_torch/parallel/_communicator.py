@@ -236,7 +236,8 @@ class TorchDistributedCommunicator:
         limit = min(10.0, self.timeouts.collective) if not self._broken else \
             (beat.window + beat.interval if beat is not None else _LEAVING)
         deadline = time.monotonic() + limit
-        last, changed = {}, {}
+        last: dict[str, Any] = {}  # multi_get answers bytes, add answers int
+        changed: dict[str, float] = {}
         try:
             while time.monotonic() < deadline:
                 now = time.monotonic()

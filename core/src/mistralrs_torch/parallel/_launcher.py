@@ -157,6 +157,7 @@ class _Ranks:
                 self.procs.append(subprocess.Popen(
                     list(command), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, start_new_session=_POSIX, preexec_fn=preexec,
+                    # Windows-only name, ignored by the type checker here: this branch runs only on Windows.
                     creationflags=0 if _POSIX else subprocess.CREATE_NEW_PROCESS_GROUP))  # type: ignore[attr-defined]
             except OSError as exc:
                 self.kill()
@@ -171,6 +172,7 @@ class _Ranks:
                 if _POSIX:
                     os.killpg(proc.pid, sig)  # the group outlives its leader while the rank's children live
                 elif proc.poll() is None:
+                    # Windows-only name, ignored by the type checker here: this branch runs only on Windows.
                     proc.send_signal(signal.CTRL_BREAK_EVENT if sig == signal.SIGINT else sig)  # type: ignore[attr-defined]
             except (ProcessLookupError, PermissionError, OSError):
                 pass
@@ -214,8 +216,9 @@ def rank_environments(nproc: int, backend: str | None, addr: str, port: int, wor
         env.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
                    GROUP_RANK="0", MASTER_ADDR=addr, MASTER_PORT=str(port))
         if plugin is not None:
-            valid = lambda r: isinstance(r, Mapping) and all(  # noqa: E731
-                isinstance(k, str) and isinstance(v, str) for k, v in r.items())
+            def valid(r: object) -> bool:
+                return isinstance(r, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in r.items())
+
             extra = manager.call_plugin(plugin, "mistralrs_launch_environment", valid, feature=backend, rank=rank,
                                         world_size=nproc, master_addr=addr, master_port=port, workdir=workdir)
             broken = [b for b in manager.broken if b.plugin.name == plugin]

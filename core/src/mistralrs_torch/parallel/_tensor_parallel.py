@@ -198,7 +198,7 @@ class ParallelMLP:
             name = weight.removesuffix(".weight") + ".bias"
             return name if weight.endswith(".weight") and name in shapes else None
 
-        kwargs = {"device": device, "dtype": dtype}
+        kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         args = (runtime, communicator, path)
         return cls(ColumnParallelLinear.from_safetensors(*args, names["gate"], bias(names["gate"]), **kwargs),
                    ColumnParallelLinear.from_safetensors(*args, names["up"], bias(names["up"]), **kwargs),

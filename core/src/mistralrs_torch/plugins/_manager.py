@@ -13,7 +13,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -219,12 +219,14 @@ class PluginManager:
             raise
         return True
 
-    def _accept_features(self, info: PluginInfo, manifests: Sequence[object]) -> None:
+    def _accept_features(self, info: PluginInfo, returned: Sequence[object]) -> None:
+        wrong = [m for m in returned if not isinstance(m, FeatureManifest)]
+        if wrong:
+            self._quarantine(info, "manifest",
+                             f"mistralrs_features returned {type(wrong[0]).__name__}, not FeatureManifest")
+            return
+        manifests = [m for m in returned if isinstance(m, FeatureManifest)]
         for manifest in manifests:
-            if not isinstance(manifest, FeatureManifest):
-                self._quarantine(info, "manifest",
-                                 f"mistralrs_features returned {type(manifest).__name__}, not FeatureManifest")
-                return
             if not supports_api_version(manifest.api_version):
                 self._quarantine(info, "api-version", _api_version_problem(manifest, info),
                                  features=tuple(m.name for m in manifests))
@@ -235,7 +237,7 @@ class PluginManager:
                                  f"{owner.plugin.name!r} ({owner.plugin.distribution})")
                 return
         for manifest in manifests:
-            self._features[manifest.name] = InstalledFeature(manifest, info)  # type: ignore[arg-type]
+            self._features[manifest.name] = InstalledFeature(manifest, info)
 
     def _guarded(self, info: PluginInfo, stage: str, action: Callable[[], Any]) -> Any:
         try:
@@ -288,7 +290,8 @@ def _api_version_problem(manifest: FeatureManifest, info: PluginInfo) -> str:
 
 def _manifests_of(impls: Sequence[pluggy.HookImpl]) -> list[object]:
     try:
-        return [m for impl in impls for m in (impl.function() or ())]
+        # A plugin's answer, typed object by pluggy: a non-iterable one raises TypeError here, caught by the caller.
+        return [m for impl in impls for m in cast("Iterable[object]", impl.function() or ())]
     except TypeError as exc:
         if "'priority'" in str(exc):  # FeatureManifest(priority=...) of plugin API 1.x
             raise TypeError(f"{exc} (plugin API 1.x's priority is selection_priority in 2.0: see "

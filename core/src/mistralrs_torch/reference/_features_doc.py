@@ -217,8 +217,8 @@ def features_reference_markdown(installed: Sequence[InstalledFeature]) -> str:
             if r.missing not in seen:
                 seen.add(r.missing)
                 lines.append(f"- {_code(f'{r.missing}: {r.fix}')}")
-        for r in f.manifest.modules:
-            lines.append(f"- {_code(f'{r.distribution} is not installed (module {r.module} not found): {r.install}')}")
+        for q in f.manifest.modules:
+            lines.append(f"- {_code(f'{q.distribution} is not installed (module {q.module} not found): {q.install}')}")
     lines += [
         "",
         "Run `mistralrs doctor` first: it shows the detected hardware, the installed libraries, each feature's "

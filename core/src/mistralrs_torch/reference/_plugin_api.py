@@ -64,7 +64,7 @@ def _markdown(text: str) -> str:
 
 def _body(module: ModuleType) -> str:
     """A module's docstring without its summary line."""
-    return _markdown(inspect.getdoc(module).partition("\n\n")[2])  # type: ignore[union-attr]
+    return _markdown((inspect.getdoc(module) or "").partition("\n\n")[2])
 
 
 def _first_line(function: Callable[..., Any]) -> str:
@@ -98,7 +98,7 @@ def _signature(function: Callable[..., Any], name: str) -> str:
 
 def _value(value: object) -> str:
     """A default or allowed value as code: strings in double quotes, a default-constructed dataclass by its name."""
-    if dataclasses.is_dataclass(value) and value == type(value)():
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and value == type(value)():
         return f"`{type(value).__name__}()`"
     return f'`"{value}"`' if isinstance(value, str) else f"`{value!r}`"
 

@@ -258,12 +258,12 @@ def _explicit(
     for name in chosen:
         m = features[name].manifest
         violations += problems[name]
-        if switched_off[name]:
+        if off := switched_off[name]:
             violations.append(
                 Problem(
                     name,
-                    f"{name} and {switched_off[name]} contradict each other",
-                    f"unset {switched_off[name].split('=')[0]} or remove the {name} feature",
+                    f"{name} and {off} contradict each other",
+                    f"unset {off.split('=')[0]} or remove the {name} feature",
                     rule="disabled-by",
                 )
             )

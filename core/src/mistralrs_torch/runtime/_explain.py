@@ -29,7 +29,7 @@ def explain(runtime: Runtime) -> dict[str, Any]:
             else:
                 skipped.append({"backend": backend.name, "feature": backend.feature, "reason": support.reason})
         for feature in inactive:
-            if spec.kind in feature.manifest.provides:  # type: ignore[union-attr]
+            if feature.manifest is not None and spec.kind in feature.manifest.provides:
                 skipped.append({"backend": None, "feature": feature.name,
                                 "reason": f"feature {feature.status}: {feature.reasons[0] if feature.reasons else ''}"})
         ops[op] = {"kind": spec.kind, "call": call.describe(), "order": [b.name for b in dispatcher.backends],

@@ -161,7 +161,7 @@ def mac_amd_gpus(system_profiler_json: str) -> list[GPU]:
         displays = json.loads(system_profiler_json).get("SPDisplaysDataType", [])
     except (ValueError, AttributeError):
         return []
-    gpus = []
+    gpus: list[GPU] = []
     for entry in displays if isinstance(displays, list) else []:
         if not isinstance(entry, dict):
             continue
@@ -207,6 +207,7 @@ def _windows_memory() -> int:
 
     status = _Status(length=ctypes.sizeof(_Status))
     try:
+        # ctypes.windll is Windows-only, ignored by the type checker here: this branch runs only on Windows.
         ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status))  # type: ignore[attr-defined]
     except (AttributeError, OSError):
         return 0

@@ -18,13 +18,23 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mistralrs_torch._errors import SelectionError
 from mistralrs_torch.features import InstalledFeature
-from mistralrs_torch.ops import BACKEND_KINDS, BACKEND_PROTOCOLS, CallSpec, Device, op_methods, op_spec
+from mistralrs_torch.ops import (
+    BACKEND_KINDS,
+    BACKEND_PROTOCOLS,
+    CallSpec,
+    CollectiveBackend,
+    Device,
+    op_methods,
+    op_spec,
+)
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.plugins._builtin import PLUGIN_NAME as BUILTIN
 from mistralrs_torch.resolution import Resolution, Selection, resolve
+from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch.testing._verify import TOLERANCES, CaseResult, run_case
 from mistralrs_torch.validation import shown
 
@@ -70,10 +80,10 @@ class KitReport:
         return {s: sum(r.status == s for r in self.results) for s in ("passed", "failed", "skipped")}
 
 
-def _odd_call_result(backend: object, op: str, device: str, name: str) -> KitResult | None:
+def _odd_call_result(backend: Any, op: str, device: str, name: str) -> KitResult | None:
     """A call no backend can run (int8 activations) must be refused with a reason, not claimed or raised."""
     try:
-        odd = backend.supports(CallSpec(op, "int8", device))  # type: ignore[attr-defined]
+        odd = backend.supports(CallSpec(op, "int8", device))
     except Exception as exc:  # noqa: BLE001 - support questions must be answered, never raised
         return KitResult(name, "failed", f"supports() raised {type(exc).__name__} for an int8-activation call "
                                          "instead of refusing it with a reason")
@@ -135,12 +145,12 @@ def _check_communicator(feature: str, environ: Mapping[str, str]) -> KitResult:
                      ran=True)
 
 
-def _check_single_process(backend: object) -> KitResult:
+def _check_single_process(backend: CollectiveBackend) -> KitResult:
     """The built-in communicator of a world of one: every collective is the identity."""
     import torch
 
     check = f"communicator of {getattr(backend, 'feature', '?')} in a single process"
-    communicator = backend.communicator({})  # type: ignore[attr-defined]
+    communicator: Any = backend.communicator({})  # a plugin's object under test: its answers are checked here
     tensor = torch.arange(6, dtype=torch.float32)
     outcomes = {
         "rank 0 of 1": (communicator.rank, communicator.world_size) == (0, 1),
@@ -158,7 +168,7 @@ def _check_single_process(backend: object) -> KitResult:
 
 
 def _forced(feature: InstalledFeature, manager: PluginManager, environ: Mapping[str, str],
-            system: object) -> tuple[Resolution | None, KitResult | None]:
+            system: SystemSnapshot) -> tuple[Resolution | None, KitResult | None]:
     """The feature explicitly selected with everything it requires, or why that cannot be here."""
     wanted: list[str] = []
     pending = [feature.manifest.name]
@@ -170,7 +180,7 @@ def _forced(feature: InstalledFeature, manager: PluginManager, environ: Mapping[
             pending += list(manifests[name].requires) if name in manifests else []
     selection = Selection("explicit", tuple(wanted), f"plugins test (forcing {feature.manifest.name})")
     try:
-        return resolve(manager.features, manager.broken, selection, system, environ), None  # type: ignore[arg-type]
+        return resolve(manager.features, manager.broken, selection, system, environ), None
     except SelectionError as exc:
         reasons = "; ".join(str(v) for v in exc.violations)
         status = "skipped" if all(v.rule in _CANNOT_RUN_HERE for v in exc.violations) else "failed"

@@ -106,8 +106,9 @@ def compare(got: Any, expected: Any, dtype: str) -> tuple[float | None, float | 
 def run_case(backend: Any, spec: OpSpec, case: OpCase, dtype: str, device: str) -> CaseResult:
     """Ask ``backend`` whether it runs ``case``; if it claims it, run it and judge it against the reference."""
     call = case.call(dtype, device)
-    result = {"op": spec.name, "backend": getattr(backend, "name", "?"), "feature": getattr(backend, "feature", "?"),
-              "case": case.name, "dtype": dtype, "device": device}
+    result: dict[str, Any] = {"op": spec.name, "backend": getattr(backend, "name", "?"),
+                              "feature": getattr(backend, "feature", "?"), "case": case.name, "dtype": dtype,
+                              "device": device}
     try:
         support = backend.supports(call)
     except Exception as exc:  # noqa: BLE001 - a support question must be answered, never raised

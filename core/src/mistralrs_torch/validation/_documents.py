@@ -122,7 +122,8 @@ def read_toml(path: str, what: str, *, max_bytes: int, fix: str) -> dict[str, An
     if _key_parts(text) > _MAX_KEY_PARTS:
         raise InputError(path, f"has a key of more than {_MAX_KEY_PARTS} dotted parts", fix)
     try:
-        return tomllib.loads(text)
+        document: dict[str, Any] = tomllib.loads(text)
+        return document
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, f"is not valid TOML ({exc})", "fix the file, or remove it") from None
     except ValueError:  # tomllib lets int()'s 4300-digit limit through as a bare ValueError

@@ -198,6 +198,7 @@ def check_ring_config(path: str | Path) -> tuple[RingConfig | None, list[Problem
     if problems:
         return None, problems
     assert master_ip is not None and right_ip is not None and world is not None and rank is not None
+    # No problem means every port was read: ints holds no None here (ignored below).
     return RingConfig(path, master_ip, ints["master_port"], ints["port"], ints["right_port"], rank, world,  # type: ignore[arg-type]
                       right_ip), []
 
@@ -320,9 +321,9 @@ def ring_config_set(world_size: int, hosts: Sequence[str] = ("127.0.0.1",), *, m
     owner = list(hosts) if len(hosts) == world_size else [hosts[r // per_host] for r in range(world_size)]
     # Ranks that share a machine (several hosts entries may name the same one) get consecutive ports.
     count: dict[str, int] = {}
-    port = []
+    ports = []
     for host in owner:
-        port.append(base_port + count.get(_host(host), 0))
+        ports.append(base_port + count.get(_host(host), 0))
         count[_host(host)] = count.get(_host(host), 0) + 1
     most = max(count.values())
     if base_port + most - 1 > 65535:
@@ -333,7 +334,7 @@ def ring_config_set(world_size: int, hosts: Sequence[str] = ("127.0.0.1",), *, m
     if problems:
         raise ConfigError("cannot write a ring configuration set:\n" + "\n".join(f"  - {p}" for p in problems))
     master = master_ip or owner[0]
-    return [RingConfig(f"rank{r}.json", master, master_port, port[r], port[(r + 1) % world_size], r, world_size,
+    return [RingConfig(f"rank{r}.json", master, master_port, ports[r], ports[(r + 1) % world_size], r, world_size,
                        owner[(r + 1) % world_size]) for r in range(world_size)]
 
 
