@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mistralrs_torch._errors import ConfigError
+from mistralrs_torch._errors import ConfigError, InputError
 from mistralrs_torch._settings import CORE_ENV_VARS
 from mistralrs_torch.ops import CheckResult
+from mistralrs_torch.parallel import collective_timeouts
 from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.validation import did_you_mean, env_list, shown
 
@@ -42,3 +43,17 @@ def environment_checks(environ: Mapping[str, str], manager: PluginManager) -> li
                 )
             )
     return checks
+
+
+def collective_timeout_check(environ: Mapping[str, str]) -> CheckResult:
+    """The collective and rendezvous timeouts in force, or the variable that sets one wrongly.
+
+    For the doctor checks of collective plugins (ring, nccl): one wording for every backend.
+    """
+    try:
+        timeouts = collective_timeouts(environ)
+    except InputError as exc:
+        where = f"{exc.source}: {exc.field}" if exc.field else exc.source
+        return CheckResult("collective timeout", f"{where} {exc.problem}", exc.fix, status="error")
+    return CheckResult("collective timeout", f"collectives fail after {timeouts.collective:g}s without their peers; "
+                       f"start-up waits {timeouts.rendezvous:g}s for every rank", status="info")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mistralrs_torch import CheckResult, ConfigError, SystemSnapshot
-from mistralrs_torch.parallel import MAX_WORLD_SIZE, collective_timeouts, is_power_of_two, torchrun_rendezvous
+from mistralrs_torch.doctor import collective_timeout_check
+from mistralrs_torch.parallel import MAX_WORLD_SIZE, is_power_of_two, torchrun_rendezvous
 from mistralrs_torch.validation import env_flag, env_int, shown
 from mistralrs_torch_nccl._world import LOCAL_WORLD_SIZE_VAR, local_world_size
 
@@ -142,16 +143,5 @@ def nccl_checks(active: frozenset[str], system: SystemSnapshot, environ: Mapping
                 status="ok",
             )
         )
-    try:
-        timeouts = collective_timeouts(environ)
-        checks.append(
-            CheckResult(
-                "collective timeout",
-                f"collectives fail after {timeouts.collective:g}s "
-                f"without their peers; start-up waits {timeouts.rendezvous:g}s for every rank",
-                status="info",
-            )
-        )
-    except ConfigError as exc:
-        checks.append(_error("collective timeout", exc))
+    checks.append(collective_timeout_check(environ))
     return checks

@@ -6,7 +6,8 @@ import socket
 from collections.abc import Mapping
 
 from mistralrs_torch import CheckResult, ConfigError
-from mistralrs_torch.parallel import collective_timeouts, is_loopback, is_wildcard, torchrun_rendezvous
+from mistralrs_torch.doctor import collective_timeout_check
+from mistralrs_torch.parallel import is_loopback, is_wildcard, torchrun_rendezvous
 from mistralrs_torch_ring._config import check_ring_config
 from mistralrs_torch_ring._rendezvous import ring_rendezvous
 
@@ -27,20 +28,7 @@ def ring_checks(active: frozenset[str], environ: Mapping[str, str]) -> list[Chec
     if not path and "ring" not in active:
         return []
     checks: list[CheckResult] = []
-    try:
-        timeouts = collective_timeouts(environ)
-        checks.append(
-            CheckResult(
-                "collective timeout",
-                f"collectives fail after {timeouts.collective:g}s "
-                f"without their peers; start-up waits {timeouts.rendezvous:g}s for every rank",
-                status="info",
-            )
-        )
-    except ConfigError as exc:
-        checks.append(
-            CheckResult("collective timeout", str(exc).split(": ", 1)[0], str(exc).split(": ", 1)[-1], status="error")
-        )
+    checks.append(collective_timeout_check(environ))
     master = None
     if path:
         config, problems = check_ring_config(path)
