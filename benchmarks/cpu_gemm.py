@@ -11,6 +11,7 @@ fp32 FLOP/cycle with AVX2, 64 with AVX-512, assuming two FMA units).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -66,17 +67,26 @@ def main() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         cases[f"{str(dtype)[6:]} {n}x{n}x{n}"] = (
-            2.0 * n**3, lambda a=a, b=b, f=_bound(mkl, "linear", dtype): f(a, b), lambda a=a, b=b: torch.nn.functional.linear(a, b),
-            lambda a=a, b=b: generic.linear(a, b))
+            2.0 * n**3,
+            functools.partial(_bound(mkl, "linear", dtype), a, b),
+            lambda a=a, b=b: torch.nn.functional.linear(a, b),
+            lambda a=a, b=b: generic.linear(a, b),
+        )
     for dtype in (torch.float32, torch.bfloat16):
         x, scale = torch.randn(16, n, dtype=dtype), torch.rand(n, dtype=dtype) / 100
         cases[f"int8-weight {str(dtype)[6:]} 16x{n}x{n}"] = (
-            2.0 * 16 * n * n, lambda x=x, s=scale, f=_bound(mkl, "int8_linear", dtype): f(x, w8, s),
+            2.0 * 16 * n * n,
+            functools.partial(_bound(mkl, "int8_linear", dtype), x, w8, scale),
             # torch directly: the same computation the mkl backend binds for this dtype, written inline
-            (lambda x=x, s=scale: torch._weight_int8pack_mm(x, w8, s)) if dtype == torch.bfloat16 else
-            (lambda x=x, s=scale: torch.nn.functional.linear(x, w8.to(x.dtype) * s[:, None])),
-            lambda x=x, s=scale: generic.int8_linear(x, w8, s))
-    print(f"{'case':32s} {'mkl':>9s} {'direct':>9s} {'generic':>9s} {'mkl/direct':>11s} {'mkl/generic':>12s} {'of peak':>8s}")
+            (lambda x=x, s=scale: torch._weight_int8pack_mm(x, w8, s))
+            if dtype == torch.bfloat16
+            else (lambda x=x, s=scale: torch.nn.functional.linear(x, w8.to(x.dtype) * s[:, None])),
+            lambda x=x, s=scale: generic.int8_linear(x, w8, s),
+        )
+    print(
+        f"{'case':32s} {'mkl':>9s} {'direct':>9s} {'generic':>9s} "
+        f"{'mkl/direct':>11s} {'mkl/generic':>12s} {'of peak':>8s}"
+    )
     for name, (flops, through_mkl, direct, through_generic) in cases.items():
         rates = {"mkl": [], "direct": [], "generic": []}
         for _ in range(3):  # interleave so drift hits every column alike

@@ -81,10 +81,16 @@ def main() -> None:
         best = {key: min(values) for key, values in rows.items()}
         print(f"{name}:")
         print(f"  torch directly      {best['torch'] * 1e6:9.2f} us/call")
-        print(f"  Runtime             {best['runtime'] * 1e6:9.2f} us/call   overhead {(best['runtime'] - best['torch']) * 1e6:+6.2f} us"
-              f"   ratio {best['runtime'] / best['torch']:.3f}")
-        print(f"  pluggy hook per op  {best['pluggy'] * 1e6:9.2f} us/call   overhead {(best['pluggy'] - best['torch']) * 1e6:+6.2f} us"
-              f"   ratio {best['pluggy'] / best['torch']:.3f}")
+        print(
+            f"  Runtime             {best['runtime'] * 1e6:9.2f} us/call   "
+            f"overhead {(best['runtime'] - best['torch']) * 1e6:+6.2f} us"
+            f"   ratio {best['runtime'] / best['torch']:.3f}"
+        )
+        print(
+            f"  pluggy hook per op  {best['pluggy'] * 1e6:9.2f} us/call   "
+            f"overhead {(best['pluggy'] - best['torch']) * 1e6:+6.2f} us"
+            f"   ratio {best['pluggy'] / best['torch']:.3f}"
+        )
 
 
 if __name__ == "__main__":

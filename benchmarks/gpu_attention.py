@@ -20,6 +20,7 @@ Without an NVIDIA GPU it says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -123,12 +124,12 @@ def bench_attention(runtime: Any, shapes: tuple[tuple[int, int], ...], rounds: i
         for batch, seq in shapes:
             q, k, v = (torch.randn(batch, heads, seq, HEAD_SIZE, device=device, dtype=torch.bfloat16) for _ in range(3))
             flops = 4 * batch * heads * seq * seq * HEAD_SIZE / 2
-            ms = _time_ms(lambda: bound(q, k, v, causal=True), rounds, device)
+            ms = _time_ms(functools.partial(bound, q, k, v, causal=True), rounds, device)
             row = {"op": "attention", "backend": backend.name, "shape": f"b{batch} s{seq}", "ms": ms,
                    "tflops": flops / ms / 1e9}
             if direct is not None:
                 name, function = direct
-                direct_ms = _time_ms(lambda: function(q, k, v), rounds, device)
+                direct_ms = _time_ms(functools.partial(function, q, k, v), rounds, device)
                 row.update(direct=name, direct_tflops=flops / direct_ms / 1e9, ratio=direct_ms / ms)
             if peak:
                 row["of_peak"] = row["tflops"] / peak
@@ -153,8 +154,8 @@ def bench_matmul(runtime: Any, shapes: tuple[tuple[int, int, int], ...], rounds:
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
             w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
             flops = 2 * m * n * k
-            ms = _time_ms(lambda: bound(x, w, None), rounds, device)
-            direct_ms = _time_ms(lambda: torch.matmul(x, w.T), rounds, device)
+            ms = _time_ms(functools.partial(bound, x, w, None), rounds, device)
+            direct_ms = _time_ms(functools.partial(torch.matmul, x, w.T), rounds, device)
             row = {"op": "matmul", "backend": backend.name, "shape": f"{m}x{k} @ {k}x{n}", "ms": ms,
                    "tflops": flops / ms / 1e9, "direct": "torch.matmul", "direct_tflops": flops / direct_ms / 1e9,
                    "ratio": direct_ms / ms}

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -56,7 +57,7 @@ def loopback_tcp(total: int = 64 << 20, chunk: int = 1 << 20, repeats: int = 5) 
         port = server.getsockname()[1]
         received = [0]
 
-        def sink() -> None:
+        def sink(server: socket.socket, received: list[int]) -> None:
             conn, _ = server.accept()
             buffer = bytearray(chunk)
             view = memoryview(buffer)
@@ -67,7 +68,7 @@ def loopback_tcp(total: int = 64 << 20, chunk: int = 1 << 20, repeats: int = 5) 
                 received[0] += n
             conn.close()
 
-        thread = threading.Thread(target=sink)
+        thread = threading.Thread(target=sink, args=(server, received))
         thread.start()
         data = memoryview(bytes(chunk))
         with socket.create_connection(("127.0.0.1", port)) as client:
@@ -89,11 +90,11 @@ def worker(sizes: list[int], rounds: int) -> None:
     comm = Runtime.create().communicator()
     world = comm.world_size
 
-    def timed(call: object, tensor: torch.Tensor, iterations: int) -> float:
+    def timed(call: Callable[[torch.Tensor], object], tensor: torch.Tensor, iterations: int) -> float:
         dist.barrier()
         started = time.perf_counter()
         for _ in range(iterations):
-            call(tensor)  # type: ignore[operator]
+            call(tensor)
         elapsed = torch.tensor([(time.perf_counter() - started) / iterations], dtype=torch.float64)
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
         return float(elapsed)
@@ -116,8 +117,9 @@ def worker(sizes: list[int], rounds: int) -> None:
         for r in range(rounds):
             for name, call in calls[r % 3:] + calls[:r % 3]:  # each goes first, second and third in turn
                 times[name].append(timed(call, tensor, n))
-        paired = statistics.median(raw_t / plugin_t for raw_t, plugin_t in zip(times["raw"], times["plugin"]))
-        control = statistics.median(raw_t / again for raw_t, again in zip(times["raw"], times["control"]))
+        raw = times["raw"]
+        paired = statistics.median(raw_t / plugin_t for raw_t, plugin_t in zip(raw, times["plugin"], strict=True))
+        control = statistics.median(raw_t / again for raw_t, again in zip(raw, times["control"], strict=True))
         results.append({"size": size, "iterations": n, "ratio": paired, "aa": control,
                         **{k: statistics.median(v) for k, v in times.items()}})
     if comm.rank == 0:

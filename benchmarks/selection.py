@@ -130,7 +130,7 @@ def _oracle(runtime: Runtime, recording: Recording, repeats: int) -> dict[tuple[
                     payload = getattr(backend, spec.prepare)(weight, prepared.call, call.device)
                     payloads[key] = PreparedWeight(backend.name, payload, prepared.call, prepared.shape)
                 args = (args[0], payloads[key], *args[2:])
-            times[backend.name] = _median(lambda k=kernel, a=args: k(*a, **calls.kwargs), repeats)
+            times[backend.name] = _median(lambda k=kernel, a=args, kw=calls.kwargs: k(*a, **kw), repeats)
         table[signature] = times
     return table
 

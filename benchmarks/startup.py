@@ -32,7 +32,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     script = shutil.which("mistralrs", path=os.path.dirname(sys.executable)) or "mistralrs"
-    commands = {"import click": [sys.executable, "-c", "import click"], "mistralrs plugins list": [script, "plugins", "list"]}
+    commands = {
+        "import click": [sys.executable, "-c", "import click"],
+        "mistralrs plugins list": [script, "plugins", "list"],
+    }
     for command in commands.values():  # warm the page cache and bytecode
         _time(command)
     times: dict[str, list[float]] = {name: [] for name in commands}

@@ -138,7 +138,9 @@ class RuntimeModel:
             q, k, v = self._qkv(i, x)
             for b in range(len(tokens)):
                 self._write(i, b, self.lengths[b], k[b : b + 1], v[b : b + 1])
-            out = self.rt.paged_attention(q[:, :, None, :], self.k_cache[i], self.v_cache[i], self.block_table, seq_lens)
+            out = self.rt.paged_attention(
+                q[:, :, None, :], self.k_cache[i], self.v_cache[i], self.block_table, seq_lens
+            )
             x = x + self.rt.linear(out.reshape(len(tokens), -1), self.w[f"{i}.wo"])
             x = self._mlp(i, x)
         self.lengths = [n + 1 for n in self.lengths]
@@ -188,22 +190,26 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, difference if math.isfinite(difference) else math.inf)  # NaN must not hide
             top2 = expected.topk(2).values
             if int(got.argmax()) != int(expected.argmax()) and float(top2[0] - top2[1]) > tolerance:
-                failures.append(f"step {step}, sequence {b}: token {int(got.argmax())}, reference {int(expected.argmax())}")
+                failures.append(
+                    f"step {step}, sequence {b}: token {int(got.argmax())}, reference {int(expected.argmax())}"
+                )
         if step == args.steps:
             break
         # Greedy on the runtime's own logits; the reference then follows the same tokens.
         chosen = [int(t) for t in logits.argmax(-1)]
-        for seq, token in zip(sequences, chosen):
+        for seq, token in zip(sequences, chosen, strict=True):
             seq.append(token)
         logits = model.decode(chosen)
 
     for binding in runtime.bindings:
         print(f"  {binding.describe()}")
     for b, seq in enumerate(sequences):
-        print(f"sequence {b}: prompt {PROMPTS[b]} -> {seq[len(PROMPTS[b]):]}")
+        print(f"sequence {b}: prompt {PROMPTS[b]} -> {seq[len(PROMPTS[b]) :]}")
     verdict = "matches" if worst <= tolerance and not failures else "DIFFERS FROM"
-    print(f"{verdict} the float64 reference: max logit difference {worst:.2e} (tolerance {tolerance:g}), "
-          f"{len(runtime.fallbacks)} fallback(s)")
+    print(
+        f"{verdict} the float64 reference: max logit difference {worst:.2e} (tolerance {tolerance:g}), "
+        f"{len(runtime.fallbacks)} fallback(s)"
+    )
     for failure in failures:
         print(f"  {failure}")
     return 0 if verdict == "matches" else 1

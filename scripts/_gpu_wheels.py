@@ -54,7 +54,7 @@ def _marker_class() -> type:
     try:
         from packaging.markers import Marker
     except ImportError:  # pip always carries a copy
-        from pip._vendor.packaging.markers import Marker  # type: ignore[no-redef]
+        from pip._vendor.packaging.markers import Marker  # type: ignore[no-redef]  # the fallback import of the same name from pip's vendored copy
     return Marker
 
 
@@ -121,7 +121,7 @@ def install(wheels: Path) -> None:
         subprocess.run(pip + [str(w) for w in chosen], check=True)
     workspace = sorted((wheels / "workspace").glob("*.whl"))
     # Force-reinstalled: the same version number may already be installed from an earlier build.
-    subprocess.run(pip + ["--force-reinstall", *map(str, workspace)], check=True)
+    subprocess.run([*pip, "--force-reinstall", *map(str, workspace)], check=True)
     import torch  # the preinstalled torch must still import, with CUDA
 
     print(f"installed {len(workspace)} workspace and {len(chosen)} third-party wheels; torch {torch.__version__} "

@@ -98,8 +98,8 @@ def fake_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...
         created.append(module)
         return importlib.metadata.EntryPoint(name=name, value=module, group=GROUP)
 
-    make.folder = folder  # type: ignore[attr-defined]
-    make.created = created  # type: ignore[attr-defined]
+    make.folder = folder  # type: ignore[attr-defined]  # the fixture hands its state on as attributes of the factory
+    make.created = created  # type: ignore[attr-defined]  # the fixture hands its state on as attributes of the factory
     yield make
     for module in created:
         sys.modules.pop(module, None)

@@ -189,14 +189,14 @@ def test_a_third_party_plugin_recommending_itself_joins_the_rows_it_names(fake_p
 
 
 def _recommendation_text(report) -> str:
-    return "\n".join(f"{c.name}: {c.message} | {c.fix}" for c in report.sections["recommendation"])
+    return "\n".join(f"{c.subject}: {c.message} | {c.fix}" for c in report.sections["recommendation"])
 
 
 def test_doctor_on_hopper_with_only_the_core_says_what_to_install(core_only) -> None:
     report = run_doctor(environ={}, system=load_system("h100"), verify=False, manager=core_only)
     text = _recommendation_text(report)
     assert "NVIDIA Hopper (H100): recommended features: cuda cudnn flash-attn-v3" in text
-    (install,) = [c for c in report.sections["recommendation"] if c.name == "install"]
+    (install,) = [c for c in report.sections["recommendation"] if c.subject == "install"]
     assert install.fix == "pip install mistralrs-torch-cuda mistralrs-torch-flash-attn"
     assert report.exit_code == 0
 
@@ -210,10 +210,10 @@ def test_doctor_with_everything_installed_says_all_active_and_prints_no_install(
 def test_doctor_does_not_call_a_disabled_plugin_missing() -> None:
     environ = {"MISTRALRS_DISABLE_PLUGINS": "cuda"}
     report = run_doctor(environ=environ, system=load_system("a100"), verify=False)
-    checks = {c.name: c for c in report.sections["recommendation"]}
+    checks = {c.subject: c for c in report.sections["recommendation"]}
     assert checks["cuda"].message.startswith("not loaded: its plugin 'cuda' is disabled by MISTRALRS_DISABLE_PLUGINS")
     assert checks["cuda"].fix == "remove cuda from MISTRALRS_DISABLE_PLUGINS"
     assert "install" not in checks
     report = run_doctor(environ={"MISTRALRS_PLUGIN_AUTOLOAD": "0"}, system=load_system("xeon-cpu"), verify=False)
-    checks = {c.name: c for c in report.sections["recommendation"]}
+    checks = {c.subject: c for c in report.sections["recommendation"]}
     assert "MISTRALRS_PLUGIN_AUTOLOAD=0" in checks["mkl"].message and "install" not in checks

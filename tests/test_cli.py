@@ -85,7 +85,8 @@ def test_plugins_list_json_on_this_machine(run_cli, this_machine, all_features) 
     assert statuses["cpu"] == "active"
     assert set(data["active"]) == {n for n, s in statuses.items() if s == "active"}
     for feature in data["features"]:
-        assert set(feature) >= {"feature", "status", "plugin", "distribution", "version", "provides", "reasons", "notes"}
+        assert set(feature) >= {"feature", "status", "plugin", "distribution", "version", "provides", "reasons",
+                                "notes"}
         assert feature["reasons"], feature
     by_name = {f["feature"]: f for f in data["features"]}
     assert (by_name["cudnn"]["plugin"], by_name["cudnn"]["distribution"]) == ("cuda", "mistralrs-torch-cuda")

@@ -179,4 +179,5 @@ def test_features_narrows_the_run_and_an_unknown_one_is_refused() -> None:
     only = _run(None, "builtin", "--features", "cpu", "--json")
     assert json.loads(only.stdout)["verdict"] == "passed"
     wrong = _run(None, "mkl", "--features", "cuda")
-    assert wrong.returncode == 1 and "plugin 'mkl' has no feature 'cuda': pass --features with some of mkl" in wrong.stdout
+    assert wrong.returncode == 1
+    assert "plugin 'mkl' has no feature 'cuda': pass --features with some of mkl" in wrong.stdout

@@ -33,11 +33,14 @@ TORCH_WORDS = {
     ("system/_schema.py", "cudnn"): "TorchBuild's fields: how torch was built",
     ("system/_schema.py", "mkl"): "TorchBuild's fields: how torch was built",
     ("ops/_contract.py", "cuda"): "torch's device type, in CallSpec's field documentation",
+    ("runtime/_measure.py", "cuda"): "torch's device type (a CUDA device needs a synchronize before the clock stops)",
     # Examples in error messages, in files being changed elsewhere.
     ("resolution/_selection.py", "cuda"): "an example of a feature list in a config-file error",
     ("resolution/_selection.py", "cudnn"): "an example of a feature list in a config-file error",
     ("runtime/_runtime.py", "cuda"): "an example of a feature list in Runtime.create's argument error",
     ("runtime/_runtime.py", "cudnn"): "an example of a feature list in Runtime.create's argument error",
+    ("cli/_run.py", "cuda"): "an example of a feature list in `mistralrs run --features` help",
+    ("cli/_run.py", "flash-attn"): "an example of a feature list in `mistralrs run --features` help",
 }
 
 

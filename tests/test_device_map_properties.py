@@ -41,8 +41,8 @@ def test_every_layer_is_placed_within_each_accelerators_capacity(free: list[int]
     plan = auto_device_map(len(sizes), [s * MiB for s in sizes], [*gpus, CPU], headroom=headroom)
     assert len(plan.layers) == len(sizes)
     assert set(plan.layers) <= {g.torch_device for g in gpus} | {"cpu"}
-    for gpu, mib in zip(gpus, free):
-        placed = sum(s for s, device in zip(sizes, plan.layers) if device == gpu.torch_device) * MiB
+    for gpu, mib in zip(gpus, free, strict=True):
+        placed = sum(s for s, device in zip(sizes, plan.layers, strict=True) if device == gpu.torch_device) * MiB
         assert placed <= int(mib * MiB * (1 - headroom)), (gpu.torch_device, plan.layers)
 
 

@@ -377,7 +377,8 @@ def test_disable_plugins_blocks_the_named_plugins(all_features) -> None:
     manager = PluginManager(environ={"MISTRALRS_DISABLE_PLUGINS": "cuda, flash_attn"})
     assert {p.name for p in manager.disabled} == {"cuda", "flash_attn"}
     assert {p.distribution for p in manager.disabled} == {"mistralrs-torch-cuda", "mistralrs-torch-flash-attn"}
-    assert {f.manifest.name for f in manager.features} == all_features - {"cuda", "cudnn", "flash-attn", "flash-attn-v3"}
+    disabled = {"cuda", "cudnn", "flash-attn", "flash-attn-v3"}
+    assert {f.manifest.name for f in manager.features} == all_features - disabled
     assert manager.broken == ()
     resolution = resolve(manager.features, manager.broken, Selection(), load_system("multi-gpu-8xh100"), {})
     assert set(resolution.active) == {"mkl", "cpu"}
@@ -440,14 +441,18 @@ def test_strict_mode_off_spellings_keep_a_broken_plugin_a_warning(fake_plugin) -
 
 
 def test_a_plugin_api_1_manifest_or_backend_is_refused_pointing_at_the_migration(fake_plugin) -> None:
-    manifest_v1 = fake_plugin("""
+    manifest_v1 = fake_plugin(
+        """
         from mistralrs_torch import FeatureManifest, hookimpl
 
         @hookimpl
         def mistralrs_features():
             return (FeatureManifest(name="oldmanifest", summary="x", distribution="old", priority=5),)
-        """, name="oldmanifest")
-    backend_v1 = fake_plugin("""
+        """,
+        name="oldmanifest",
+    )
+    backend_v1 = fake_plugin(
+        """
         from mistralrs_torch import FeatureManifest, Support, hookimpl
 
         @hookimpl
@@ -464,7 +469,9 @@ def test_a_plugin_api_1_manifest_or_backend_is_refused_pointing_at_the_migration
         @hookimpl
         def mistralrs_matmul_backends(active):
             return (Old(),) if "oldbackend" in active else ()
-        """, name="oldbackend")
+        """,
+        name="oldbackend",
+    )
     manager = PluginManager(entry_points=[manifest_v1, backend_v1], environ={})
     (broken,) = manager.broken
     assert broken.stage == "hook mistralrs_features" and "selection_priority" in broken.error
@@ -474,5 +481,7 @@ def test_a_plugin_api_1_manifest_or_backend_is_refused_pointing_at_the_migration
     manager.collect("mistralrs_matmul_backends", MatmulBackend, frozenset({"cpu", "oldbackend"}))
     late = manager.broken[-1]
     assert late.plugin.name == "oldbackend" and late.stage == "hook mistralrs_matmul_backends"
-    assert late.error == ("returned Old has no dispatch_priority (plugin API 1.x called it priority: see "
-                          "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)")
+    assert late.error == (
+        "returned Old has no dispatch_priority (plugin API 1.x called it priority: see "
+        "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)"
+    )

@@ -127,7 +127,7 @@ def doctor_with(entry_points: list[importlib.metadata.EntryPoint], environ: Mapp
 
 
 def checks(report: DoctorReport, section: str, name: str | None = None) -> list[Any]:
-    return [c for c in report.sections[section] if name is None or c.name == name]
+    return [c for c in report.sections[section] if name is None or c.subject == name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_every_section_is_present_and_non_empty(here: DoctorReport) -> None:
 
 
 def test_system_section_reports_os_python_torch_cpu_memory(here: DoctorReport) -> None:
-    names = {c.name for c in here.sections["system"]}
+    names = {c.subject for c in here.sections["system"]}
     assert {"os", "python", "cpu", "memory", "torch"} <= names
     cpu = checks(here, "system", "cpu")[0]
     assert "instruction sets" in cpu.message
@@ -177,15 +177,16 @@ def test_this_machine_exits_zero(here: DoctorReport, schema: dict[str, Any]) -> 
 
 
 def test_features_section_lists_every_installed_feature(here: DoctorReport) -> None:
-    statuses = {c.name: c.message.split(":")[0] for c in here.sections["features"] if c.status in ("ok", "info")}
+    statuses = {c.subject: c.message.split(":")[0] for c in here.sections["features"] if c.status in ("ok", "info")}
     assert statuses["cpu"] == "active"
-    assert {"cuda", "cudnn", "flash-attn", "flash-attn-v3", "metal", "accelerate", "mkl", "nccl", "ring"} <= set(statuses)
+    every = {"cuda", "cudnn", "flash-attn", "flash-attn-v3", "metal", "accelerate", "mkl", "nccl", "ring"}
+    assert every <= set(statuses)
     assert statuses["metal"] == "unavailable"
 
 
 def test_mkl_on_an_amd_cpu_warns_but_does_not_fail(here: DoctorReport) -> None:
     system = mistralrs_torch.PluginManager(environ={}).probe_system()
-    if system.cpu.vendor != "amd" or "mkl" not in {c.name for c in here.sections["features"] if c.status == "ok"}:
+    if system.cpu.vendor != "amd" or "mkl" not in {c.subject for c in here.sections["features"] if c.status == "ok"}:
         pytest.skip("this machine is not an AMD CPU with mkl active (the epyc-cpu profile test covers the rule)")
     notes = [c for c in checks(here, "features", "mkl") if c.status == "warning"]
     assert any("AMD" in c.message and "Intel-optimized" in c.message for c in notes)
@@ -204,6 +205,7 @@ def test_mkl_amd_note_on_the_epyc_profile() -> None:
 # simulated machines
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
 def test_profiles_skip_verification_and_exit_zero(profile: str, schema: dict[str, Any]) -> None:
     report = run_doctor(environ={}, system=load_system(profile))
@@ -217,18 +219,21 @@ def test_profiles_skip_verification_and_exit_zero(profile: str, schema: dict[str
     validate(report, schema)
 
 
-@pytest.mark.parametrize(("profile", "active", "inactive"), [
-    ("h100", {"cuda", "cudnn", "flash-attn-v3"}, {"flash-attn", "metal"}),
-    ("h100-fa2", {"cuda", "flash-attn"}, {"flash-attn-v3"}),
-    ("a100", {"cuda", "cudnn", "flash-attn"}, {"flash-attn-v3"}),
-    ("apple-m2", {"metal", "accelerate"}, {"cuda", "flash-attn", "mkl"}),
-])
+@pytest.mark.parametrize(
+    ("profile", "active", "inactive"),
+    [
+        ("h100", {"cuda", "cudnn", "flash-attn-v3"}, {"flash-attn", "metal"}),
+        ("h100-fa2", {"cuda", "flash-attn"}, {"flash-attn-v3"}),
+        ("a100", {"cuda", "cudnn", "flash-attn"}, {"flash-attn-v3"}),
+        ("apple-m2", {"metal", "accelerate"}, {"cuda", "flash-attn", "mkl"}),
+    ],
+)
 def test_profile_feature_section(profile: str, active: set[str], inactive: set[str]) -> None:
     report = run_doctor(environ={}, system=load_system(profile))
-    shown = {c.name for c in report.sections["features"] if c.status == "ok" and c.message.startswith("active")}
+    shown = {c.subject for c in report.sections["features"] if c.status == "ok" and c.message.startswith("active")}
     assert active <= shown
     assert not (inactive & shown)
-    gpus = [c for c in report.sections["accelerators"] if c.name.startswith("gpu")]
+    gpus = [c for c in report.sections["accelerators"] if c.subject.startswith("gpu")]
     if profile != "apple-m2":
         assert gpus and "compute capability" in gpus[0].message
 
@@ -262,10 +267,11 @@ def test_profile_report_text_names_the_profile() -> None:
 # errors
 # ---------------------------------------------------------------------------------------------
 
+
 def test_invalid_explicit_selection_is_an_error_with_the_fix(schema: dict[str, Any]) -> None:
     report = run_doctor(environ={}, features="metal")
     errors = [c for c in report.sections["features"] if c.status == "error"]
-    assert errors and errors[0].name == "metal"
+    assert errors and errors[0].subject == "metal"
     assert "macOS-only" in errors[0].message and "remove the metal feature" in errors[0].fix
     assert report.exit_code == 1 and report.verifications == ()
     assert "skipped" in report.verification_note
@@ -276,7 +282,7 @@ def test_invalid_explicit_selection_is_an_error_with_the_fix(schema: dict[str, A
 
 def test_invalid_selection_from_the_environment_is_an_error_too() -> None:
     report = run_doctor(environ={"MISTRALRS_FEATURES": "metal cuda"}, verify=False)
-    assert {c.name for c in report.errors} >= {"metal", "cuda"}
+    assert {c.subject for c in report.errors} >= {"metal", "cuda"}
     assert report.exit_code == 1
 
 
@@ -322,8 +328,9 @@ def test_a_correct_extra_backend_is_verified(fake_plugin) -> None:
     ep = fake_plugin(_FAKE_BACKEND_PLUGIN.format(mode="exact"), name="planted")
     report = doctor_with([ep])
     planted = [v for v in report.verifications if v.backend == "planted-attention"]
-    assert {(v.op, v.dtype) for v in planted} == {(op, d) for op in ("attention", "paged_attention")
-                                                  for d in ("float32", "bfloat16")}
+    assert {(v.op, v.dtype) for v in planted} == {
+        (op, d) for op in ("attention", "paged_attention") for d in ("float32", "bfloat16")
+    }
     assert all(v.result == "verified" for v in planted)
     assert report.exit_code == 0
 
@@ -389,13 +396,17 @@ def mistralrs_doctor_checks(active, system):
 
 
 def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_plugin, schema) -> None:
-    ep = fake_plugin(_CHECKS_PLUGIN.format(
-        body='return [CheckResult("FAKE_CONFIG", "error", "FAKE_CONFIG is malformed", "write valid JSON"),'
-             ' CheckResult("fake world size", "ok", "2 ranks")]'), name="confplug")
+    ep = fake_plugin(
+        _CHECKS_PLUGIN.format(
+            body='return [CheckResult("FAKE_CONFIG", "FAKE_CONFIG is malformed", "write valid JSON", status="error"),'
+            ' CheckResult("fake world size", "2 ranks", status="ok")]'
+        ),
+        name="confplug",
+    )
     report = doctor_with([ep], verify=False)
-    (error,) = [c for c in report.sections["configuration"] if c.name == "FAKE_CONFIG"]
+    (error,) = [c for c in report.sections["configuration"] if c.subject == "FAKE_CONFIG"]
     assert error.status == "error" and error.plugin == "confplug" and error.fix == "write valid JSON"
-    assert any(c.name == "fake world size" and c.plugin == "confplug" for c in report.sections["configuration"])
+    assert any(c.subject == "fake world size" and c.plugin == "confplug" for c in report.sections["configuration"])
     assert report.exit_code == 1
     assert "FAKE_CONFIG [confplug]: FAKE_CONFIG is malformed" in report.to_text()
     validate(report, schema)
@@ -403,9 +414,13 @@ def test_plugin_doctor_checks_land_in_configuration_with_the_plugin_name(fake_pl
 
 def test_plugin_doctor_checks_judge_the_diagnosed_environment_not_os_environ(fake_plugin, monkeypatch) -> None:
     # The hook names only the parameter it uses (as pluggy allows) and reads the doctor's environ.
-    source = _CHECKS_PLUGIN.replace("def mistralrs_doctor_checks(active, system):", "def mistralrs_doctor_checks(environ):")
-    ep = fake_plugin(source.format(body='return [CheckResult("FAKE_SETTING", "info", environ.get("FAKE_SETTING", "unset"))]'),
-                          name="confplug")
+    source = _CHECKS_PLUGIN.replace(
+        "def mistralrs_doctor_checks(active, system):", "def mistralrs_doctor_checks(environ):"
+    )
+    ep = fake_plugin(
+        source.format(body='return [CheckResult("FAKE_SETTING", environ.get("FAKE_SETTING", "unset"), status="info")]'),
+        name="confplug",
+    )
     monkeypatch.setenv("FAKE_SETTING", "from os.environ")
     report = doctor_with([ep], {"FAKE_SETTING": "from the diagnosed environment"}, verify=False)
     (check,) = checks(report, "configuration", "FAKE_SETTING")
@@ -417,7 +432,9 @@ def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_plugin, s
     ep = fake_plugin(_CHECKS_PLUGIN.format(body='raise RuntimeError("check exploded")'), name="confplug")
     report = doctor_with([ep], verify=False)
     (check,) = checks(report, "plugins", "confplug")
-    assert check.status == "warning" and "check exploded" in check.message and "mistralrs_doctor_checks" in check.message
+    assert (
+        check.status == "warning" and "check exploded" in check.message and "mistralrs_doctor_checks" in check.message
+    )
     assert report.exit_code == 0
     validate(report, schema)
 
@@ -425,8 +442,8 @@ def test_plugin_whose_doctor_hook_raises_is_quarantined_and_shown(fake_plugin, s
 def test_plugin_check_with_an_invalid_status_does_not_break_the_report(fake_plugin, schema) -> None:
     """A check whose status is not ok/info/warning/error breaks the hook's contract: doctor must not
     print it as-is (the JSON would break its own schema and the exit status would ignore it)."""
-    ep = fake_plugin(_CHECKS_PLUGIN.format(body='return [CheckResult("FAKE", "fatal", "something is wrong")]'),
-                          name="confplug")
+    body = 'return [CheckResult("FAKE", "something is wrong", status="fatal")]'
+    ep = fake_plugin(_CHECKS_PLUGIN.format(body=body), name="confplug")
     report = doctor_with([ep], verify=False)
     validate(report, schema)
 
@@ -439,18 +456,24 @@ def test_malformed_runtime_switches_are_configuration_errors() -> None:
         assert report.exit_code == 1
 
 
-@pytest.mark.parametrize(("value", "status", "words"), [
-    ("cpu:32", "info", "explicit map from MISTRALRS_DEVICE_LAYERS: cpu: 32 layers (32 layers"),
-    ("0:16;1:16", "error", "device map names '0', which is not a device here: devices are cpu"),
-    ("cpu=32", "error", "device map entry 'cpu=32' is not DEVICE:LAYERS"),
-])
+@pytest.mark.parametrize(
+    ("value", "status", "words"),
+    [
+        ("cpu:32", "info", "explicit map from MISTRALRS_DEVICE_LAYERS: cpu: 32 layers (32 layers"),
+        ("0:16;1:16", "error", "device map names '0', which is not a device here: devices are cpu"),
+        ("cpu=32", "error", "device map entry 'cpu=32' is not DEVICE:LAYERS"),
+    ],
+)
 def test_device_layers_variable_is_judged_against_this_runtimes_devices(value, status, words, schema) -> None:
     report = run_doctor(environ={"MISTRALRS_DEVICE_LAYERS": value, "MISTRALRS_FEATURES": "none"})
     (check,) = checks(report, "configuration", "device layers")
     assert check.status == status and words in check.message, check
     assert report.exit_code == (1 if status == "error" else 0)
-    assert not [c for c in report.sections["configuration"] if "MISTRALRS_DEVICE_LAYERS" in c.message
-                and c.name != "device layers"]  # a known variable, not flagged as unknown
+    assert not [
+        c
+        for c in report.sections["configuration"]
+        if "MISTRALRS_DEVICE_LAYERS" in c.message and c.subject != "device layers"
+    ]  # a known variable, not flagged as unknown
     validate(report, schema)
 
 
@@ -484,13 +507,20 @@ def test_unknown_mistralrs_variable_warns_with_the_closest_name(schema) -> None:
 
 
 def test_variables_declared_by_the_core_or_a_manifest_are_not_unknown() -> None:
-    environ = {"MISTRALRS_NO_NCCL": "1", "MISTRALRS_MN_LOCAL_WORLD_SIZE": "2", "MISTRALRS_NO_FALLBACK": "0",
-               "MISTRALRS_PAGED_ATTN": "0", "MISTRALRS_DISABLE_PLUGINS": ""}
+    environ = {
+        "MISTRALRS_NO_NCCL": "1",
+        "MISTRALRS_MN_LOCAL_WORLD_SIZE": "2",
+        "MISTRALRS_NO_FALLBACK": "0",
+        "MISTRALRS_PAGED_ATTN": "0",
+        "MISTRALRS_DISABLE_PLUGINS": "",
+    }
     report = run_doctor(environ=environ, verify=False)
     assert not [c for c in report.sections["configuration"] if c.message.startswith("unknown variable")]
 
 
-def test_malformed_mistralrs_toml_in_the_cwd_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema) -> None:
+def test_malformed_mistralrs_toml_in_the_cwd_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema
+) -> None:
     (tmp_path / "mistralrs.toml").write_text("features = [cuda\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     report = run_doctor(environ={}, verify=False)

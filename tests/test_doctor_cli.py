@@ -100,10 +100,13 @@ def _install_broken_plugin(folder: Path) -> Path:
     site = folder / "site"
     dist_info = site / f"{_BROKEN_DIST}-0.0.1.dist-info"
     dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {_BROKEN_DIST}\nVersion: 0.0.1\n\n", encoding="utf-8")
+    (dist_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {_BROKEN_DIST}\nVersion: 0.0.1\n\n", encoding="utf-8"
+    )
     (dist_info / "entry_points.txt").write_text(f"[mistralrs.plugins]\nbrokenplug = {_BROKEN_DIST}\n", encoding="utf-8")
-    (site / f"{_BROKEN_DIST}.py").write_text('raise ImportError("libfake.so: cannot open shared object file")\n',
-                                             encoding="utf-8")
+    (site / f"{_BROKEN_DIST}.py").write_text(
+        'raise ImportError("libfake.so: cannot open shared object file")\n', encoding="utf-8"
+    )
     return site
 
 
@@ -156,7 +159,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batch]:
         batch.start(f"no-torch {name}", code=textwrap.dedent(_NO_TORCH.format(args=args)))
     batch.start("doctor --system h100 --json", "doctor", "--system", "h100", "--json")
     batch.start("broken", "doctor", "--no-verify", env={"PYTHONPATH": str(site)})
-    batch.start("broken strict", "doctor", "--no-verify", env={"PYTHONPATH": str(site), "MISTRALRS_STRICT_PLUGINS": "1"})
+    batch.start(
+        "broken strict", "doctor", "--no-verify", env={"PYTHONPATH": str(site), "MISTRALRS_STRICT_PLUGINS": "1"}
+    )
     batch.start("bad features", "doctor", "--features", "metal")
     batch.start("bad system", "doctor", "--system", "no-such-machine")
     try:
@@ -184,6 +189,7 @@ def no_traceback(done: Done) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def test_doctor_exits_zero_and_shows_every_section(runs: Batch) -> None:
     done = runs["doctor"]
@@ -266,7 +272,7 @@ def test_no_verify_json_is_valid_and_says_why(runs: Batch, validator) -> None:
 def test_resolve_explain_shows_a_winner_per_op(shared: dict[str, Done]) -> None:
     done = shared["resolve --explain"]
     assert done.returncode == 0, done.stderr
-    explain = done.stdout[done.stdout.index("\nexplain:\n"):]
+    explain = done.stdout[done.stdout.index("\nexplain:\n") :]
     for op in (op.name for op in OPS):
         (line,) = [line for line in explain.splitlines() if line.startswith(f"{op} (")]
         winner = line.rsplit(": ", 1)[1]
@@ -289,7 +295,7 @@ def test_resolve_explain_with_a_profile_is_a_clear_error(shared: dict[str, Done]
 def test_installed_broken_plugin_is_reported_and_doctor_still_runs(runs: Batch) -> None:
     done = runs["broken"]
     assert done.returncode == 0, done.stdout + done.stderr
-    plugins = done.stdout[done.stdout.index("\nPLUGINS\n"):done.stdout.index("\nFEATURES\n")]
+    plugins = done.stdout[done.stdout.index("\nPLUGINS\n") : done.stdout.index("\nFEATURES\n")]
     (line,) = [line for line in plugins.splitlines() if "brokenplug" in line and "broken at" in line]
     assert line.lstrip().startswith("!!") and "libfake.so" in line and _BROKEN_DIST in line
     assert "MISTRALRS_DISABLE_PLUGINS=brokenplug" in plugins
@@ -300,7 +306,7 @@ def test_installed_broken_plugin_is_reported_and_doctor_still_runs(runs: Batch) 
 def test_installed_broken_plugin_fails_doctor_under_strict_plugins(runs: Batch) -> None:
     done = runs["broken strict"]
     assert done.returncode == 1
-    plugins = done.stdout[done.stdout.index("\nPLUGINS\n"):done.stdout.index("\nFEATURES\n")]
+    plugins = done.stdout[done.stdout.index("\nPLUGINS\n") : done.stdout.index("\nFEATURES\n")]
     assert any(line.lstrip().startswith("XX brokenplug") for line in plugins.splitlines())
     assert "PROBLEMS" in done.stdout
     no_traceback(done)

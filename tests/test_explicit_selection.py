@@ -27,7 +27,8 @@ def _lines(error: SelectionError) -> list[str]:
 
 def test_flash_attn_and_flash_attn_v3_are_mutually_exclusive(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "h100", explicit("flash-attn", "flash-attn-v3"))
-    assert _lines(error) == ["flash-attn and flash-attn-v3 are mutually exclusive: enable one (on Hopper, flash-attn-v3)"]
+    assert _lines(error) == [
+        "flash-attn and flash-attn-v3 are mutually exclusive: enable one (on Hopper, flash-attn-v3)"]
     assert error.violations[0].rule == "excludes"
     assert "flash-attn and flash-attn-v3 are mutually exclusive: enable one (on Hopper, flash-attn-v3)" in str(error)
 
@@ -36,14 +37,14 @@ def test_metal_is_macos_only(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "xeon-cpu", explicit("metal"))
     assert len(error.violations) == 1
     violation = error.violations[0]
-    assert (violation.feature, violation.rule) == ("metal", "platform")
+    assert (violation.subject, violation.rule) == ("metal", "platform")
     assert str(violation).startswith("metal is macOS-only: remove")
     assert "metal" in violation.fix
 
 
 def test_metal_with_cuda_on_linux_lists_the_platform_and_the_exclusion(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "h100", explicit("metal", "cuda"))
-    rules = {(v.feature, v.rule) for v in error.violations}
+    rules = {(v.subject, v.rule) for v in error.violations}
     assert ("metal", "platform") in rules
     assert any("metal and cuda are mutually exclusive" in line or "cuda and metal are mutually exclusive" in line
                for line in _lines(error))
@@ -51,10 +52,10 @@ def test_metal_with_cuda_on_linux_lists_the_platform_and_the_exclusion(resolve_o
 
 def test_metal_with_cuda_on_a_mac_lists_cuda_platform_and_the_exclusion(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "apple-m2", explicit("metal", "cuda"))
-    rules = {(v.feature, v.rule) for v in error.violations}
+    rules = {(v.subject, v.rule) for v in error.violations}
     assert ("cuda", "platform") in rules
     assert any(v.rule == "excludes" for v in error.violations)
-    assert not any(v.feature == "metal" and v.rule == "platform" for v in error.violations)
+    assert not any(v.subject == "metal" and v.rule == "platform" for v in error.violations)
 
 
 def test_cudnn_without_cuda_says_add_cuda(resolve_on, explicit) -> None:
@@ -78,7 +79,7 @@ def test_nccl_where_cuda_cannot_be_active_fails_with_cudas_reason(resolve_on, ex
     if system.gpus_of("nvidia") and "cuda" in system.libraries:
         pytest.skip("this machine can run cuda")
     error = _violations(resolve_on, system, explicit("nccl"))
-    cuda = [v for v in error.violations if v.feature == "cuda"]
+    cuda = [v for v in error.violations if v.subject == "cuda"]
     assert cuda, _lines(error)
     assert not any(v.rule == "requires" for v in error.violations), "cuda is auto-enabled, not demanded"
 
@@ -89,12 +90,12 @@ def test_nccl_requires_cuda_when_no_plugin_provides_cuda(explicit) -> None:
         resolve(manager.features, manager.broken, explicit("nccl"), load_system("multi-gpu-8xh100"), {})
     lines = _lines(caught.value)
     assert any(line.startswith("nccl requires cuda: add cuda") for line in lines)
-    assert ("cuda", "unknown") in {(v.feature, v.rule) for v in caught.value.violations}
+    assert ("cuda", "unknown") in {(v.subject, v.rule) for v in caught.value.violations}
 
 
 def test_nccl_on_a_mac_fails_with_cudas_platform_reason(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "apple-m2", explicit("nccl"))
-    assert ("cuda", "platform") in {(v.feature, v.rule) for v in error.violations}
+    assert ("cuda", "platform") in {(v.subject, v.rule) for v in error.violations}
     assert any(line.startswith("cuda runs on Linux, Windows, not macOS") for line in _lines(error))
     assert not any(v.rule == "requires" for v in error.violations)
 
@@ -146,7 +147,7 @@ def test_flash_attn_v3_without_flash_attention_3_installed_prints_the_install_co
 
 def test_nccl_on_windows_is_linux_only(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "rtx4090-windows", explicit("nccl"))
-    assert [(v.feature, v.rule) for v in error.violations] == [("nccl", "platform")]
+    assert [(v.subject, v.rule) for v in error.violations] == [("nccl", "platform")]
     assert _lines(error)[0].startswith("nccl is Linux-only")
 
 
@@ -162,7 +163,7 @@ def test_ring_is_accepted_without_ring_config_when_explicit(resolve_on, explicit
 
 def test_mkl_on_apple_silicon_is_rejected(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "apple-m2", explicit("mkl"))
-    assert [(v.feature, v.rule) for v in error.violations] == [("mkl", "platform")]
+    assert [(v.subject, v.rule) for v in error.violations] == [("mkl", "platform")]
 
 
 def test_cuda_on_a_cpu_only_box_says_it_needs_an_nvidia_gpu(resolve_on, explicit) -> None:
@@ -192,7 +193,7 @@ def test_an_unknown_feature_with_no_close_match_lists_the_installed_ones(resolve
 
 def test_every_violation_is_listed_at_once(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "h100", explicit("flash-attn", "flash-attn-v3", "metal", "flash-atn"))
-    rules = sorted((v.feature, v.rule) for v in error.violations)
+    rules = sorted((v.subject, v.rule) for v in error.violations)
     assert ("metal", "platform") in rules
     assert ("flash-atn", "unknown") in rules
     assert sum(v.rule == "excludes" for v in error.violations) == 2  # flash-attn/-v3 and metal/cuda
@@ -205,14 +206,14 @@ def test_every_violation_is_listed_at_once(resolve_on, explicit) -> None:
 def test_every_violation_is_listed_with_environment_contradictions(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "v100", explicit("cudnn", "flash-attn", "nccl", "metal"),
                         {"MISTRALRS_NO_NCCL": "1"})
-    rules = {(v.feature, v.rule) for v in error.violations}
+    rules = {(v.subject, v.rule) for v in error.violations}
     assert {("flash-attn", "compute-capability"), ("nccl", "disabled-by"), ("metal", "platform")} <= rules
     assert all(v.fix for v in error.violations)
 
 
 def test_cudnn_requires_cuda_is_listed_with_other_problems(resolve_on, explicit) -> None:
     error = _violations(resolve_on, "xeon-cpu", explicit("cudnn", "metal"))
-    rules = {(v.feature, v.rule) for v in error.violations}
+    rules = {(v.subject, v.rule) for v in error.violations}
     assert {("cudnn", "requires"), ("cudnn", "library"), ("metal", "platform")} <= rules
     assert "cudnn requires cuda: add cuda" in _lines(error)
 

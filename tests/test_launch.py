@@ -254,7 +254,7 @@ def test_a_port_in_use_is_refused_before_any_rank_runs(launch) -> None:
         holder.listen(1)
         port = holder.getsockname()[1]
         proc = launch("-n", "2", "--master-port", str(port), "--", "true")
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and f"--master-port {port} is already in use" in err, err
 
 
@@ -289,7 +289,7 @@ def test_ctrl_c_stops_four_ranks_inside_a_collective_within_the_grace(launch, sc
     time.sleep(0.5)  # every rank deep in its loop
     proc.send_signal(signal.SIGINT)
     interrupted = time.monotonic()
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     took = time.monotonic() - interrupted
     print(f"Ctrl-C to 4 ranks in all_reduce: launcher exited after {took:.2f}s (grace {grace:g}s)")
     assert proc.returncode == 130, err

@@ -60,7 +60,7 @@ def speedy(fake_plugin):
         return Runtime.create(manager=manager, environ=environ, selection=selection,
                               tuning_cache=tmp_path / "tuning.json")
 
-    runtime.module = lambda: __import__(entry_point.value)  # type: ignore[attr-defined]
+    runtime.module = lambda: __import__(entry_point.value)  # type: ignore[attr-defined]  # the test swaps the method for one that re-imports
     return runtime
 
 

@@ -64,17 +64,26 @@ def test_a_causal_query_longer_than_its_keys_and_a_mask_that_does_not_broadcast(
         runtime.attention(*_qkv(), mask=torch.ones(3, 5, dtype=torch.int64))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda a: (*a[:3], a[3].clone().fill_(-5), a[4]), r"block_table\[0, 0\] = -5 is outside the cache's blocks 0..5"),
-    (lambda a: (*a[:3], a[3].float() + 0.7, a[4]), "block_table has dtype float32; expected one of int32"),
-    (lambda a: (*a[:4], torch.tensor([9, 5], dtype=torch.int32)), r"seq_lens\[0\] = 9 exceeds the 2 blocks of 4"),
-    (lambda a: (*a[:4], torch.tensor([0, 5], dtype=torch.int32)), r"seq_lens\[0\] = 0: a sequence must hold"),
-    (lambda a: (*a[:4], torch.tensor([-3, 5], dtype=torch.int32)), r"seq_lens\[0\] = -3"),
-    (lambda a: (*a[:4], torch.tensor([5], dtype=torch.int32)), "q has batch 2, block_table 2 rows and seq_lens 1"),
-    (lambda a: (a[0][:1], *a[1:]), "q has batch 1, block_table 2 rows and seq_lens 2"),
-    (lambda a: (*a[:3], a[3], a[4].long()), "seq_lens has dtype int64; expected one of int32"),
-    (lambda a: (a[0], a[1], a[2][:, :2], *a[3:]), r"k_cache \(6, 4, 2, 8\) and v_cache \(6, 2, 2, 8\) must have one shape"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda a: (*a[:3], a[3].clone().fill_(-5), a[4]),
+            r"block_table\[0, 0\] = -5 is outside the cache's blocks 0..5",
+        ),
+        (lambda a: (*a[:3], a[3].float() + 0.7, a[4]), "block_table has dtype float32; expected one of int32"),
+        (lambda a: (*a[:4], torch.tensor([9, 5], dtype=torch.int32)), r"seq_lens\[0\] = 9 exceeds the 2 blocks of 4"),
+        (lambda a: (*a[:4], torch.tensor([0, 5], dtype=torch.int32)), r"seq_lens\[0\] = 0: a sequence must hold"),
+        (lambda a: (*a[:4], torch.tensor([-3, 5], dtype=torch.int32)), r"seq_lens\[0\] = -3"),
+        (lambda a: (*a[:4], torch.tensor([5], dtype=torch.int32)), "q has batch 2, block_table 2 rows and seq_lens 1"),
+        (lambda a: (a[0][:1], *a[1:]), "q has batch 1, block_table 2 rows and seq_lens 2"),
+        (lambda a: (*a[:3], a[3], a[4].long()), "seq_lens has dtype int64; expected one of int32"),
+        (
+            lambda a: (a[0], a[1], a[2][:, :2], *a[3:]),
+            r"k_cache \(6, 4, 2, 8\) and v_cache \(6, 2, 2, 8\) must have one shape",
+        ),
+    ],
+)
 def test_paged_attention_arguments_and_values_are_checked(runtime: Runtime, change: Any, message: str) -> None:
     with pytest.raises(OpInputError, match=message):
         runtime.paged_attention(*change(_paged()))
@@ -90,7 +99,7 @@ def test_a_valid_paged_call_after_an_invalid_one_still_runs(runtime: Runtime) ->
 def test_kv_cache_writes_are_checked(runtime: Runtime) -> None:
     cache = torch.zeros(3, 4, 2, 8)
     k = torch.randn(2, 2, 8)
-    with pytest.raises(OpInputError, match="slot_mapping holds slot 12, outside the cache's slots 0..11"):
+    with pytest.raises(OpInputError, match=r"slot_mapping holds slot 12, outside the cache's slots 0..11"):
         runtime.write_kv_cache(k, k, cache, cache.clone(), torch.tensor([0, 12]))
     with pytest.raises(OpInputError, match="slot_mapping holds slot -2"):
         runtime.write_kv_cache(k, k, cache, cache.clone(), torch.tensor([-2, 1]))
@@ -110,7 +119,7 @@ def test_matmul_arguments_are_checked(runtime: Runtime) -> None:
         runtime.int8_linear(x, w, torch.ones(5))
     with pytest.raises(OpInputError, match="scale has 4 entries but the weight 5 output channels"):
         runtime.int8_linear(x, w.to(torch.int8), torch.ones(4))
-    with pytest.raises(OpInputError, match="weight must be what runtime.prepare_quantized returned"):
+    with pytest.raises(OpInputError, match=r"weight must be what runtime.prepare_quantized returned"):
         runtime.quantized_linear(x, w)
 
 
@@ -120,7 +129,9 @@ def test_quantized_weights_are_checked_when_prepared(runtime: Runtime) -> None:
         runtime.prepare_quantized(QuantizedWeight(codes, torch.ones(4, 2), None, 3, 32), torch.float32)
     with pytest.raises(OpInputError, match="group_size=48 must be a positive divisor of the 64 input features"):
         runtime.prepare_quantized(QuantizedWeight(codes, torch.ones(4, 2), None, 4, 48), torch.float32)
-    with pytest.raises(OpInputError, match=r"weight.scales has shape \(4, 3\); 4 outputs in groups of 32 need \(4, 2\)"):
+    with pytest.raises(
+        OpInputError, match=r"weight.scales has shape \(4, 3\); 4 outputs in groups of 32 need \(4, 2\)"
+    ):
         runtime.prepare_quantized(QuantizedWeight(codes, torch.ones(4, 3), None, 4, 32), torch.float32)
     prepared = runtime.prepare_quantized(QuantizedWeight(codes, torch.ones(4, 2), None, 4, 32), torch.float32)
     with pytest.raises(OpInputError, match="x is bfloat16 on cpu but the weight was prepared for float32 on cpu"):
@@ -141,20 +152,23 @@ def test_layer_arguments_are_checked(runtime: Runtime) -> None:
 
 
 def test_a_wrong_argument_count_is_named_with_the_ops_parameters(runtime: Runtime) -> None:
-    with pytest.raises(OpInputError, match=r"linear: missing a required argument: 'weight'; the op takes \(x, weight, "
-                                           r"bias\)"):
+    with pytest.raises(
+        OpInputError,
+        match=r"linear: missing a required argument: 'weight'; the op takes \(x, weight, "
+        r"bias\)",
+    ):
         runtime.linear(torch.randn(2, 2))
 
 
 def test_runtime_create_validates_its_own_arguments() -> None:
     with pytest.raises(ConfigError, match="paged_attention='no' must be True, False or None"):
-        Runtime.create(paged_attention="no", environ={})  # type: ignore[arg-type]
+        Runtime.create(paged_attention="no", environ={})  # type: ignore[arg-type]  # a wrong type on purpose: the refusal is what is tested
     with pytest.raises(ConfigError, match="features=3 must be a string"):
-        Runtime.create(features=3, environ={})  # type: ignore[arg-type]
+        Runtime.create(features=3, environ={})  # type: ignore[arg-type]  # a wrong type on purpose: the refusal is what is tested
 
 
 def test_a_profile_of_another_machine_is_a_dry_run_only() -> None:
-    with pytest.raises(ConfigError, match="resolved for h100, another machine than this one.*dry_run=True"):
+    with pytest.raises(ConfigError, match=r"resolved for h100, another machine than this one.*dry_run=True"):
         Runtime.create(system=load_system("h100"), environ={})
     dry = Runtime.create(system=load_system("h100"), environ={}, dry_run=True)
     assert dry.explain()["ops"]["attention"]["order"][0] == "flash-attn-v3"
@@ -165,13 +179,20 @@ def test_a_profile_of_another_machine_is_a_dry_run_only() -> None:
 _shapes = st.lists(st.integers(0, 5), min_size=0, max_size=5)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(q=_shapes, k=_shapes, v=_shapes, causal=st.booleans(),
-       dtypes=st.tuples(*[st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.bool])] * 3),
-       scale=st.one_of(st.none(), st.floats(allow_nan=True)))
-def test_any_attention_arguments_give_a_result_or_an_op_input_error(runtime: Runtime, q: list[int], k: list[int],
-                                                                    v: list[int], causal: bool, dtypes: Any,
-                                                                    scale: float | None) -> None:
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    q=_shapes,
+    k=_shapes,
+    v=_shapes,
+    causal=st.booleans(),
+    dtypes=st.tuples(*[st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.bool])] * 3),
+    scale=st.one_of(st.none(), st.floats(allow_nan=True)),
+)
+def test_any_attention_arguments_give_a_result_or_an_op_input_error(
+    runtime: Runtime, q: list[int], k: list[int], v: list[int], causal: bool, dtypes: Any, scale: float | None
+) -> None:
     tensors = [torch.zeros(shape, dtype=dtype) for shape, dtype in zip((q, k, v), dtypes, strict=True)]
     try:
         out = runtime.attention(*tensors, causal=causal, scale=scale)
@@ -182,11 +203,19 @@ def test_any_attention_arguments_give_a_result_or_an_op_input_error(runtime: Run
         assert scale is None or (math.isfinite(scale) and scale > 0)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=st.integers(0, 3), rows=st.integers(0, 3), lens=st.lists(st.integers(-3, 12), max_size=4),
-       ids=st.lists(st.integers(-6, 8), min_size=0, max_size=12), width=st.integers(0, 3))
-def test_any_paged_block_table_gives_a_result_or_an_op_input_error(runtime: Runtime, batch: int, rows: int,
-                                                                   lens: list[int], ids: list[int], width: int) -> None:
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batch=st.integers(0, 3),
+    rows=st.integers(0, 3),
+    lens=st.lists(st.integers(-3, 12), max_size=4),
+    ids=st.lists(st.integers(-6, 8), min_size=0, max_size=12),
+    width=st.integers(0, 3),
+)
+def test_any_paged_block_table_gives_a_result_or_an_op_input_error(
+    runtime: Runtime, batch: int, rows: int, lens: list[int], ids: list[int], width: int
+) -> None:
     q = torch.randn(batch, 4, 1, 8)
     cache = torch.randn(6, 4, 2, 8)
     table = torch.tensor((ids + [0] * (rows * width))[: rows * width], dtype=torch.int32).reshape(rows, width)

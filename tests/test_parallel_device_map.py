@@ -124,7 +124,7 @@ def test_the_mode_in_force_and_the_plan() -> None:
     # Under NCCL each process keeps every layer on its own GPU; an explicit map is a contradiction.
     plan = plan_device_map(_runtime([nccl], gpus), 4, GiB)
     assert plan.mode == "disabled" and plan.layers == ("cuda:1",) * 4
-    with pytest.raises(ConfigError, match="nccl is active: one process per device.*drop the device map"):
+    with pytest.raises(ConfigError, match=r"nccl is active: one process per device.*drop the device map"):
         plan_device_map(_runtime([nccl], gpus), 4, GiB, override="0:4")
     assert plan_device_map(_runtime([ring], gpus), 4, GiB).mode == "auto"
     assert plan_device_map(_runtime([ring], gpus), 4, GiB, override="1:4").layers == ("cuda:1",) * 4

@@ -194,9 +194,9 @@ def test_a_world_size_that_does_not_divide_the_weights_is_a_config_error(tmp_pat
                                                                         thread_ranks: Callable) -> None:
     path = tmp_path / "w.safetensors"
     write_mlp(path)
-    with pytest.raises(ConfigError, match="dimension 0 of 'mlp.gate_proj.weight' .* has size 128, which 3 ranks"):
+    with pytest.raises(ConfigError, match=r"dimension 0 of 'mlp.gate_proj.weight' .* has size 128, which 3 ranks"):
         thread_ranks(3, lambda comm: ParallelMLP.from_safetensors(runtime, comm, path, "mlp.", device="cpu"))
-    with pytest.raises(ConfigError, match="has no tensor 'mlp.nope.weight'"):
+    with pytest.raises(ConfigError, match=r"has no tensor 'mlp.nope.weight'"):
         ColumnParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "mlp.nope.weight")
 
 
@@ -279,7 +279,7 @@ def test_k_proj_with_fewer_kv_heads_than_ranks_is_replicated_whole_never_cut(tmp
     with pytest.raises(ConfigError, match="gathering the copies would repeat heads"):
         thread_ranks(4, lambda comm: ColumnParallelLinear.from_safetensors(
             runtime, comm, path, "k_proj.weight", heads=layout, gather_output=True, device="cpu"))
-    with pytest.raises(ConfigError, match="'k_proj.weight' in .* has 16 rows, which are neither 4 query heads nor "
+    with pytest.raises(ConfigError, match=r"'k_proj.weight' in .* has 16 rows, which are neither 4 query heads nor "
                                           "1 key/value heads of 8"):
         ColumnParallelLinear.from_safetensors(runtime, SingleProcessCommunicator(), path, "k_proj.weight",
                                               heads=AttentionHeads(4, 1, head), device="cpu")
@@ -378,5 +378,5 @@ def test_tp_over_ring_matches_the_single_process_run(tmp_path: Path, runtime: Ru
         info = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert (info["rank"], info["world"], info["backend"]) == (rank, world, "GlooCollectives")
         assert [r for r in info["reads"] if r[0] == "whole"] == [], info["reads"]
-        for kind, name, shape in info["reads"]:  # a 1/world share of every tensor, never more
+        for _kind, name, shape in info["reads"]:  # a 1/world share of every tensor, never more
             assert math.prod(shape) <= math.ceil(tensors[name].numel() / world), (name, shape)

@@ -19,8 +19,8 @@ import torch
 
 import mistralrs_torch
 from mistralrs_torch._errors import FallbackError, OpInputError, UnsupportedCallError
-from mistralrs_torch.ops import OPS
 from mistralrs_torch.generic import GenericAttention, dense_attention
+from mistralrs_torch.ops import OPS
 from mistralrs_torch.runtime import Binding, Runtime, explain_text
 
 GROUP = "mistralrs.plugins"
@@ -192,7 +192,7 @@ def paged_inputs(head_size: int = 64, block_size: int = 4) -> tuple[torch.Tensor
 def test_highest_priority_supporting_backend_wins(make_plugin) -> None:
     low = make_plugin("fake-low", priority=50, offset=2.0)
     high = make_plugin("fake-high", priority=100, offset=1.0)
-    pm, resolution, runtime = build([low, high])
+    _pm, resolution, runtime = build([low, high])
     assert {"fake-low", "fake-high"} <= set(resolution.active)
     assert [b.name for b in runtime.attention_backends] == ["fake-high-backend", "fake-low-backend", "cpu-attention"]
     q, k, v = qkv()
@@ -229,7 +229,8 @@ def test_refusing_backend_falls_through_to_generic_and_the_fallback_is_recorded(
     assert "fake-attn-backend" in described and "head size 32" in described and "cpu-attention" in described
     # The supported head size goes to the fake backend and is not a fallback.
     q64, k64, v64 = qkv(head_size=64)
-    torch.testing.assert_close(runtime.attention(q64, k64, v64, causal=True), dense_attention(q64, k64, v64, causal=True) + 1)
+    expected = dense_attention(q64, k64, v64, causal=True) + 1
+    torch.testing.assert_close(runtime.attention(q64, k64, v64, causal=True), expected)
     assert len(runtime.bindings) == 2 and len(runtime.fallbacks) == 1
     # ... and explain() shows the recorded fallback.
     assert any("head size 32" in f for f in runtime.explain()["fallbacks"])
@@ -363,9 +364,12 @@ def test_kernel_for_specialises_once_per_signature(make_plugin) -> None:
     ("ghost", {}),  # a feature nobody declared
     ("fake-attn", {"MISTRALRS_FEATURES": "none"}),  # its own feature, but not active
 ])
-def test_backend_for_a_feature_that_is_not_its_own_active_one_is_quarantined(make_plugin, backend_feature, environ) -> None:
+def test_backend_for_a_feature_that_is_not_its_own_active_one_is_quarantined(
+    make_plugin, backend_feature, environ
+) -> None:
     # The hook ignores ``active`` and returns its backend whatever is active.
-    ep = make_plugin("fake-attn", backend_feature=backend_feature, attention_body="return [FakeAttention()]", offset=1.0)
+    ep = make_plugin("fake-attn", backend_feature=backend_feature, attention_body="return [FakeAttention()]",
+                     offset=1.0)
     pm, _, runtime = build([ep], environ)
     (broken,) = pm.broken
     assert broken.plugin.name == "fake_attn" and broken.stage == "hook mistralrs_attention_backends"
@@ -418,7 +422,7 @@ def test_explain_lists_winner_runners_up_and_skipped_reasons(make_plugin) -> Non
     picky = make_plugin("fake-picky", head_sizes=(64,), priority=200)  # refuses explain's head size 128
     broad = make_plugin("fake-broad", priority=100)
     elsewhere = make_plugin("fake-mac", manifest={"provides": ("attention",), "platforms": ("macos",)})
-    pm, resolution, runtime = build([picky, broad, elsewhere])
+    _pm, resolution, runtime = build([picky, broad, elsewhere])
     assert resolution.status("fake-mac").status == "unavailable"
     data = runtime.explain()
     attention = data["ops"]["attention"]
@@ -477,7 +481,8 @@ def test_explicit_paged_attention_argument_beats_the_variable() -> None:
 
 def test_paged_attention_on_by_default_for_a_device_feature_that_says_so(make_plugin) -> None:
     ep = make_plugin("fake-dev", device=True, priority=10,
-                     manifest={"provides": ("device", "attention"), "paged_attention": "default", "selection_priority": 10})
+                     manifest={"provides": ("device", "attention"), "paged_attention": "default",
+                               "selection_priority": 10})
     pm, resolution, runtime = build([ep])
     assert "fake-dev" in resolution.active and pm.broken == ()
     assert runtime.device.feature == "fake-dev" and runtime.device.name == "fake cpu device"
@@ -495,17 +500,27 @@ def test_paged_attention_on_by_default_for_a_device_feature_that_says_so(make_pl
         off.paged_attention(q, k_cache, v_cache, table, lens)
 
 
-@pytest.mark.parametrize(("environ", "expected"), [
-    ({}, "fake:0"),
-    ({"LOCAL_RANK": "2", "RANK": "6", "WORLD_SIZE": "8"}, "fake:2"),  # rank 6 is the third process on its machine
-    ({"LOCAL_RANK": "5"}, "fake:1"),  # more ranks than devices share them round-robin, as torch's rank % count
-])
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "fake:0"),
+        ({"LOCAL_RANK": "2", "RANK": "6", "WORLD_SIZE": "8"}, "fake:2"),  # rank 6 is the third process on its machine
+        ({"LOCAL_RANK": "5"}, "fake:1"),  # more ranks than devices share them round-robin, as torch's rank % count
+    ],
+)
 def test_a_launched_rank_defaults_to_its_local_rank_device(make_plugin, environ, expected) -> None:
-    ep = make_plugin("fake-gpus", attention_body="", manifest={"provides": ("device",), "selection_priority": 10}, source="""
+    ep = make_plugin(
+        "fake-gpus",
+        attention_body="",
+        manifest={"provides": ("device",), "selection_priority": 10},
+        source="""
         @hookimpl
         def mistralrs_devices(active, system):
-            return [Device("fake:%d" % i, "fake gpu %d" % i, "fake-gpus") for i in range(4)] if "fake-gpus" in active else []
-        """)
+            if "fake-gpus" not in active:
+                return []
+            return [Device("fake:%d" % i, "fake gpu %d" % i, "fake-gpus") for i in range(4)]
+        """,
+    )
     pm, resolution, runtime = build([ep], environ)
     assert pm.broken == () and "fake-gpus" in resolution.active
     assert runtime.device.torch_device == expected
@@ -534,6 +549,7 @@ def test_paged_attention_cache_key_includes_block_size(make_plugin) -> None:
 # end to end with the installed plugins
 # ---------------------------------------------------------------------------------------------
 
+
 def test_runtime_create_on_this_machine_end_to_end() -> None:
     runtime = Runtime.create(environ={})
     assert runtime.device.torch_device == "cpu" or torch.cuda.is_available()
@@ -545,8 +561,12 @@ def test_runtime_create_on_this_machine_end_to_end() -> None:
     torch.testing.assert_close(runtime.linear(x, w, b).cpu(), x.cpu() @ w.cpu().T + b.cpu(), rtol=1e-4, atol=1e-4)
     wq = runtime.to_device(torch.randint(-127, 128, (5, 8), dtype=torch.int8))
     scale = runtime.to_device(torch.rand(5))
-    torch.testing.assert_close(runtime.int8_linear(x, wq, scale).cpu(),
-                               x.cpu() @ (wq.cpu().float() * scale.cpu()[:, None]).T, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        runtime.int8_linear(x, wq, scale).cpu(),
+        x.cpu() @ (wq.cpu().float() * scale.cpu()[:, None]).T,
+        rtol=1e-4,
+        atol=1e-4,
+    )
     comm = runtime.communicator()
     assert comm is runtime.communicator() and (comm.rank, comm.world_size) == (0, 1)
     data = runtime.explain()

@@ -117,7 +117,9 @@ def test_the_seed_catalogue_maps_each_seed_package_onto_ours_giving_its_features
         by_dist.setdefault(f.plugin.distribution, set()).add(f.manifest.name)
 
     def gives(dist: str) -> set[str]:
-        brought = [r.split("==")[0] for r in importlib.metadata.requires(dist) or [] if r.startswith("mistralrs-torch-")]
+        brought = [
+            r.split("==")[0] for r in importlib.metadata.requires(dist) or [] if r.startswith("mistralrs-torch-")
+        ]
         return by_dist.get(dist, set()).union(*(gives(d) for d in brought))
 
     rows = {p.seed: p for p in seed_packages()}

@@ -124,7 +124,7 @@ def test_a_batch_of_three_gives_each_prompt_its_greedy_tokens_alone(models: tupl
     together = run(prompts)
     worst, clear, compared = 0.0, 0, 0
     for prompt, mine in zip(prompts, together, strict=True):
-        for alone, batched in zip(run([prompt])[0], mine):
+        for alone, batched in zip(run([prompt])[0], mine, strict=True):
             worst = max(worst, float((alone - batched).abs().max()))
             compared += 1
             top2 = alone.topk(2).values
@@ -176,8 +176,8 @@ def test_mistralrs_serve_answers_paris(models: tuple[Any, Any, Any]) -> None:
     try:
         server.wait_ready(60)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
-        answer = client.chat.completions.create(model="smollm2", max_tokens=12, temperature=0,
-                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        answer = client.chat.completions.create(model="smollm2", max_tokens=12, temperature=0, messages=question)
     finally:
         server.stop()
     assert "Paris" in (answer.choices[0].message.content or ""), answer

@@ -101,7 +101,7 @@ def test_a_blank_ring_config_activates_nothing_and_doctor_agrees() -> None:
     resolution = resolve(manager.features, manager.broken, Selection(), load_system("xeon-cpu"), {"RING_CONFIG": " "})
     assert "ring" not in resolution.active
     report = run_doctor(system=load_system("xeon-cpu"), verify=False, environ={"RING_CONFIG": " "}, manager=manager)
-    assert report.exit_code == 0 and not any("RING_CONFIG" in c.name for s in report.sections.values() for c in s)
+    assert report.exit_code == 0 and not any("RING_CONFIG" in c.subject for s in report.sections.values() for c in s)
 
 
 @pytest.mark.parametrize(("variable", "value"), [
@@ -176,7 +176,7 @@ def test_a_plugin_that_registers_no_feature_is_listed_with_a_warning(fake_plugin
     listed = list_text(resolution, manager)
     assert "warning: plugin hollow (unknown distribution unknown) registers no feature" in listed
     report = run_doctor(system=load_system("xeon-cpu"), verify=False, environ={}, manager=manager)
-    (check,) = [c for c in report.sections["plugins"] if c.name == "hollow"]
+    (check,) = [c for c in report.sections["plugins"] if c.subject == "hollow"]
     assert check.status == "warning" and "registers no feature" in check.message
     assert "MISTRALRS_DISABLE_PLUGINS=hollow" in check.fix
 
@@ -185,7 +185,8 @@ def test_a_plugin_that_registers_no_feature_is_listed_with_a_warning(fake_plugin
 
 _VARIABLES = ("MISTRALRS_FEATURES", "MISTRALRS_STRICT_PLUGINS", "MISTRALRS_PLUGIN_AUTOLOAD",
               "MISTRALRS_DISABLE_PLUGINS", "MISTRALRS_COLLECTIVE_TIMEOUT", "MISTRALRS_RENDEZVOUS_TIMEOUT",
-              "MISTRALRS_NO_NCCL", "RING_CONFIG", "LOCAL_RANK", "WORLD_SIZE", "RANK", "MASTER_PORT", "MASTER_ADDR", "MISTRALRS_MN_LOCAL_WORLD_SIZE",
+              "MISTRALRS_NO_NCCL", "RING_CONFIG", "LOCAL_RANK", "WORLD_SIZE", "RANK", "MASTER_PORT", "MASTER_ADDR",
+              "MISTRALRS_MN_LOCAL_WORLD_SIZE",
               "MISTRALRS_DEVICE_LAYERS", "MISTRALRS_PAGED_ATTN", "CUDA_VISIBLE_DEVICES")
 _text = st.one_of(st.text(max_size=12), st.sampled_from(
     ["", "1", "0", "auto", "none", "cuda", "mkl ring", "\u00b2", "1e308", "nan", "-1", "9" * 30, "h100", "x" * 300]))

@@ -174,7 +174,9 @@ def tiny_llama() -> Any:
     return model
 
 
-def random_llama(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2, seed: int = 3) -> SimpleNamespace:
+def random_llama(
+    layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2, seed: int = 3
+) -> SimpleNamespace:
     """A Llama-shaped set of random weights under Hugging Face names, without transformers (for write_gguf on
     machines that have no transformers, such as the GPU check's)."""
     import torch

@@ -75,7 +75,7 @@ def ref_attention(q, k, v, *, causal=False, mask=None, scale=None):
 
 def ref_linear(x, w, b=None):
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    out = np.zeros(x.shape[:-1] + (w.shape[0],))
+    out = np.zeros((*x.shape[:-1], w.shape[0]))
     flat_x, flat_out = x.reshape(-1, x.shape[-1]), out.reshape(-1, w.shape[0])
     for r in range(flat_x.shape[0]):
         for o in range(w.shape[0]):
@@ -378,7 +378,8 @@ def test_int8_linear_per_channel_scales(dtype: torch.dtype, with_bias: bool, gen
     b = randn(12, gen=gen, dtype=dtype) if with_bias else None
     out = GenericMatmul().int8_linear(x, w, scale, b)
     assert out.shape == (5, 12) and out.dtype == dtype
-    assert rel_error(out, ref_int8_linear(np64(x), w.numpy(), np64(scale), None if b is None else np64(b))) <= TOL[dtype]
+    reference = ref_int8_linear(np64(x), w.numpy(), np64(scale), None if b is None else np64(b))
+    assert rel_error(out, reference) <= TOL[dtype]
 
 
 def test_int8_scale_is_per_output_channel_by_hand() -> None:
@@ -397,6 +398,7 @@ def test_dequantize_int8_extremes_are_exact() -> None:
 # ---------------------------------------------------------------------------------------------
 # supports()
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", [GenericAttention(), GenericMatmul()], ids=["attention", "matmul"])
 def test_supports_refuses_other_devices_and_int_dtypes_with_a_reason(backend) -> None:
@@ -423,6 +425,7 @@ def test_generic_backends_satisfy_the_protocols_at_lowest_priority() -> None:
 # ---------------------------------------------------------------------------------------------
 # the single-process communicator
 # ---------------------------------------------------------------------------------------------
+
 
 def test_single_process_communicator_semantics() -> None:
     comm = SingleProcessCollectives().communicator({})
@@ -459,6 +462,7 @@ def test_single_process_broadcast_rejects_other_sources(src: int) -> None:
 # safetensors loading
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def weights(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     from safetensors.torch import save_file
@@ -488,11 +492,14 @@ def test_load_safetensors_selected_names(weights) -> None:
     assert list(loaded) == ["b"] and torch.equal(loaded["b"], tensors["b"])
 
 
-@pytest.mark.parametrize(("part", "index"), [
-    (TensorSlice(0, 2, 5), (slice(2, 5),)),
-    (TensorSlice(1, 4, 8), (slice(None), slice(4, 8))),
-    (TensorSlice(1, 0, 1), (slice(None), slice(0, 1))),
-])
+@pytest.mark.parametrize(
+    ("part", "index"),
+    [
+        (TensorSlice(0, 2, 5), (slice(2, 5),)),
+        (TensorSlice(1, 4, 8), (slice(None), slice(4, 8))),
+        (TensorSlice(1, 0, 1), (slice(None), slice(0, 1))),
+    ],
+)
 def test_load_safetensors_reads_only_a_slice(weights, part: TensorSlice, index: tuple) -> None:
     path, tensors = weights
     loaded = load_safetensors(path, slices={"w": part, "q": TensorSlice(0, 1, 3)})
@@ -525,7 +532,9 @@ def test_runtime_loads_through_the_same_loader(weights) -> None:
     assert moved.device.type == "cpu"
 
 
-@pytest.mark.parametrize("kwargs", [{"names": ["w", "missing_weight"]}, {"slices": {"missing_weight": TensorSlice(0, 0, 1)}}])
+@pytest.mark.parametrize(
+    "kwargs", [{"names": ["w", "missing_weight"]}, {"slices": {"missing_weight": TensorSlice(0, 0, 1)}}]
+)
 def test_load_safetensors_missing_tensor_is_a_config_error_naming_it(weights, kwargs) -> None:
     path, _ = weights
     with pytest.raises(ConfigError) as caught:

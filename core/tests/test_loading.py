@@ -68,7 +68,7 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     (TensorSlice(1, -2, 4), "outside its 8 entries"),
     (TensorSlice(0, 4, 2), "outside its 6 entries"),
     (TensorSlice(2, 0, 1), "the tensor has 2 dimensions"),
-    (TensorSlice(0, 0.5, 2), "must be integers"),  # type: ignore[arg-type]
+    (TensorSlice(0, 0.5, 2), "must be integers"),  # type: ignore[arg-type]  # a wrong type on purpose: the refusal is what is tested
 ])
 def test_a_slice_outside_its_tensor_is_an_error_not_a_clipped_tensor(weights: Path, part: TensorSlice,
                                                                       words: str) -> None:

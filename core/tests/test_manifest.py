@@ -155,16 +155,27 @@ def test_a_gpu_window_is_accepted() -> None:
     assert _manifest(gpu=gpu).gpu == gpu
 
 
-@pytest.mark.parametrize("kwargs", [{"name": "", "missing": "x", "fix": "y"}, {"name": "mkl", "missing": "", "fix": "y"},
-                                    {"name": "mkl", "missing": "x", "fix": ""}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"name": "", "missing": "x", "fix": "y"},
+        {"name": "mkl", "missing": "", "fix": "y"},
+        {"name": "mkl", "missing": "x", "fix": ""},
+    ],
+)
 def test_library_requirements_need_a_message_and_a_fix(kwargs) -> None:
     with pytest.raises(ManifestError):
         LibraryRequirement(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"module": "", "distribution": "d", "install": "pip install d"},
-                                    {"module": "m", "distribution": "", "install": "pip install d"},
-                                    {"module": "m", "distribution": "d", "install": ""}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"module": "", "distribution": "d", "install": "pip install d"},
+        {"module": "m", "distribution": "", "install": "pip install d"},
+        {"module": "m", "distribution": "d", "install": ""},
+    ],
+)
 def test_module_requirements_need_how_to_install(kwargs) -> None:
     with pytest.raises(ManifestError):
         ModuleRequirement(**kwargs)
@@ -179,13 +190,13 @@ def test_environment_variable_names_are_upper_case(name) -> None:
 def test_manifests_are_frozen() -> None:
     m = _manifest(cpu_vendor_notes={"amd": "note"}, install_hints={"cuda": "pip install x"})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        m.name = "other"  # type: ignore[misc]
+        m.name = "other"  # type: ignore[misc]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(dataclasses.FrozenInstanceError):
-        m.requires = ("x",)  # type: ignore[misc]
+        m.requires = ("x",)  # type: ignore[misc]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(TypeError):
-        m.cpu_vendor_notes["intel"] = "x"  # type: ignore[index]
+        m.cpu_vendor_notes["intel"] = "x"  # type: ignore[index]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(TypeError):
-        m.install_hints["cuda"] = "x"  # type: ignore[index]
+        m.install_hints["cuda"] = "x"  # type: ignore[index]  # writing to a frozen object on purpose: the refusal is what is tested
 
 
 def test_mappings_given_to_a_manifest_are_copied() -> None:
@@ -195,9 +206,16 @@ def test_mappings_given_to_a_manifest_are_copied() -> None:
     assert dict(m.cpu_vendor_notes) == {"amd": "note"}
 
 
-@pytest.mark.parametrize("value", [
-    GPURequirement("nvidia"), LibraryRequirement("a", "b", "c"), ModuleRequirement("a", "b", "c"),
-    EnvVar("A", "b"), AutoCondition()])
+@pytest.mark.parametrize(
+    "value",
+    [
+        GPURequirement("nvidia"),
+        LibraryRequirement("a", "b", "c"),
+        ModuleRequirement("a", "b", "c"),
+        EnvVar("A", "b"),
+        AutoCondition(),
+    ],
+)
 def test_requirement_types_are_frozen(value) -> None:
     field = dataclasses.fields(value)[0].name
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -210,8 +228,11 @@ def test_platform_label_reads_like_the_seed() -> None:
 
 
 def test_env_var_names_collects_every_variable_once() -> None:
-    m = _manifest(env_vars=(EnvVar("A_VAR", "x"), EnvVar("B_VAR", "y")), disabled_by=("B_VAR", "C_VAR"),
-                  auto=AutoCondition(env_set=("D_VAR",)))
+    m = _manifest(
+        env_vars=(EnvVar("A_VAR", "x"), EnvVar("B_VAR", "y")),
+        disabled_by=("B_VAR", "C_VAR"),
+        auto=AutoCondition(env_set=("D_VAR",)),
+    )
     assert m.env_var_names() == ("A_VAR", "B_VAR", "C_VAR", "D_VAR")
 
 

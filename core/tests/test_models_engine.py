@@ -66,7 +66,7 @@ def _logits(outputs: list[RequestOutput]) -> list[torch.Tensor]:
 def _compare(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> tuple[float, int]:
     """(largest logit difference, steps with a clear margin) over the greedy steps both runs share."""
     worst, clear = 0.0, 0
-    for expected, got in zip(reference, candidate):
+    for expected, got in zip(reference, candidate, strict=True):
         worst = max(worst, float((expected - got).abs().max()))
         top2 = expected.topk(2).values
         if float(top2[0] - top2[1]) > TOLERANCE:
@@ -82,7 +82,7 @@ def _agree(reference: list[torch.Tensor], tokens: list[int]) -> int:
     """Steps whose token is the reference's where its top-2 margin exceeds the tolerance (checked), up to the first
     near tie that went the other way."""
     clear = 0
-    for expected, token in zip(reference, tokens):
+    for expected, token in zip(reference, tokens, strict=True):
         top2 = expected.topk(2).values
         if float(top2[0] - top2[1]) > TOLERANCE:
             assert token == int(expected.argmax())
@@ -133,7 +133,7 @@ def test_the_sliding_window_is_exercised_under_batching(tiny: Any, tmp_path: Pat
         with torch.no_grad():
             logits = full(torch.tensor([tokens])).logits[0, len(prompt) - 1:]
         assert len(tokens) > WINDOW
-        assert max(float((ours - theirs).abs().max()) for ours, theirs in zip(_logits(steps), logits)) \
+        assert max(float((ours - theirs).abs().max()) for ours, theirs in zip(_logits(steps), logits, strict=True)) \
             > 100 * TOLERANCE
 
 
@@ -241,7 +241,7 @@ def test_the_same_seed_gives_the_same_tokens_alone_and_inside_a_batch(llama: Mod
     uniforms = torch.Generator().manual_seed(1234)
     clear, bound = 0, 2 * TOLERANCE / sampled.temperature
     one = torch.ones(1, dtype=torch.float64)
-    for expected, got in zip(alone, batch):
+    for expected, got in zip(alone, batch, strict=True):
         assert expected.logits is not None and got.logits is not None
         assert float((expected.logits - got.logits).abs().max()) < TOLERANCE
         probs = filtered_probabilities(expected.logits[None].double(), one * 0.8, torch.zeros(1, dtype=torch.long),

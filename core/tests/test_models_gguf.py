@@ -71,7 +71,8 @@ def test_header_reader_agrees_with_gguf_reader(tmp_path: Path, tiny, tiny_llama)
     metadata, tensors = read_gguf(path)
     reference = gguf.GGUFReader(path)
     # The reader also lists the header's counts as pseudo-fields named GGUF.*.
-    assert metadata == {name: field.contents() for name, field in reference.fields.items() if not name.startswith("GGUF.")}
+    fields = reference.fields.items()
+    assert metadata == {name: field.contents() for name, field in fields if not name.startswith("GGUF.")}
     assert set(tensors) == {t.name for t in reference.tensors}
     for theirs in reference.tensors:
         ours = tensors[theirs.name]

@@ -62,7 +62,7 @@ def _reference(row: list[float], temperature: float, top_k: int, top_p: float, m
 
 
 def _columns(rows: list[tuple[float, int, float, float]]) -> tuple[torch.Tensor, ...]:
-    t, k, p, m = zip(*rows)
+    t, k, p, m = zip(*rows, strict=True)
     return (torch.tensor(t, dtype=torch.float64), torch.tensor(k), torch.tensor(p, dtype=torch.float64),
             torch.tensor(m, dtype=torch.float64))
 

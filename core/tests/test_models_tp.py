@@ -68,9 +68,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> dict[str
         tiny.save_tokenizer(folder / name)
         paths[name] = folder / name
         if name == "llama-bias":
-            embed = gguf.GGMLQuantizationType.Q8_0
             paths["gguf-q4_1"] = tiny.write_gguf(folder / "q4_1.gguf", model, lambda n, a: (
-                embed if n.startswith("token_embd") else gguf.GGMLQuantizationType.Q4_1))
+                gguf.GGMLQuantizationType.Q8_0 if n.startswith("token_embd") else gguf.GGMLQuantizationType.Q4_1))
     return paths
 
 
@@ -109,7 +108,8 @@ def _check_against_single(reference: tuple[list[int], torch.Tensor], ranks: list
     for chosen, ours in ranks:
         assert torch.equal(ours, ranks[0][1])  # the ranks stay in lockstep: same hidden state, same logits
         worst = max(worst, float((ours - logits).abs().max()))
-        assert [c for c, ok in zip(chosen, clear) if ok] == [t for t, ok in zip(tokens, clear) if ok]
+        assert [c for c, ok in zip(chosen, clear, strict=True) if ok] == [
+            t for t, ok in zip(tokens, clear, strict=True) if ok]
     assert worst < TOLERANCE, worst
     return worst
 

@@ -26,7 +26,7 @@ from mistralrs_torch import (
     load_system,
     resolve,
 )
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU
 from mistralrs_torch.resolution import STATUSES
 from mistralrs_torch.system import CPU
 
@@ -88,7 +88,8 @@ def test_an_exclusion_declared_on_one_side_only_still_holds() -> None:
 
 
 def test_every_installed_feature_gets_exactly_one_status() -> None:
-    features = _installed(_m("low", selection_priority=1), _m("high", selection_priority=99), _m("mid", selection_priority=50))
+    features = _installed(_m("low", selection_priority=1), _m("high", selection_priority=99),
+                          _m("mid", selection_priority=50))
     resolution = resolve(features, [], Selection(), _system(), {})
     assert sorted(f.name for f in resolution.features) == ["cpu", "high", "low", "mid"]
     assert set(resolution.active) == {"cpu", "high", "low", "mid"}
@@ -172,21 +173,25 @@ def test_a_requirement_no_plugin_provides_uses_the_install_hint() -> None:
     assert "pip install engine-plugin" in _reasons(resolution, "addon")
     with pytest.raises(SelectionError) as caught:
         resolve(features, [], _explicit("addon"), _system(), {})
-    assert [str(v) for v in caught.value.violations] == ["addon requires engine: add engine (pip install engine-plugin)"]
+    expected = "addon requires engine: add engine (pip install engine-plugin)"
+    assert [str(v) for v in caught.value.violations] == [expected]
 
 
 def test_auto_enables_adds_and_explicit_requires_demands() -> None:
-    features = _installed(_m("engine"), _m("turbo", requires=("engine",), auto_enables=("engine",)),
-                          _m("strict", requires=("engine",)))
+    features = _installed(
+        _m("engine"), _m("turbo", requires=("engine",), auto_enables=("engine",)), _m("strict", requires=("engine",))
+    )
     assert set(resolve(features, [], _explicit("turbo"), _system(), {}).active) == {"turbo", "engine", "cpu"}
     with pytest.raises(SelectionError) as caught:
         resolve(features, [], _explicit("strict"), _system(), {})
-    assert [(v.feature, v.rule) for v in caught.value.violations] == [("strict", "requires")]
+    assert [(v.subject, v.rule) for v in caught.value.violations] == [("strict", "requires")]
 
 
 def test_auto_conditions_leave_a_runnable_feature_available_and_apply_only_in_auto_mode() -> None:
-    features = _installed(_m("envgated", auto=AutoCondition(env_set=("GATE_VAR",))),
-                          _m("gpugated", gpu=GPURequirement("nvidia"), auto=AutoCondition(min_gpus=2)))
+    features = _installed(
+        _m("envgated", auto=AutoCondition(env_set=("GATE_VAR",))),
+        _m("gpugated", gpu=GPURequirement("nvidia"), auto=AutoCondition(min_gpus=2)),
+    )
     system = _system(gpus=_nvidia((8, 0)))
     resolution = resolve(features, [], Selection(), system, {})
     assert resolution.status("envgated").status == "available"
@@ -194,7 +199,10 @@ def test_auto_conditions_leave_a_runnable_feature_available_and_apply_only_in_au
     assert resolution.status("gpugated").status == "available"
     assert set(resolve(features, [], Selection(), system, {"GATE_VAR": "x"}).active) == {"envgated", "cpu"}
     assert set(resolve(features, [], _explicit("envgated", "gpugated"), system, {}).active) == {
-        "envgated", "gpugated", "cpu"}
+        "envgated",
+        "gpugated",
+        "cpu",
+    }
 
 
 def test_disabled_by_switches_a_feature_off_and_contradicts_an_explicit_choice() -> None:
@@ -211,8 +219,9 @@ def test_disabled_by_switches_a_feature_off_and_contradicts_an_explicit_choice()
 
 def test_a_feature_that_cannot_run_is_unavailable_whatever_the_mode() -> None:
     # Switched off, or requiring something that is missing: unavailable in explicit mode too, with the same reason.
-    features = _installed(_m("switchable", disabled_by=("NO_SWITCHABLE",)), _m("needy", requires=("absent",)),
-                          _m("chosen"))
+    features = _installed(
+        _m("switchable", disabled_by=("NO_SWITCHABLE",)), _m("needy", requires=("absent",)), _m("chosen")
+    )
     environ = {"NO_SWITCHABLE": "1"}
     auto = resolve(features, [], Selection(), _system(), environ)
     explicit = resolve(features, [], _explicit("chosen"), _system(), environ)
@@ -232,8 +241,10 @@ def test_cpu_vendor_notes_show_only_on_that_vendor() -> None:
 
 def test_broken_plugins_show_as_broken_features() -> None:
     dead = PluginInfo("dead", "dead-dist", "0.1", "dead.plugin")
-    broken = [BrokenPlugin(dead, "import", "SystemExit: 3"),
-              BrokenPlugin(PluginInfo("half", "half-dist", "0.2", "half"), "hook x", "boom", ("f1", "f2"))]
+    broken = [
+        BrokenPlugin(dead, "import", "SystemExit: 3"),
+        BrokenPlugin(PluginInfo("half", "half-dist", "0.2", "half"), "hook x", "boom", ("f1", "f2")),
+    ]
     resolution = resolve(_installed(), broken, Selection(), _system(), {})
     statuses = [(f.name, f.status, f.plugin.name) for f in resolution.features if f.status == "broken"]
     assert statuses == [("", "broken", "dead"), ("f1", "broken", "half"), ("f2", "broken", "half")]
@@ -248,7 +259,9 @@ def test_status_of_an_unknown_feature_is_a_key_error() -> None:
 
 
 def test_resolution_is_pure() -> None:
-    features = _installed(_m("alpha", excludes=("beta",), selection_priority=2), _m("beta", excludes=("alpha",), selection_priority=1))
+    features = _installed(
+        _m("alpha", excludes=("beta",), selection_priority=2), _m("beta", excludes=("alpha",), selection_priority=1)
+    )
     environ = {"X": "1"}
     first = resolve(features, [], Selection(), _system(), environ)
     second = resolve(list(reversed(features)), [], Selection(), _system(), dict(environ))

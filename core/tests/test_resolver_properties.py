@@ -35,6 +35,7 @@ from mistralrs_torch import (
     LibraryRequirement,
     ModuleRequirement,
     PluginInfo,
+    Problem,
     Resolution,
     Selection,
     SelectionError,
@@ -43,9 +44,7 @@ from mistralrs_torch import (
     read_selection,
     resolve,
 )
-from mistralrs_torch._errors import Violation
-from mistralrs_torch.features import PLATFORMS
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU, PLATFORMS
 from mistralrs_torch.resolution import STATUSES
 from mistralrs_torch.resolution._rules import hardware_problems
 from mistralrs_torch.system import PROFILE_NAMES
@@ -86,7 +85,7 @@ def _small_subsets(pool: Sequence[T]) -> list[tuple[T, ...]]:
     return [*singles, *singles, *itertools.combinations(pool, 2)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _positions(size: int, nothing: float) -> st.SearchStrategy[tuple[int, ...]]:
     """Small subsets of the positions 0..size-1 (one strategy per pool size, built once)."""
     return _weighted(_small_subsets(range(size)), nothing)
@@ -113,10 +112,11 @@ _HARDWARE_FIELDS = _weighted([(kind,) for kind in _HARDWARE] + [("platforms", "g
                                                                 ("gpu", "libraries"), ("cpu_archs", "modules")], 0.45)
 _ENV_RULE = _weighted([(v,) for v in ENV_VARS], 0.75)
 _ENVIRON: st.SearchStrategy[dict[str, str]] = st.sampled_from([
-    {var: value for var, value in zip(ENV_VARS, values) if value is not None}
+    {var: value for var, value in zip(ENV_VARS, values, strict=True) if value is not None}
     for values in itertools.product((None, "1", "0"), repeat=len(ENV_VARS))])
 _ONE_IN_TEN = st.sampled_from((*[False] * 9, True))
-_NAME_SETS = st.sampled_from([names for size in range(2, len(NAMES) + 1) for names in itertools.combinations(NAMES, size)])
+_NAME_SETS = st.sampled_from([names for size in range(2, len(NAMES) + 1)
+                              for names in itertools.combinations(NAMES, size)])
 
 
 @st.composite
@@ -134,10 +134,11 @@ def _manifest(draw: st.DrawFn, name: str, others: tuple[str, ...], *, exclusions
     hardware = {kind: draw(_HARDWARE[kind]) for kind in draw(_HARDWARE_FIELDS)}
     auto = AutoCondition()
     if gating:
-        auto = AutoCondition(env_set=draw(_ENV_RULE), min_gpus=draw(st.sampled_from((0, 2))) if "gpu" in hardware else 0)
+        min_gpus = draw(st.sampled_from((0, 2))) if "gpu" in hardware else 0
+        auto = AutoCondition(env_set=draw(_ENV_RULE), min_gpus=min_gpus)
     return FeatureManifest(
         name=name, summary=f"{name} feature", distribution=draw(st.sampled_from(PLUGINS)).distribution,
-        requires=requires, auto_enables=auto_enables, excludes=excludes, **hardware,  # type: ignore[arg-type]
+        requires=requires, auto_enables=auto_enables, excludes=excludes, **hardware,  # type: ignore[arg-type]  # hypothesis draws the hardware fields as a plain dict
         disabled_by=draw(_ENV_RULE) if gating else (), auto=auto,
         selection_priority=draw(st.integers(-3, 3)),  # a narrow range: ties are common, and broken by name
     )
@@ -227,10 +228,10 @@ def _statuses(resolution: Resolution) -> dict[str, str]:
     return {f.name: f.status for f in resolution.features}
 
 
-def _order_free(violations: Iterable[Violation]) -> set[tuple[str, ...]]:
+def _order_free(violations: Iterable[Problem]) -> set[tuple[str, ...]]:
     """Violations as a set, an exclusion reduced to its rule and the pair it names."""
     return {("excludes", *sorted(v.message.split(" are ")[0].split(" and "))) if v.rule == "excludes"
-            else (v.feature, v.rule, v.message, v.fix) for v in violations}
+            else (v.subject, v.rule, v.message, v.fix) for v in violations}
 
 
 def _explicit(names: Sequence[str]) -> Selection:
@@ -356,8 +357,8 @@ def test_explicit_mode_activates_the_closed_selection_or_lists_every_violation(
         assert broken_rules, f"raised although every rule holds: {caught}"
         assert caught.violations
         for v in caught.violations:
-            assert v.feature in closure | unknown and v.rule and v.message and v.fix, v
-        assert unknown <= {v.feature for v in caught.violations if v.rule == "unknown"}
+            assert v.subject in closure | unknown and v.rule and v.message and v.fix, v
+        assert unknown <= {v.subject for v in caught.violations if v.rule == "unknown"}
         with pytest.raises(SelectionError) as again:
             resolve(shuffled, [], reordered, system, environ)
         # An exclusion's message names the pair in selection order; every other violation is word for word the same.
@@ -406,22 +407,29 @@ def _installed(*manifests: FeatureManifest) -> list[InstalledFeature]:
 def test_a_feature_left_out_for_a_rival_that_is_not_active_is_activated() -> None:
     # alpha outranks beta but cannot be active (gamma, which it requires, is gated by an unset variable): beta,
     # which breaks no rule, must not be left out for it (it once was, with a reason naming the inactive alpha).
-    installed = _installed(_m("alpha", requires=("gamma",), excludes=("beta",), selection_priority=10), _m("beta", selection_priority=5),
-                           _m("gamma", auto=AutoCondition(env_set=("GAMMA_ON",))))
+    installed = _installed(
+        _m("alpha", requires=("gamma",), excludes=("beta",), selection_priority=10),
+        _m("beta", selection_priority=5),
+        _m("gamma", auto=AutoCondition(env_set=("GAMMA_ON",))),
+    )
     resolution = resolve(installed, [], Selection(), SystemSnapshot(), {})
     assert resolution.status("alpha").status != "active"
     assert set(resolution.active) == {CPU_NAME, "beta"}, resolution.status("beta").reasons
-    assert resolution.status("alpha").reasons == ("requires gamma, which is not active (set GAMMA_ON to "
-                                                  "activate gamma (auto mode enables it only then))",)
+    assert resolution.status("alpha").reasons == (
+        "requires gamma, which is not active (set GAMMA_ON to activate gamma (auto mode enables it only then))",
+    )
 
 
 def test_auto_mode_follows_auto_enables_as_far_as_explicit_mode() -> None:
     # alpha brings in beta although beta's own auto condition is unmet, and beta must bring in gamma in turn
     # (it once did not, so beta and then alpha were dropped), as --features alpha does.
     def chain(beta_gate: tuple[str, ...]) -> list[InstalledFeature]:
-        return _installed(_m("alpha", requires=("beta",), auto_enables=("beta",)),
-                          _m("beta", requires=("gamma",), auto_enables=("gamma",), auto=AutoCondition(env_set=beta_gate)),
-                          _m("gamma", auto=AutoCondition(env_set=("GAMMA_ON",))))
+        return _installed(
+            _m("alpha", requires=("beta",), auto_enables=("beta",)),
+            _m("beta", requires=("gamma",), auto_enables=("gamma",), auto=AutoCondition(env_set=beta_gate)),
+            _m("gamma", auto=AutoCondition(env_set=("GAMMA_ON",))),
+        )
+
     everything = {CPU_NAME, "alpha", "beta", "gamma"}
     assert set(resolve(chain(()), [], Selection(), SystemSnapshot(), {}).active) == everything
     gated = chain(("BETA_ON",))
@@ -431,7 +439,7 @@ def test_auto_mode_follows_auto_enables_as_far_as_explicit_mode() -> None:
 
 _RIVALS_SCRIPT = """
 from mistralrs_torch import FeatureManifest, InstalledFeature, PluginInfo, Selection, SystemSnapshot, resolve
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU
 
 plugin = PluginInfo("synthetic-a", "synthetic-a-dist", "1.0", "synthetic_a.plugin")
 builtin = PluginInfo("builtin", "mistralrs-torch", "0", "mistralrs_torch.plugins._builtin")
@@ -447,7 +455,13 @@ def test_the_rival_named_in_a_reason_does_not_depend_on_the_hash_seed() -> None:
     # In one process the choice is stable, so this needs fresh interpreters with different hash seeds.
     outputs = set()
     for seed in range(6):
-        done = subprocess.run([sys.executable, "-c", _RIVALS_SCRIPT], env={**os.environ, "PYTHONHASHSEED": str(seed)},
-                              capture_output=True, text=True, timeout=60, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _RIVALS_SCRIPT],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         outputs.add(done.stdout)
     assert len(outputs) == 1, outputs

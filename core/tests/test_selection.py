@@ -143,7 +143,7 @@ def test_mixing_auto_with_names_in_the_environment_names_the_variable(tmp_path) 
 
 def test_mixing_in_a_config_file_names_the_file(tmp_path) -> None:
     _config(tmp_path, mistralrs_toml='features = ["auto", "cuda"]\n')
-    with pytest.raises(ConfigError, match="mistralrs.toml"):
+    with pytest.raises(ConfigError, match=r"mistralrs.toml"):
         read_selection(None, {}, cwd=tmp_path)
 
 
@@ -178,7 +178,7 @@ def test_wrongly_typed_features_in_mistralrs_toml_are_a_config_error(tmp_path, v
 ])
 def test_wrongly_typed_pyproject_tables_are_a_config_error(tmp_path, pyproject) -> None:
     _config(tmp_path, pyproject=pyproject)
-    with pytest.raises(ConfigError, match="pyproject.toml"):
+    with pytest.raises(ConfigError, match=r"pyproject.toml"):
         read_selection(None, {}, cwd=tmp_path)
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from mistralrs_torch import PLUGIN_API_VERSION, ConfigError, MistralrsError
 from mistralrs_torch._settings import CORE_ENV_VARS
-from mistralrs_torch.validation import env_flag, env_list
 from mistralrs_torch._version import supports_api_version
+from mistralrs_torch.validation import env_flag, env_list
 
 
 @pytest.mark.parametrize("value", ["1", "true", "True", "YES", "on", " 1 "])

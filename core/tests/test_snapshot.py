@@ -144,7 +144,8 @@ def test_a_malformed_snapshot_is_a_profile_error(change) -> None:
         SystemSnapshot.from_json(data, source="box.json")
 
 
-@pytest.mark.parametrize("cc", ["9.0", [9], [9, 0, 1], ["9", "0"], 9], ids=["text", "one-int", "three-ints", "strings", "bare-int"])
+@pytest.mark.parametrize("cc", ["9.0", [9], [9, 0, 1], ["9", "0"], 9],
+                         ids=["text", "one-int", "three-ints", "strings", "bare-int"])
 def test_a_malformed_compute_capability_is_a_profile_error(cc) -> None:
     # A compute capability that is not two integers must be refused when the file is read,
     # not crash resolution later ("'<' not supported between 'str' and 'int'").
@@ -164,11 +165,11 @@ def test_an_unreadable_snapshot_path_is_a_profile_error(tmp_path) -> None:
 def test_snapshots_are_frozen() -> None:
     system = load_system("h100")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        system.os = "macos"  # type: ignore[misc]
+        system.os = "macos"  # type: ignore[misc]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(TypeError):
-        system.libraries["cuda"] = "0"  # type: ignore[index]
+        system.libraries["cuda"] = "0"  # type: ignore[index]  # writing to a frozen object on purpose: the refusal is what is tested
     with pytest.raises(dataclasses.FrozenInstanceError):
-        system.gpus[0].name = "x"  # type: ignore[misc]
+        system.gpus[0].name = "x"  # type: ignore[misc]  # writing to a frozen object on purpose: the refusal is what is tested
 
 
 def test_with_facts_adds_libraries_and_notes_without_touching_the_original() -> None:

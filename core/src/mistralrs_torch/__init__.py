@@ -19,23 +19,26 @@ from mistralrs_torch._errors import (
     OpInputError,
     PluginAPIVersionError,
     PluginError,
+    Problem,
     SelectionError,
     SystemProfileError,
     UnsupportedCallError,
-    Violation,
 )
 from mistralrs_torch._hookspecs import hookimpl, hookspec
 from mistralrs_torch._version import PLUGIN_API_VERSION, __version__
 from mistralrs_torch.features import (
     AutoCondition,
+    BrokenPlugin,
     ConfigField,
     EnvVar,
     FeatureManifest,
     GPURequirement,
+    InstalledFeature,
     LibraryRequirement,
     ModuleRequirement,
+    PluginInfo,
 )
-from mistralrs_torch.plugins import BrokenPlugin, InstalledFeature, PluginInfo, PluginManager
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import FeatureStatus, Resolution, Selection, read_selection, resolve
 from mistralrs_torch.system import GPU, SystemSnapshot, load_system, probe_system
 
@@ -83,8 +86,8 @@ __all__ = [
     "CollectiveBackend",
     "CollectiveError",
     "Communicator",
-    "ConfigField",
     "ConfigError",
+    "ConfigField",
     "Device",
     "EnvVar",
     "FallbackError",
@@ -107,6 +110,7 @@ __all__ = [
     "PluginInfo",
     "PluginManager",
     "PreparedWeight",
+    "Problem",
     "QuantizedWeight",
     "Resolution",
     "Runtime",
@@ -116,7 +120,6 @@ __all__ = [
     "SystemProfileError",
     "SystemSnapshot",
     "UnsupportedCallError",
-    "Violation",
     "__version__",
     "hookimpl",
     "hookspec",

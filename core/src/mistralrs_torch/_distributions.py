@@ -16,14 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = [
-    "PluginEntryPoint",
-    "distribution_record",
-    "installed_names",
-    "installed_version",
-    "plugin_entry_points",
-]
-
 
 @dataclass(frozen=True)
 class PluginEntryPoint:

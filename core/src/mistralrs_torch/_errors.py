@@ -10,24 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = [
-    "CollectiveError",
-    "ConfigError",
-    "FallbackError",
-    "InputError",
-    "KVCacheFullError",
-    "ManifestError",
-    "MistralrsError",
-    "ModelLoadError",
-    "OpInputError",
-    "PluginAPIVersionError",
-    "PluginError",
-    "SelectionError",
-    "SystemProfileError",
-    "UnsupportedCallError",
-    "Violation",
-]
-
 
 class MistralrsError(Exception):
     """Base class of every error mistralrs raises on purpose."""
@@ -74,22 +56,34 @@ class ModelLoadError(ConfigError):
 
 
 @dataclass(frozen=True)
-class Violation:
-    """One broken rule of an explicit feature selection."""
+class Problem:
+    """One thing wrong, said as what is wrong and how to fix it: the record every rule, check and validator returns.
 
-    feature: str
-    rule: str
+    ``subject`` is what it concerns (a feature, a doctor check, a file), ``field`` the part of the subject at
+    fault ("" for the whole of it), and ``rule`` the rule it breaks, for programs that sort problems ("" when
+    none applies). ``message`` names the thing and the bad value; ``fix`` says what to do ("" when nothing is
+    to be done, as for a doctor check that passed). ``str()`` is "message: fix", the way every command prints it.
+    """
+
+    subject: str
     message: str
-    fix: str
+    fix: str = ""
+    field: str = ""
+    rule: str = ""
+
+    @property
+    def where(self) -> str:
+        """``subject: field``, or the subject alone."""
+        return f"{self.subject}: {self.field}" if self.field else self.subject
 
     def __str__(self) -> str:
-        return f"{self.message}: {self.fix}"
+        return f"{self.message}: {self.fix}" if self.fix else self.message
 
 
 class SelectionError(MistralrsError):
     """An explicit feature selection breaks one or more rules; all of them are listed."""
 
-    def __init__(self, violations: Sequence[Violation], source: str) -> None:
+    def __init__(self, violations: Sequence[Problem], source: str) -> None:
         self.violations = tuple(violations)
         self.source = source
         lines = [f"the features selected by {source} cannot be enabled here:"]

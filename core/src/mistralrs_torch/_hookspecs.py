@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     )
     from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
-
 PROJECT = "mistralrs"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["CORE_ENV_VARS"]
-
 #: Variables the core reads, with what they do (doctor judges unknown MISTRALRS_* names against these
 #: and the ones manifests declare).
 CORE_ENV_VARS = {

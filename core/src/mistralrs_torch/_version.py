@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["PLUGIN_API_VERSION", "__version__", "supports_api_version"]
-
 __version__ = "0.1.0"
 
 #: The plugin API this core implements. A plugin written for API X.Y loads when X

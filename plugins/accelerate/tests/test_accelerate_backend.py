@@ -25,7 +25,9 @@ def test_refuses_every_call_where_torch_blas_is_something_else() -> None:
     assert f"torch's BLAS is {blas_info().blas}, not Apple Accelerate" in refused.reason
 
 
-@pytest.mark.skipif(sys.platform != "darwin" or not is_accelerate(blas_info().blas), reason="needs macOS torch on Accelerate")
+@pytest.mark.skipif(
+    sys.platform != "darwin" or not is_accelerate(blas_info().blas), reason="needs macOS torch on Accelerate"
+)
 def test_linear_through_accelerate_matches_float64() -> None:
     backend = AccelerateMatmul()
     assert backend.supports(CallSpec("linear", "float32", "cpu")).ok

@@ -16,9 +16,9 @@ import torch
 
 import mistralrs_torch
 from mistralrs_torch import FeatureManifest, PluginManager, hookimpl, load_system
-from mistralrs_torch.testing import references as ref
 from mistralrs_torch.ops import CallSpec, Support, op_spec
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.testing import references as ref
 from mistralrs_torch_cuda import _backends, plugin
 from mistralrs_torch_cuda._backends import CUDNN_OP_ARGUMENTS, CudaSDPA, CudnnAttention, cuda_attention, cuda_matmul
 from mistralrs_torch_cuda._devices import cuda_devices
@@ -47,7 +47,8 @@ def test_cudnn_attention_takes_what_cudnn_runs_on_an_h100() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "reason"), [
-    ({"dtype": "float32"}, "dtype float32 is not one of float16, bfloat16 (cuDNN attention computes in half precision)"),
+    ({"dtype": "float32"},
+     "dtype float32 is not one of float16, bfloat16 (cuDNN attention computes in half precision)"),
     ({"dtype": "int8"}, "dtype int8 is not one of float16, bfloat16 (cuDNN attention computes in half precision)"),
     ({"head": 256}, "head size 256 is not a multiple of 8 up to 128, the head sizes cuDNN attention runs"),
     ({"head": 100}, "head size 100 is not a multiple of 8 up to 128, the head sizes cuDNN attention runs"),
@@ -258,7 +259,7 @@ def _recorder_plugin(calls: list[CallSpec]) -> types.SimpleNamespace:
             calls.append(call)
             return Support(True)
 
-        def attention(self, q, k, v, *, causal=False, mask=None, scale=None):  # noqa: ANN001, ANN201
+        def attention(self, q, k, v, *, causal=False, mask=None, scale=None):
             return q
 
         paged_attention = None

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs_torch.testing import references as ref
 from mistralrs_torch.doctor import run_doctor
-from mistralrs_torch.testing import TOLERANCES
 from mistralrs_torch.ops import CallSpec
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.testing import TOLERANCES
+from mistralrs_torch.testing import references as ref
 from mistralrs_torch_cuda._backends import CudnnAttention, cuda_attention, cuda_matmul, torch_cudnn_check
 from mistralrs_torch_cuda._facts import CudaFacts
 
@@ -95,7 +95,11 @@ def test_cuda_paged_attention_matches_the_reference(dtype: torch.dtype, block_si
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_matmul_and_int8_match_the_reference(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(2)
-    x, w, b = torch.randn(7, 256, generator=gen), torch.randn(96, 256, generator=gen) / 16, torch.randn(96, generator=gen)
+    x, w, b = (
+        torch.randn(7, 256, generator=gen),
+        torch.randn(96, 256, generator=gen) / 16,
+        torch.randn(96, generator=gen),
+    )
     out = cuda_matmul().linear(*_on_gpu(dtype, x, w, b))
     expected = ref.linear_reference(*(t.to(dtype).double().numpy() for t in (x, w, b)))
     assert _error(out, expected) <= TOLERANCES[_name(dtype)].max_error
@@ -116,8 +120,14 @@ def test_the_runtime_binds_the_gpu_and_records_why_cudnn_was_skipped() -> None:
     runtime.attention(q, k, v, causal=True)  # decode: cuDNN's top-left causal cannot take it
     (binding,) = runtime.bindings
     assert binding.chosen == "cuda-sdpa"
-    assert binding.skipped == (("cudnn-attention", "cudnn", "causal attention with a query shorter or longer than the "
-                                "keys: cuDNN aligns the causal mask top-left, the op contract bottom-right"),)
+    assert binding.skipped == (
+        (
+            "cudnn-attention",
+            "cudnn",
+            "causal attention with a query shorter or longer than the "
+            "keys: cuDNN aligns the causal mask top-left, the op contract bottom-right",
+        ),
+    )
     assert runtime.communicator().world_size == 1  # no NCCL involved
 
 
@@ -125,8 +135,12 @@ def test_doctor_verifies_every_bound_nvidia_backend_on_this_gpu() -> None:
     report = run_doctor(environ={})
     assert report.exit_code == 0, (report.errors, report.failed)
     verified = {(v.backend, v.op) for v in report.verifications if v.result == "verified"}
-    assert {("cuda-sdpa", "attention"), ("cuda-sdpa", "paged_attention"), ("cuda-matmul", "linear"),
-            ("cuda-matmul", "int8_linear")} <= verified
+    assert {
+        ("cuda-sdpa", "attention"),
+        ("cuda-sdpa", "paged_attention"),
+        ("cuda-matmul", "linear"),
+        ("cuda-matmul", "int8_linear"),
+    } <= verified
     capability = torch.cuda.get_device_capability()
     if capability >= (8, 0) and capability[0] != 10:  # doctor's cases are grouped-query: refused on 10.x
         assert ("cudnn-attention", "attention") in verified
@@ -137,5 +151,6 @@ def test_the_conformance_kit_passes_on_this_gpu() -> None:
 
     results = run_kit("cuda")
     assert not [r for r in results if r.status == "failed"], [r for r in results if r.status == "failed"]
-    assert any(r.status == "passed" and "cudnn-attention" in r.check for r in results) or \
-        torch.cuda.get_device_capability() < (8, 0)
+    assert any(
+        r.status == "passed" and "cudnn-attention" in r.check for r in results
+    ) or torch.cuda.get_device_capability() < (8, 0)

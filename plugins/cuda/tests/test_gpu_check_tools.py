@@ -35,7 +35,8 @@ def test_floors_come_from_the_workspace_pyprojects_without_torch_or_members() ->
 def test_markers_are_evaluated_for_the_gpu_machines_python_not_this_one() -> None:
     exported = ["numpy==2.2.6 ; python_full_version < '3.11'", "numpy==2.4.6 ; python_full_version == '3.11.*'",
                 "numpy==2.5.5 ; python_full_version >= '3.12'", "colorama==0.4.6 ; sys_platform == 'win32'",
-                "tomli==2.5.0 ; python_full_version < '3.11'", "typing-extensions==4.16.0 ; python_full_version < '3.13'",
+                "tomli==2.5.0 ; python_full_version < '3.11'",
+                "typing-extensions==4.16.0 ; python_full_version < '3.13'",
                 "pytest==9.2.0", ""]
     assert wheels.target_requirements(exported, "3.12", "x86_64") == ["numpy==2.5.5", "typing-extensions==4.16.0",
                                                                        "pytest==9.2.0"]

@@ -1,4 +1,6 @@
-"""The mistralrs-torch-cuda plugin through the conformance kit (mistralrs_torch.testing), and the rules of its own manifests.
+"""The mistralrs-torch-cuda plugin through the conformance kit (mistralrs_torch.testing).
+
+Also the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs_torch.testing import references as ref
 from mistralrs_torch.generic import dense_attention
 from mistralrs_torch.ops import CallSpec, op_spec
-from mistralrs_torch_flash_attn._backends import FlashAttention2
 from mistralrs_torch.system import GPUFacts
+from mistralrs_torch.testing import references as ref
+from mistralrs_torch_flash_attn._backends import FlashAttention2
 from mistralrs_torch_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
 HOPPER = GPUFacts((9, 0), "NVIDIA H100 80GB HBM3")
@@ -42,7 +42,9 @@ def _check_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     assert heads % k.shape[2] == 0, "Number of heads in key/value must divide number of heads in query"
 
 
-def _bshd_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, causal: bool) -> torch.Tensor:
+def _bshd_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, causal: bool
+) -> torch.Tensor:
     """flash-attn's semantics in its own layout: (batch, seq, heads, D), bottom-right causal, GQA."""
     out = dense_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
                           causal=causal, scale=scale)
@@ -170,8 +172,8 @@ REAL_PARAMETERS = {
     fa2_flash_attn_func: "q k v dropout_p softmax_scale causal window_size softcap alibi_slopes deterministic "
                          "return_attn_probs",
     fa2_flash_attn_with_kvcache: "q k_cache v_cache k v rotary_cos rotary_sin cache_seqlens cache_batch_idx "
-                                 "cache_leftpad block_table softmax_scale causal window_size softcap rotary_interleaved "
-                                 "alibi_slopes num_splits return_softmax_lse",
+                                 "cache_leftpad block_table softmax_scale causal window_size softcap "
+                                 "rotary_interleaved alibi_slopes num_splits return_softmax_lse",
     fa3_flash_attn_func: "q k v softmax_scale causal qv q_descale k_descale v_descale window_size attention_chunk "
                          "softcap num_splits pack_gqa deterministic sm_margin return_attn_probs",
     fa3_flash_attn_with_kvcache: "q k_cache v_cache k v qv rotary_cos rotary_sin cache_seqlens cache_batch_idx "
@@ -259,7 +261,7 @@ def test_stand_ins_reject_what_the_real_kernels_reject() -> None:
     with pytest.raises(TypeError):
         fa2_flash_attn_func(q, k, v, scale=0.1)  # the real keyword is softmax_scale
     q, k_cache, v_cache, table, lens = _paged_inputs(256, (5, 300))
-    with pytest.raises(AssertionError, match="block_table must have dtype torch.int32"):
+    with pytest.raises(AssertionError, match=r"block_table must have dtype torch.int32"):
         fa2_flash_attn_with_kvcache(q.transpose(1, 2), k_cache, v_cache, cache_seqlens=lens, block_table=table.long())
     q16, k16, v16, table16, lens16 = _paged_inputs(16, (5, 20))
     with pytest.raises(AssertionError, match="divisible by 256"):
@@ -277,7 +279,8 @@ def test_flash_attn_dense_matches_the_reference_in_the_contract_layout(install, 
     backend = flash_attn_backend(AMPERE)
     assert isinstance(backend, FlashAttention2) and backend.version == "2.7.4.post1"
     q, k, v = _dense_inputs(q_len, k_len)
-    call = CallSpec("attention", "bfloat16", "cuda", 64, "causal" if causal else "none", gqa=True, aligned=q_len == k_len)
+    mask = "causal" if causal else "none"
+    call = CallSpec("attention", "bfloat16", "cuda", 64, mask, gqa=True, aligned=q_len == k_len)
     assert backend.supports(call).ok
     out = backend.attention(q, k, v, causal=causal)
     assert out.shape == q.shape  # (batch, heads, seq, head size) back out
@@ -312,11 +315,15 @@ def test_flash_attn_refuses_paged_blocks_that_are_not_multiples_of_256(install) 
     install("flash_attn", FA2, __version__="2.7.4.post1")
     backend = flash_attn_backend(AMPERE)
     for block, ok in ((16, False), (128, False), (256, True), (512, True), (384, False)):
-        support = backend.supports(CallSpec("paged_attention", "float16", "cuda", 128, "causal", block_size=block, gqa=False))
+        support = backend.supports(
+            CallSpec("paged_attention", "float16", "cuda", 128, "causal", block_size=block, gqa=False)
+        )
         assert support.ok == ok, block
         if not ok:
-            assert support.reason == (f"block size {block} is not a multiple of 256, which flash-attn's paged KV cache "
-                                      "needs: allocate the cache in blocks of 256")
+            assert support.reason == (
+                f"block size {block} is not a multiple of 256, which flash-attn's paged KV cache "
+                "needs: allocate the cache in blocks of 256"
+            )
 
 
 def test_a_flash_attn_without_block_table_refuses_paged_attention_with_the_upgrade(install) -> None:
@@ -324,12 +331,15 @@ def test_a_flash_attn_without_block_table_refuses_paged_attention_with_the_upgra
     backend = flash_attn_backend(AMPERE)
     support = backend.supports(CallSpec("paged_attention", "float16", "cuda", 64, "causal", block_size=256))
     assert not support.ok
-    assert support.reason == ("flash-attn 2.4.2 has no flash_attn_with_kvcache(block_table=...) for paged KV caches: "
-                              "upgrade it (pip install -U flash-attn --no-build-isolation)")
+    assert support.reason == (
+        "flash-attn 2.4.2 has no flash_attn_with_kvcache(block_table=...) for paged KV caches: "
+        "upgrade it (pip install -U flash-attn --no-build-isolation)"
+    )
     assert backend.supports(CallSpec("attention", "float16", "cuda", 64, "causal", aligned=False)).ok
 
 
 # -- FlashAttention-3 -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("functions", [FA3, FA3_2025, FA3_2024], ids=["2026", "2025-08-28", "2024-10"])
 @pytest.mark.parametrize(("q_len", "k_len"), [(8, 8), (1, 17), (3, 9)])
@@ -337,7 +347,9 @@ def test_flash_attention_3_dense_unpacks_either_return_shape(install, functions,
     install("flash_attn_interface", functions)
     backend = flash_attn_v3_backend(HOPPER)
     q, k, v = _dense_inputs(q_len, k_len, heads=8, kv_heads=2, head=128)
-    assert backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "causal", gqa=True, aligned=q_len == k_len)).ok
+    assert backend.supports(
+        CallSpec("attention", "bfloat16", "cuda", 128, "causal", gqa=True, aligned=q_len == k_len)
+    ).ok
     out = backend.attention(q, k, v, causal=True)
     assert _error(out, ref.attention_reference(*_numpy(q, k, v), causal=True)) < 3e-2
     assert len(CALLS) == 1 and CALLS[0][0].endswith("flash_attn_func")
@@ -348,7 +360,9 @@ def test_flash_attention_3_paged_uses_page_table_with_any_block_size(install, bl
     install("flash_attn_interface", FA3)
     backend = flash_attn_v3_backend(HOPPER)
     q, k_cache, v_cache, table, lens = _paged_inputs(block_size, (5, block_size + 3, 3))
-    assert backend.supports(CallSpec("paged_attention", "float16", "cuda", 64, "causal", block_size=block_size, gqa=True)).ok
+    assert backend.supports(
+        CallSpec("paged_attention", "float16", "cuda", 64, "causal", block_size=block_size, gqa=True)
+    ).ok
     out = backend.paged_attention(q, k_cache, v_cache, table, lens)
     assert _error(out, ref.paged_attention_reference(*_numpy(q, k_cache, v_cache, table, lens))) < 3e-2
     assert CALLS == [("fa3.flash_attn_with_kvcache", {"causal": True})]
@@ -359,11 +373,14 @@ def test_flash_attention_3_without_page_table_refuses_paged_attention(install) -
     backend = flash_attn_v3_backend(HOPPER)
     support = backend.supports(CallSpec("paged_attention", "bfloat16", "cuda", 64, "causal", block_size=256))
     assert not support.ok
-    assert support.reason == ("this flash_attn_interface has no flash_attn_with_kvcache(page_table=...) for paged KV "
-                              "caches: rebuild FlashAttention-3 from a current checkout")
+    assert support.reason == (
+        "this flash_attn_interface has no flash_attn_with_kvcache(page_table=...) for paged KV "
+        "caches: rebuild FlashAttention-3 from a current checkout"
+    )
 
 
 # -- which implementation binds ----------------------------------------------------------------------
+
 
 def test_without_the_package_flash_attn_binds_torchs_built_in_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # as if not installed: import raises ModuleNotFoundError
@@ -380,14 +397,17 @@ def test_a_broken_flash_attn_install_is_named_not_silently_skipped(install) -> N
     assert backend.note == "flash-attn is installed but cannot be used (the flash_attn module has no flash_attn_func)"
 
 
-def test_a_missing_flash_attention_3_refuses_every_call_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_flash_attention_3_refuses_every_call_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
     backend = flash_attn_v3_backend(HOPPER)
     support = backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "causal", aligned=True))
     assert not support.ok
     assert support.reason == (
         "FlashAttention-3 cannot run: flash_attn_3 is not installed (module flash_attn_interface not found): "
-        "git clone https://github.com/Dao-AILab/flash-attention && cd flash-attention/hopper && python setup.py install")
+        "git clone https://github.com/Dao-AILab/flash-attention && cd flash-attention/hopper && python setup.py install"
+    )
 
 
 def test_a_flash_attention_3_that_fails_to_import_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -403,9 +423,11 @@ def test_a_flash_attention_3_that_fails_to_import_says_so(monkeypatch: pytest.Mo
     monkeypatch.setattr(importlib, "import_module", failing)
     backend = flash_attn_v3_backend(HOPPER)
     reason = backend.supports(CallSpec("attention", "bfloat16", "cuda", 128, "none", aligned=True)).reason
-    assert reason.startswith("FlashAttention-3 cannot run: flash_attn_interface does not import (ImportError: "
-                             "libcudart.so.13: cannot open shared object file): rebuild FlashAttention-3 against this "
-                             "torch: git clone")
+    assert reason.startswith(
+        "FlashAttention-3 cannot run: flash_attn_interface does not import (ImportError: "
+        "libcudart.so.13: cannot open shared object file): rebuild FlashAttention-3 against this "
+        "torch: git clone"
+    )
 
 
 def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -418,11 +440,12 @@ def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(m
     class Next:
         name, feature, dispatch_priority = "next", "cuda", 100
 
-        def supports(self, call):  # noqa: ANN001, ANN202
+        def supports(self, call):
             from mistralrs_torch.ops import Support
+
             return Support(True)
 
-        def attention(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def attention(self, *args, **kwargs):
             return "next ran"
 
     call = CallSpec("attention", "bfloat16", "cuda", 128, "causal", aligned=True)
@@ -437,6 +460,7 @@ def test_the_runtime_records_the_fall_through_from_a_missing_flash_attention_3(m
 
 
 # -- torch's built-in FlashAttention-2 kernel --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_torchs_flash_call_binds_to_the_ops_schema(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from mistralrs_torch.testing import references as ref
 from mistralrs_torch.doctor import run_doctor
-from mistralrs_torch.testing import TOLERANCES
 from mistralrs_torch.ops import CallSpec
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.system import GPUFacts
+from mistralrs_torch.testing import TOLERANCES
+from mistralrs_torch.testing import references as ref
 from mistralrs_torch_flash_attn import INSTALL_FLASH_ATTN
 from mistralrs_torch_flash_attn._backends import FlashAttention2, TorchFlashAttention, torch_flash_check
-from mistralrs_torch.system import GPUFacts
 from mistralrs_torch_flash_attn._select import flash_attn_backend, flash_attn_v3_backend
 
 pytestmark = pytest.mark.gpu
@@ -36,7 +36,9 @@ def _check(backend, dtype: torch.dtype, q_len: int, k_len: int, causal: bool, he
     call = CallSpec("attention", _name(dtype), "cuda", head, "causal" if causal else "none",
                     gqa=True, aligned=q_len == k_len)
     support = backend.supports(call)
-    assert support.ok, f"{backend.name} refused a call it should run on {torch.cuda.get_device_name()}: {support.reason}"
+    assert support.ok, (
+        f"{backend.name} refused a call it should run on {torch.cuda.get_device_name()}: {support.reason}"
+    )
     gen = torch.Generator().manual_seed(q_len + k_len)
     q, k, v = (torch.randn(2, h, n, head, generator=gen) for h, n in ((8, q_len), (2, k_len), (2, k_len)))
     out = backend.attention(*(t.to("cuda", dtype) for t in (q, k, v)), causal=causal)
@@ -49,8 +51,10 @@ def _check(backend, dtype: torch.dtype, q_len: int, k_len: int, causal: bool, he
 
 def _ampere_or_newer() -> None:
     if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip(f"FlashAttention needs compute capability 8.0+; {torch.cuda.get_device_name()} has "
-                    f"{torch.cuda.get_device_capability()}")
+        pytest.skip(
+            f"FlashAttention needs compute capability 8.0+; {torch.cuda.get_device_name()} has "
+            f"{torch.cuda.get_device_capability()}"
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -64,7 +68,8 @@ def test_torchs_flash_kernel_matches_the_reference(dtype, q_len, k_len, causal, 
 def test_torchs_flash_kernel_refuses_bottom_right_causal_with_the_reason(q_len, k_len, causal, head) -> None:
     _ampere_or_newer()
     support = TorchFlashAttention(GPUFacts.from_torch(), torch_flash_check).supports(
-        CallSpec("attention", "bfloat16", "cuda", head, "causal", gqa=True, aligned=False))
+        CallSpec("attention", "bfloat16", "cuda", head, "causal", gqa=True, aligned=False)
+    )
     assert not support.ok and "top-left" in support.reason
 
 
@@ -72,7 +77,9 @@ def _package() -> FlashAttention2:
     _ampere_or_newer()
     backend = flash_attn_backend()
     if not isinstance(backend, FlashAttention2):
-        pytest.skip(f"the flash-attn package is not usable here ({backend.note or 'not installed'}): {INSTALL_FLASH_ATTN}")
+        pytest.skip(
+            f"the flash-attn package is not usable here ({backend.note or 'not installed'}): {INSTALL_FLASH_ATTN}"
+        )
     return backend
 
 
@@ -92,10 +99,16 @@ def _paged_case(backend, dtype: torch.dtype, block_size: int) -> None:
     q, seq_lens = torch.randn(len(lens), 8, 1, 128, generator=gen), torch.tensor(lens, dtype=torch.int32)
     call = CallSpec("paged_attention", _name(dtype), "cuda", 128, "causal", block_size=block_size, gqa=True)
     assert backend.supports(call).ok, backend.supports(call).reason
-    out = backend.paged_attention(q.to("cuda", dtype), k_cache.to("cuda", dtype), v_cache.to("cuda", dtype),
-                                  table.cuda(), seq_lens.cuda())
-    expected = ref.paged_attention_reference(q.to(dtype).double().numpy(), k_cache.to(dtype).double().numpy(),
-                                             v_cache.to(dtype).double().numpy(), table.numpy(), seq_lens.numpy())
+    out = backend.paged_attention(
+        q.to("cuda", dtype), k_cache.to("cuda", dtype), v_cache.to("cuda", dtype), table.cuda(), seq_lens.cuda()
+    )
+    expected = ref.paged_attention_reference(
+        q.to(dtype).double().numpy(),
+        k_cache.to(dtype).double().numpy(),
+        v_cache.to(dtype).double().numpy(),
+        table.numpy(),
+        seq_lens.numpy(),
+    )
     error = float(np.abs(out.cpu().double().numpy() - expected).max() / max(1.0, float(np.abs(expected).max())))
     assert error <= TOLERANCES[_name(dtype)].max_error
 
@@ -133,7 +146,7 @@ def test_the_runtime_binds_flash_attn_and_doctor_names_the_same_implementation()
     bound = runtime.bindings[0].chosen
     assert bound in ("flash-attn-package", "flash-attn-torch")
     report = run_doctor(environ={}, features="flash-attn")
-    (check,) = [c for c in report.sections["configuration"] if c.name == "flash-attn implementation"]
+    (check,) = [c for c in report.sections["configuration"] if c.subject == "flash-attn implementation"]
     # "ok" names the package; "info" names torch's built-in kernel and carries the install command.
     assert ("package" in bound) == (check.status == "ok"), (bound, check)
     assert report.exit_code == 0, (report.errors, report.failed)

@@ -14,7 +14,8 @@ import pytest
 
 from mistralrs_torch import GPU, PluginManager, Selection, SelectionError, load_system, resolve
 from mistralrs_torch.ops import CallSpec
-from mistralrs_torch_flash_attn import INSTALL_FLASH_ATTN, INSTALL_FLASH_ATTN_3
+from mistralrs_torch.system import GPUFacts
+from mistralrs_torch_flash_attn import INSTALL_FLASH_ATTN, INSTALL_FLASH_ATTN_3, plugin
 from mistralrs_torch_flash_attn._backends import (
     FA2_PRIORITY,
     FA3_PRIORITY,
@@ -23,8 +24,6 @@ from mistralrs_torch_flash_attn._backends import (
     TorchFlashAttention,
 )
 from mistralrs_torch_flash_attn._checks import flash_checks
-from mistralrs_torch.system import GPUFacts
-from mistralrs_torch_flash_attn import plugin
 
 PROFILES = ("h100", "h100-fa2", "a100", "v100", "rtx4090-windows", "multi-gpu-8xh100", "apple-m2")
 _FA3_INSTALL = INSTALL_FLASH_ATTN_3
@@ -71,7 +70,8 @@ def test_auto_mode_status_and_reason_on_every_profile(profile: str) -> None:
     resolution = _resolve(profile)
     fa2, fa2_reason, fa3, fa3_reason = AUTO[profile]
     assert (resolution.status("flash-attn").status, resolution.status("flash-attn").reasons[0]) == (fa2, fa2_reason)
-    assert (resolution.status("flash-attn-v3").status, resolution.status("flash-attn-v3").reasons[0]) == (fa3, fa3_reason)
+    v3 = resolution.status("flash-attn-v3")
+    assert (v3.status, v3.reasons[0]) == (fa3, fa3_reason)
 
 
 def test_v100_explicit_flash_attn_fails_with_the_compute_capability_reason() -> None:
@@ -105,7 +105,7 @@ def test_flash_attn_auto_enables_cuda_when_selected_alone() -> None:
 def _checks(profile, active=None) -> dict[str, tuple[str, str, str]]:
     system = load_system(profile) if isinstance(profile, str) else profile
     active = frozenset(_resolve(system).active) if active is None else active
-    return {c.name: (c.status, c.message, c.fix) for c in flash_checks(active, system)}
+    return {c.subject: (c.status, c.message, c.fix) for c in flash_checks(active, system)}
 
 
 def test_doctor_names_the_flash_attn_package_when_installed() -> None:
@@ -142,7 +142,8 @@ def test_this_machine_proves_imports_broken_packages_are_warned_and_v3_is_an_err
     (fa2,) = flash_checks(frozenset({"cuda", "flash-attn"}), system, broken)
     assert fa2.status == "warning" and fa2.message.startswith(
         "flash-attn 2.7.4.post1 is installed but does not import (ImportError: flash_attn_C.so: undefined symbol")
-    assert fa2.fix == "rebuild it against this torch: pip install --force-reinstall --no-build-isolation flash-attn==2.7.4.post1"
+    assert fa2.fix == ("rebuild it against this torch: "
+                       "pip install --force-reinstall --no-build-isolation flash-attn==2.7.4.post1")
     (fa3,) = flash_checks(frozenset({"cuda", "flash-attn-v3"}), load_system("h100"), broken)
     assert fa3.status == "error" and "its attention calls fall through to the next backend" in fa3.message
     assert fa3.fix == f"rebuild FlashAttention-3 against this torch: {INSTALL_FLASH_ATTN_3}"

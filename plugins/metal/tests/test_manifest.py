@@ -1,4 +1,6 @@
-"""The mistralrs-torch-metal plugin through the conformance kit (mistralrs_torch.testing), and the rules of its own manifests.
+"""The mistralrs-torch-metal plugin through the conformance kit (mistralrs_torch.testing).
+
+Also the rules of its own manifests.
 
 The seed table's rows for every feature are checked together in tests/test_seed_table.py.
 """
@@ -17,7 +19,9 @@ def test_conformance_kit(mistralrs_kit) -> None:
 
 def test_the_seed_package_table_holds() -> None:
     # pip install mistralrs-torch-metal brings in mistralrs-torch-accelerate (the seed's Python package table).
-    requirements = [r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("mistralrs-torch-metal") or []]
+    requirements = [
+        r.split(";")[0].replace(" ", "") for r in importlib.metadata.requires("mistralrs-torch-metal") or []
+    ]
     for dependency in ["mistralrs-torch-accelerate"]:
         assert any(r.startswith(dependency + "==") for r in requirements), requirements
 

@@ -39,7 +39,9 @@ def test_hooks_return_nothing_unless_metal_is_active() -> None:
 
 def test_apple_m2_profile_activates_metal_and_accelerate_with_opt_in_paged_attention() -> None:
     pm = mistralrs_torch.PluginManager(environ={})
-    resolution = mistralrs_torch.resolve(pm.features, pm.broken, mistralrs_torch.Selection(), mistralrs_torch.load_system("apple-m2"), {})
+    resolution = mistralrs_torch.resolve(
+        pm.features, pm.broken, mistralrs_torch.Selection(), mistralrs_torch.load_system("apple-m2"), {}
+    )
     assert {"metal", "accelerate", "cpu"} <= set(resolution.active)
     assert resolution.status("metal").manifest.paged_attention == "opt-in"
 
@@ -63,8 +65,13 @@ def test_an_intel_mac_with_an_amd_gpu_runs_metal_when_mps_is_there() -> None:
 def test_explicit_metal_on_linux_gets_the_seed_message() -> None:
     pm = mistralrs_torch.PluginManager(environ={})
     with pytest.raises(mistralrs_torch.SelectionError, match="metal is macOS-only: remove the metal feature"):
-        mistralrs_torch.resolve(pm.features, pm.broken, mistralrs_torch.Selection("explicit", ("metal",), "--features"),
-                          mistralrs_torch.load_system("xeon-cpu"), {})
+        mistralrs_torch.resolve(
+            pm.features,
+            pm.broken,
+            mistralrs_torch.Selection("explicit", ("metal",), "--features"),
+            mistralrs_torch.load_system("xeon-cpu"),
+            {},
+        )
 
 
 @pytest.mark.mps
@@ -78,8 +85,9 @@ def test_mps_ops_match_float64_reference(dtype: torch.dtype) -> None:
     q, k, v = (torch.randn(1, 4, n, 64, generator=gen) for n in (3, 7, 7))
     k, v = k[:, :2], v[:, :2]
     out = runtime.attention(*(runtime.to_device(t.to(dtype)) for t in (q, k, v)), causal=True)
-    expected = ref.attention_reference(q.to(dtype).double().numpy(), k.to(dtype).double().numpy(),
-                                       v.to(dtype).double().numpy(), causal=True)
+    expected = ref.attention_reference(
+        q.to(dtype).double().numpy(), k.to(dtype).double().numpy(), v.to(dtype).double().numpy(), causal=True
+    )
     assert np.abs(out.cpu().double().numpy() - expected).max() < (1e-4 if dtype == torch.float32 else 4e-3)
     w8 = torch.randint(-127, 128, (8, 32), dtype=torch.int8)
     scale, x = torch.rand(8) / 50, torch.randn(2, 32)

@@ -13,9 +13,9 @@ import torch
 import mistralrs_torch
 from mistralrs_torch.ops import CallSpec
 from mistralrs_torch.runtime import Runtime
+from mistralrs_torch.system import BlasInfo, blas_info
 from mistralrs_torch_mkl import _backend
 from mistralrs_torch_mkl._backend import MKLMatmul
-from mistralrs_torch.system import BlasInfo, blas_info
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch here is not built with MKL")
 
@@ -163,5 +163,5 @@ def test_the_backend_reads_cpu_flags_from_the_resolved_snapshot_not_a_new_probe(
 def test_bad_thread_count_is_a_config_error_naming_the_variable() -> None:
     with pytest.raises(mistralrs_torch.ConfigError, match="MKL_NUM_THREADS='many'"):
         MKLMatmul({"MKL_NUM_THREADS": "many"})
-    with pytest.raises(mistralrs_torch.ConfigError, match="OMP_NUM_THREADS=0 is outside 1.."):
+    with pytest.raises(mistralrs_torch.ConfigError, match=r"OMP_NUM_THREADS=0 is outside 1.."):
         MKLMatmul({"OMP_NUM_THREADS": "0"})

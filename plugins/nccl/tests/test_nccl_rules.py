@@ -61,7 +61,8 @@ def test_one_gpu_needs_no_launcher() -> None:
 def test_several_gpus_without_a_launcher_say_how_to_start_them() -> None:
     with pytest.raises(ConfigError) as raised:
         nccl_rendezvous({}, 8)
-    assert "mistralrs launch -n 8 --backend nccl" in str(raised.value) and "torchrun --nproc-per-node 8" in str(raised.value)
+    message = str(raised.value)
+    assert "mistralrs launch -n 8 --backend nccl" in message and "torchrun --nproc-per-node 8" in message
 
 
 def test_torchrun_variables_are_honoured_for_multi_node() -> None:
@@ -82,7 +83,7 @@ def test_torchrun_variables_are_checked(environ: dict, words: str) -> None:
 def _statuses(checks: list) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for c in checks:
-        found.setdefault(c.status, []).append(f"{c.name}: {c.message} | {c.fix}")
+        found.setdefault(c.status, []).append(f"{c.subject}: {c.message} | {c.fix}")
     return found
 
 
@@ -143,7 +144,7 @@ def test_doctor_reports_the_explicit_map_once_whichever_judges_it() -> None:
     for environ in ({"MISTRALRS_DEVICE_LAYERS": "0:16;1:16"},
                     {"MISTRALRS_DEVICE_LAYERS": "0:16;1:16", "MISTRALRS_NO_NCCL": "1"}):
         report = run_doctor(environ=environ, system=load_system("multi-gpu-8xh100"), verify=False)
-        assert len([c for c in report.sections["configuration"] if c.name == "device layers"]) == 1
+        assert len([c for c in report.sections["configuration"] if c.subject == "device layers"]) == 1
 
 
 @pytest.mark.parametrize(("environ", "status", "words"), [
@@ -207,9 +208,11 @@ def test_the_launch_environment_sets_the_local_world_size() -> None:
 
 
 def test_the_doctor_and_launch_hooks_import_no_torch() -> None:
-    code = ("import sys, mistralrs_torch, mistralrs_torch_nccl.plugin as p\n"
-            "p.mistralrs_doctor_checks(frozenset({'nccl', 'cuda'}), mistralrs_torch.load_system('multi-gpu-8xh100'), {})\n"
-            "p.mistralrs_launch_environment('nccl', 0, 2, '127.0.0.1', 1, '/tmp')\n"
-            "assert 'torch' not in sys.modules\n")
+    code = (
+        "import sys, mistralrs_torch, mistralrs_torch_nccl.plugin as p\n"
+        "p.mistralrs_doctor_checks(frozenset({'nccl', 'cuda'}), mistralrs_torch.load_system('multi-gpu-8xh100'), {})\n"
+        "p.mistralrs_launch_environment('nccl', 0, 2, '127.0.0.1', 1, '/tmp')\n"
+        "assert 'torch' not in sys.modules\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr

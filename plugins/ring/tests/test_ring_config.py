@@ -18,6 +18,7 @@ from mistralrs_torch_ring._config import (
     check_ring_config,
     check_ring_configs,
     load_ring_config,
+    problem_lines,
     ring_config_set,
     write_ring_configs,
 )
@@ -90,8 +91,9 @@ def test_each_bad_case_is_one_problem_naming_file_and_field(tmp_path: Path, case
     assert config is None
     assert len(problems) == 1, [str(p) for p in problems]
     (problem,) = problems
-    assert problem.file == str(path) and problem.field == field
-    text = str(problem)
+    assert problem.subject == str(path) and problem.field == field
+    (text,) = problem_lines([problem])
+    text = text.removeprefix("  - ")
     assert text.startswith(f"{path}: {field}" if field else str(path))
     for word in words:
         assert word in text, text
@@ -104,7 +106,7 @@ def test_each_bad_case_is_one_problem_naming_file_and_field(tmp_path: Path, case
 def test_a_missing_file_and_a_folder_are_named(tmp_path: Path) -> None:
     for path, words in ((tmp_path / "nope.json", "does not exist"), (tmp_path, "is a folder")):
         _, problems = check_ring_config(path)
-        assert [p.file for p in problems] == [str(path)] and words in problems[0].message
+        assert [p.subject for p in problems] == [str(path)] and words in problems[0].message
         assert "mistralrs ring configs" in problems[0].fix
 
 
@@ -155,7 +157,7 @@ def test_fuzzed_configs_never_raise(tmp_path: Path) -> None:
             path.write_text(text, encoding="utf-8")
         config, problems = check_ring_config(path)
         assert (config is None) == bool(problems)
-        assert all(p.file == str(path) and p.message and p.fix for p in problems)
+        assert all(p.subject == str(path) and p.message and p.fix for p in problems)
 
 
 def test_deep_nesting_and_huge_numbers_are_problems_not_crashes(tmp_path: Path) -> None:
@@ -169,8 +171,8 @@ def test_the_cli_reports_fuzzed_files_without_a_traceback(tmp_path: Path) -> Non
     paths = [_write(tmp_path, json.dumps(_mutations(rng)), f"f{i}.json") for i in range(8)]
     paths.append(_write(tmp_path, b"\x00\xff{", "binary.json"))
     for path in paths:
-        result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "ring", "check", str(path)], capture_output=True,
-                                text=True, timeout=60, check=False)
+        result = subprocess.run([sys.executable, "-m", "mistralrs_torch", "ring", "check", str(path)],
+                                capture_output=True, text=True, timeout=60, check=False)
         assert "Traceback" not in result.stderr + result.stdout
         if result.returncode:
             assert result.returncode == 1 and result.stderr.startswith("error: ") and str(path) in result.stderr
@@ -222,7 +224,7 @@ def test_inconsistent_neighbours_are_named(tmp_path: Path, case: str) -> None:
         _edit(paths[r], **changes)
     _, problems = check_ring_configs(paths)
     assert problems, case
-    assert any(p.file == str(paths[rank]) and p.field == field and words in str(p) for p in problems), \
+    assert any(p.subject == str(paths[rank]) and p.field == field and words in str(p) for p in problems), \
         [str(p) for p in problems]
 
 
@@ -230,7 +232,7 @@ def test_duplicate_and_missing_ranks_are_named(tmp_path: Path) -> None:
     paths = _set(tmp_path)
     _edit(paths[3], rank=2)
     _, problems = check_ring_configs(paths)
-    assert any(p.field == "rank" and "also the rank of" in p.message and p.file == str(paths[3]) for p in problems)
+    assert any(p.field == "rank" and "also the rank of" in p.message and p.subject == str(paths[3]) for p in problems)
     _, problems = check_ring_configs(paths[:2])
     assert [p.message for p in problems] == ["no file for ranks 2, 3 of world_size 4"]
 
@@ -239,7 +241,7 @@ def test_a_file_problem_is_reported_in_a_set_too(tmp_path: Path) -> None:
     paths = _set(tmp_path)
     _edit(paths[1], port="x")
     _, problems = check_ring_configs(paths)
-    assert [(p.file, p.field) for p in problems] == [(str(paths[1]), "port")]
+    assert [(p.subject, p.field) for p in problems] == [(str(paths[1]), "port")]
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [

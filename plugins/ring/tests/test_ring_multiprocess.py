@@ -112,7 +112,7 @@ def ranks(tmp_path: Path) -> Iterator[type]:
         started.append(Ranks(tmp_path, world))
         return started[-1]
 
-    yield make  # type: ignore[misc]
+    yield make  # type: ignore[misc]  # a generator fixture typed as what it yields
     for group in started:
         group.kill()
 
@@ -141,7 +141,8 @@ def test_accelerator_tensors_go_through_host_memory(ranks: type, device: str) ->
 
 
 def _check_failure(result: dict, rank: int, culprit: int) -> None:
-    assert (result["rank"], result["error_rank"], result["peers"], result["timeout"]) == (rank, rank, [culprit], TIMEOUT)
+    seen = (result["rank"], result["error_rank"], result["peers"], result["timeout"])
+    assert seen == (rank, rank, [culprit], TIMEOUT)
     message = result["message"]
     assert message.startswith(f"rank {rank} of ") and f"rank {culprit} stopped responding" in message
     assert f"collective timeout {TIMEOUT:g}s" in message and "MISTRALRS_COLLECTIVE_TIMEOUT" in message
@@ -202,8 +203,7 @@ def test_a_rank_frozen_before_it_joins_is_named_by_every_survivor_within_the_tim
         # The whole start-up wait is bounded by the timeout, as the message says (torch's retries included).
         assert result["waited"] < JOIN_TIMEOUT + JOIN_SLACK, result
         assert "frame #" not in group.errors(r) and "[W" not in group.errors(r), group.errors(r)  # torch kept quiet
-    print("start-up fault: seconds each survivor waited:",
-          {r: round(group.result(r)["waited"], 2) for r in survivors})
+    print("start-up fault: seconds each survivor waited:", {r: round(group.result(r)["waited"], 2) for r in survivors})
     assert group.procs[2].poll() is None  # still frozen; the fixture wakes and kills it
 
 

@@ -79,7 +79,7 @@ def test_ring_config_and_torchrun_variables_must_agree(tmp_path: Path) -> None:
 def _by_status(checks: list) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for c in checks:
-        found.setdefault(c.status, []).append(f"{c.name}: {c.message} | {c.fix}")
+        found.setdefault(c.status, []).append(f"{c.subject}: {c.message} | {c.fix}")
     return found
 
 
@@ -217,7 +217,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path, master_ip: str) -> None:
 def test_rank0_listens_only_on_master_ip_when_it_is_an_address(tmp_path: Path) -> None:
     from mistralrs_torch_ring._backend import GlooCollectives
 
-    with pytest.raises(ConfigError, match="192.0.2.123 .* is not an address of this machine"):
+    with pytest.raises(ConfigError, match=r"192.0.2.123 .* is not an address of this machine"):
         GlooCollectives().communicator(_rank0(tmp_path, _free_port(), "192.0.2.123"))
 
 

@@ -22,13 +22,11 @@ from mistralrs_torch.cli._launch import launch_command
 from mistralrs_torch.cli._run import run_command
 from mistralrs_torch.cli._serve import serve_command
 from mistralrs_torch.cli._tune import tune_command
-from mistralrs_torch.validation import env_flag, shown
-from mistralrs_torch.plugins import BrokenPlugin, PluginManager
+from mistralrs_torch.features import BrokenPlugin
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.system import PROFILE_NAMES, SystemSnapshot, load_system
-
-__all__ = ["cli", "main"]
-
+from mistralrs_torch.validation import env_flag, shown
 
 ERROR_SCHEMA = "mistralrs.error/1"
 
@@ -96,7 +94,10 @@ class _RootGroup(_Group):
     def _plugin_commands(self) -> dict[str, click.Command]:
         manager = PluginManager(environ=os.environ, strict=False)
         commands: dict[str, click.Command] = {}
-        valid = lambda r: isinstance(r, (list, tuple)) and all(isinstance(c, click.Command) for c in r)  # noqa: E731
+
+        def valid(r: object) -> bool:
+            return isinstance(r, (list, tuple)) and all(isinstance(c, click.Command) for c in r)
+
         for _, result in manager.call_each("mistralrs_cli_commands", valid):
             commands.update({c.name: c for c in result if c.name and c.name not in self.commands})
         return commands
@@ -126,7 +127,8 @@ class _SystemParam(click.ParamType):
 
 _system_option = click.option(
     "--system", "system", type=_SystemParam(), default=None,
-    help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) or a JSON file from `plugins system --json`.")
+    help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) "
+    "or a JSON file from `plugins system --json`.")
 _features_option = click.option(
     "--features", default=None, metavar="FEATURES",
     help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or 'none' also "
@@ -222,7 +224,7 @@ def resolve_command(features: str | None, system: SystemSnapshot | None, as_json
             raise
         _print_json({"schema": _render.RESOLVE_SCHEMA, "mistralrs": __version__, "selection": {"source": exc.source},
                      "active": [], "features": [],
-                     "errors": [{"feature": v.feature, "rule": v.rule, "message": v.message, "fix": v.fix}
+                     "errors": [{"feature": v.subject, "rule": v.rule, "message": v.message, "fix": v.fix}
                                 for v in exc.violations]})
         sys.exit(1)
     explanation = None
@@ -263,7 +265,8 @@ def _progress(message: str) -> None:
 
 _doctor_options = [
     _system_option, _features_option, _json_option,
-    click.option("--verify/--no-verify", default=True, help="Run each bound backend against a float64 reference (default on)."),
+    click.option("--verify/--no-verify", default=True,
+                 help="Run each bound backend against a float64 reference (default on)."),
     click.option("--paged-attn", is_flag=True,
                  help="Opt in to paged attention on devices where it is opt-in (`plugins matrix` shows which)."),
 ]

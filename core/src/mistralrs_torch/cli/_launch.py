@@ -15,8 +15,6 @@ from typing import Any
 
 import click
 
-__all__ = ["MAX_LOCAL_RANKS", "launch_command"]
-
 #: Ranks one launch may start on this machine (each is a process).
 MAX_LOCAL_RANKS = 4096
 #: The longest grace period: an hour.

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from mistralrs_torch._version import __version__
-from mistralrs_torch.plugins import PluginInfo, PluginManager
+from mistralrs_torch.features import PluginInfo
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import FeatureStatus, Resolution
 from mistralrs_torch.system import SystemSnapshot
-
-__all__ = ["LIST_SCHEMA", "RESOLVE_SCHEMA", "list_json", "list_text", "resolve_json", "resolve_text", "system_text"]
 
 LIST_SCHEMA = "mistralrs.plugins.list/1"
 RESOLVE_SCHEMA = "mistralrs.plugins.resolve/1"
@@ -54,7 +53,9 @@ def _plugin_json(p: PluginInfo) -> dict[str, str]:
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[-1]]).rstrip() for row in rows]
+    # The last cell is not padded: widths stop one short of the row.
+    return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths, strict=False)] + [row[-1]]).rstrip()
+            for row in rows]
 
 
 def list_text(resolution: Resolution, manager: PluginManager) -> str:
@@ -63,29 +64,49 @@ def list_text(resolution: Resolution, manager: PluginManager) -> str:
         m = f.manifest
         reason = f.reasons[0] if f.reasons else ""
         reason = "; ".join([reason, *(f"note: {n}" for n in f.notes)]) if f.notes else reason
-        rows.append((f.name or f"({f.plugin.name})", f.plugin.name, f"{f.plugin.distribution} {f.plugin.version}", f.status,
-                     ",".join(m.provides) if m else "-", reason))
+        rows.append(
+            (
+                f.name or f"({f.plugin.name})",
+                f.plugin.name,
+                f"{f.plugin.distribution} {f.plugin.version}",
+                f.status,
+                ",".join(m.provides) if m else "-",
+                reason,
+            )
+        )
     lines = [f"mistralrs {__version__} plugins on {resolution.system.source} ({resolution.selection.source})", ""]
     lines += _table(rows)
     lines += ["", f"active: {' '.join(resolution.active) or '(none)'}"]
     if manager.disabled:
-        lines.append("disabled by MISTRALRS_DISABLE_PLUGINS: "
-                     + ", ".join(f"{p.name} ({p.distribution})" for p in manager.disabled))
-    lines += [f"warning: plugin {p.name} ({p.distribution} {p.version}) registers no feature: upgrade or reinstall "
-              f"{p.distribution}, or disable it with MISTRALRS_DISABLE_PLUGINS={p.name}" for p in manager.featureless]
+        lines.append(
+            "disabled by MISTRALRS_DISABLE_PLUGINS: "
+            + ", ".join(f"{p.name} ({p.distribution})" for p in manager.disabled)
+        )
+    lines += [
+        f"warning: plugin {p.name} ({p.distribution} {p.version}) registers no feature: upgrade or reinstall "
+        f"{p.distribution}, or disable it with MISTRALRS_DISABLE_PLUGINS={p.name}"
+        for p in manager.featureless
+    ]
     return "\n".join(lines)
 
 
 def resolve_text(resolution: Resolution) -> str:
-    lines = [f"selection: {resolution.selection.source}", f"system: {resolution.system.source}",
-             f"active: {' '.join(resolution.active) or '(none)'}", ""]
+    lines = [
+        f"selection: {resolution.selection.source}",
+        f"system: {resolution.system.source}",
+        f"active: {' '.join(resolution.active) or '(none)'}",
+        "",
+    ]
     for status in ("active", "available", "unavailable", "broken"):
         group = [f for f in resolution.features if f.status == status]
         if group:
             lines.append(f"{status}:")
             for f in group:
-                lines.append(f"  {f.name} ({f.plugin.distribution})" if f.name else
-                             f"  (plugin {f.plugin.name}, {f.plugin.distribution}: declared no feature)")
+                lines.append(
+                    f"  {f.name} ({f.plugin.distribution})"
+                    if f.name
+                    else f"  (plugin {f.plugin.name}, {f.plugin.distribution}: declared no feature)"
+                )
                 lines += [f"      {r}" for r in f.reasons] + [f"      note: {n}" for n in f.notes]
     return "\n".join(lines)
 
@@ -98,12 +119,21 @@ def system_text(system: SystemSnapshot) -> str:
         f"os: {system.os} {system.os_release} ({system.arch}), Python {system.python}",
         f"cpu: {cpu.model} ({cpu.vendor}, {cpu.cores} cores; {' '.join(isa) or 'no AVX2/AVX-512/AMX/NEON'})",
         f"memory: {system.memory_total / _GiB:.1f} GiB",
-        "torch: " + (f"{system.torch.version} (CUDA {system.torch.cuda or 'none'}, MKL {'yes' if system.torch.mkl else 'no'}, "
-                     f"cuDNN {'yes' if system.torch.cudnn else 'no'})" if system.torch else "not installed"),
+        "torch: "
+        + (
+            f"{system.torch.version} (CUDA {system.torch.cuda or 'none'}, MKL {'yes' if system.torch.mkl else 'no'}, "
+            f"cuDNN {'yes' if system.torch.cudnn else 'no'})"
+            if system.torch
+            else "not installed"
+        ),
     ]
-    lines += [f"gpu {g.index}: {g.name} ({g.vendor}, compute capability {g.cc_label}, {g.memory_total / _GiB:.0f} GiB)"
-              for g in system.gpus] or ["gpus: none visible"]
-    lines.append("libraries: " + (", ".join(f"{k} {v}".strip() for k, v in sorted(system.libraries.items())) or "none found"))
+    lines += [
+        f"gpu {g.index}: {g.name} ({g.vendor}, compute capability {g.cc_label}, {g.memory_total / _GiB:.0f} GiB)"
+        for g in system.gpus
+    ] or ["gpus: none visible"]
+    lines.append(
+        "libraries: " + (", ".join(f"{k} {v}".strip() for k, v in sorted(system.libraries.items())) or "none found")
+    )
     if system.modules:
         lines.append("modules: " + ", ".join(f"{k} {v}".strip() for k, v in sorted(system.modules.items())))
     lines += [f"note: {n}" for n in system.notes]

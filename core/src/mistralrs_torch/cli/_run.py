@@ -22,8 +22,6 @@ import click
 if TYPE_CHECKING:
     from mistralrs_torch.models import Generation, Model, SamplingParams
 
-__all__ = ["run_command"]
-
 RUN_SCHEMA = "mistralrs.run/1"
 
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import click
 
-__all__ = ["serve_command"]
-
 EXTRA = "mistralrs-torch[serve]"
 
 

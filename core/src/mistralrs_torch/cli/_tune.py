@@ -13,8 +13,6 @@ import json
 
 import click
 
-__all__ = ["tune_command"]
-
 TUNE_SCHEMA = "mistralrs.tune/1"
 #: Any text: only its token count matters (the kernels' timings do not depend on which tokens).
 _FILLER = "The quick brown fox jumps over the lazy dog while the river runs to the sea. "

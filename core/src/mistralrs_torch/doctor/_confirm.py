@@ -5,8 +5,6 @@ from __future__ import annotations
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["confirm_with_torch"]
-
 
 def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
     """One check per fact: "ok" when import-time torch agrees with the cheap probe, "warning" when not."""
@@ -14,9 +12,15 @@ def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
 
     cheap = system.torch
     if cheap is None:
-        return [CheckResult("torch import", "warning", f"torch {torch.__version__} imports but the cheap probe found none",
-                            "report this: the cheap probe could not find torch's files")]
-    facts = {
+        return [
+            CheckResult(
+                "torch import",
+                f"torch {torch.__version__} imports but the cheap probe found none",
+                "report this: the cheap probe could not find torch's files",
+                status="warning",
+            )
+        ]
+    facts: dict[str, tuple[object, object]] = {
         "torch version": (cheap.version, torch.__version__),
         "CUDA build": (cheap.cuda, torch.version.cuda),
         "MKL": (cheap.mkl, torch.backends.mkl.is_available()),
@@ -28,8 +32,14 @@ def confirm_with_torch(system: SystemSnapshot) -> list[CheckResult]:
     checks = []
     for name, (read, imported) in facts.items():
         if read == imported:
-            checks.append(CheckResult(name, "ok", f"{imported} (confirmed by importing torch)"))
+            checks.append(CheckResult(name, f"{imported} (confirmed by importing torch)", status="ok"))
         else:
-            checks.append(CheckResult(name, "warning", f"the cheap probe read {read!r} but torch reports {imported!r}",
-                                      "list and resolve may misjudge this machine: please report it"))
+            checks.append(
+                CheckResult(
+                    name,
+                    f"the cheap probe read {read!r} but torch reports {imported!r}",
+                    "list and resolve may misjudge this machine: please report it",
+                    status="warning",
+                )
+            )
     return checks

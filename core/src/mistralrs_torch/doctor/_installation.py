@@ -26,8 +26,6 @@ from mistralrs_torch._distributions import (
 from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.plugins import ENTRY_POINT_GROUP
 
-__all__ = ["installation_checks"]
-
 CORE_DISTRIBUTION = "mistralrs-torch"
 #: What our console script names; the Rust CLI's binary never contains it.
 _OUR_SCRIPT_MARK = b"mistralrs_torch"
@@ -67,9 +65,13 @@ def _damage(distribution: str) -> CheckResult | None:
              for paths, what in ((missing, "missing"), (altered, "overwritten by another installation"))
              if paths]
     version = installed_version(distribution)
-    return CheckResult("installation", "error", f"{distribution} {version} is damaged: {'; '.join(parts)}",
-                       f"reinstall it: pip install --force-reinstall --no-deps {distribution}=={version} "
-                       f"(in this repository's workspace: uv sync --reinstall-package {distribution})")
+    return CheckResult(
+        "installation",
+        f"{distribution} {version} is damaged: {'; '.join(parts)}",
+        f"reinstall it: pip install --force-reinstall --no-deps {distribution}=={version} "
+        f"(in this repository's workspace: uv sync --reinstall-package {distribution})",
+        status="error",
+    )
 
 
 def _sha256(path: str) -> str:
@@ -82,20 +84,34 @@ def _sha256(path: str) -> str:
 
 def _other_project(ours: set[str]) -> list[CheckResult]:
     """The Rust engine's bindings (or any other mistralrs* distribution that is not ours): information only."""
-    others = sorted(d for d in map(_dashed, installed_names())
-                    if d.startswith("mistralrs") and not d.startswith(CORE_DISTRIBUTION) and d not in ours)
-    checks = [CheckResult("installation", "info",
-                          f"{name} {installed_version(name)} is installed: another project (the Rust engine's Python "
-                          "bindings use this name), independent of this one",
-                          "nothing to do: it imports as `mistralrs`, this project as `mistralrs_torch`")
-              for name in others]
-    strays = sorted(d for d in map(_dashed, installed_names())
-                    if d.startswith(CORE_DISTRIBUTION + "-") and d not in ours)
-    checks += [CheckResult("installation", "warning",
-                           f"{name} {installed_version(name)} is installed but registers no plugin in the "
-                           f"{ENTRY_POINT_GROUP!r} entry-point group",
-                           f"reinstall it (pip install --force-reinstall {name}) or uninstall it (pip uninstall {name})")
-               for name in strays]
+    others = sorted(
+        d
+        for d in map(_dashed, installed_names())
+        if d.startswith("mistralrs") and not d.startswith(CORE_DISTRIBUTION) and d not in ours
+    )
+    checks = [
+        CheckResult(
+            "installation",
+            f"{name} {installed_version(name)} is installed: another project (the Rust engine's Python "
+            "bindings use this name), independent of this one",
+            "nothing to do: it imports as `mistralrs`, this project as `mistralrs_torch`",
+            status="info",
+        )
+        for name in others
+    ]
+    strays = sorted(
+        d for d in map(_dashed, installed_names()) if d.startswith(CORE_DISTRIBUTION + "-") and d not in ours
+    )
+    checks += [
+        CheckResult(
+            "installation",
+            f"{name} {installed_version(name)} is installed but registers no plugin in the "
+            f"{ENTRY_POINT_GROUP!r} entry-point group",
+            f"reinstall it (pip install --force-reinstall {name}) or uninstall it (pip uninstall {name})",
+            status="warning",
+        )
+        for name in strays
+    ]
     return checks
 
 
@@ -104,11 +120,16 @@ def _command_on_path(environ: Mapping[str, str]) -> list[CheckResult]:
     found = shutil.which("mistralrs", path=environ.get("PATH", ""))
     if found is None or _is_ours(found):
         return []
-    return [CheckResult("installation", "warning",
-                        f"the `mistralrs` command first on PATH ({found}) is not this project's (the Rust engine's "
-                        "CLI has the same name): `mistralrs doctor` there runs the other program",
-                        "run this project as `python -m mistralrs_torch`, or put the folder of this environment's "
-                        "`mistralrs` first on PATH")]
+    return [
+        CheckResult(
+            "installation",
+            f"the `mistralrs` command first on PATH ({found}) is not this project's (the Rust engine's "
+            "CLI has the same name): `mistralrs doctor` there runs the other program",
+            "run this project as `python -m mistralrs_torch`, or put the folder of this environment's "
+            "`mistralrs` first on PATH",
+            status="warning",
+        )
+    ]
 
 
 def _is_ours(path: str) -> bool:

@@ -6,14 +6,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mistralrs_torch._version import __version__
+from mistralrs_torch.features import BrokenPlugin
 from mistralrs_torch.ops import CheckResult
-from mistralrs_torch.plugins import BrokenPlugin
-
-__all__ = ["DOCTOR_SCHEMA", "SECTIONS", "DoctorReport", "Verification"]
 
 DOCTOR_SCHEMA = "mistralrs.doctor/1"
 #: Section names, in the order doctor prints them.
-SECTIONS = ("system", "accelerators", "libraries", "plugins", "features", "configuration", "recommendation", "verification")
+SECTIONS = (
+    "system",
+    "accelerators",
+    "libraries",
+    "plugins",
+    "features",
+    "configuration",
+    "recommendation",
+    "verification",
+)
 _MARK = {"ok": "ok", "info": "--", "warning": "!!", "error": "XX"}
 
 
@@ -71,7 +78,9 @@ class DoctorReport:
             "mistralrs": __version__,
             "system": self.system,
             "ok": self.exit_code == 0,
-            "sections": {name: [asdict(c) for c in self.sections.get(name, ())] for name in SECTIONS if name != "verification"},
+            "sections": {
+                name: [c.to_json() for c in self.sections.get(name, ())] for name in SECTIONS if name != "verification"
+            },
             "verification": {"note": self.verification_note, "results": [asdict(v) for v in self.verifications]},
         }
 
@@ -84,7 +93,7 @@ class DoctorReport:
                 continue
             for check in self.sections.get(name, ()):
                 source = f" [{check.plugin}]" if check.plugin else ""
-                lines.append(f"  {_MARK.get(check.status, '??')} {check.name}{source}: {check.message}")
+                lines.append(f"  {_MARK.get(check.status, '??')} {check.subject}{source}: {check.message}")
                 if check.fix:
                     lines.append(f"       fix: {check.fix}")
         problems = len(self.errors) + len(self.failed)
@@ -103,15 +112,23 @@ def _verification_lines(report: DoctorReport) -> list[str]:
             lines.append(f"  {mark} {v.op} / {v.backend} ({v.feature}): skipped: {v.detail}")
             continue
         timing = f", {v.seconds * 1000:.2f} ms" if v.seconds is not None else ""
-        error = (f"max error {v.max_error:.1e} (tolerance {v.tolerance:.0e}), rms {v.rms_error:.1e} "
-                 f"(tolerance {v.rms_tolerance:.0e})" if v.max_error is not None else v.detail)
+        error = (
+            f"max error {v.max_error:.1e} (tolerance {v.tolerance:.0e}), rms {v.rms_error:.1e} "
+            f"(tolerance {v.rms_tolerance:.0e})"
+            if v.max_error is not None
+            else v.detail
+        )
         cases = f"{v.cases} case{'s' if v.cases != 1 else ''}"
-        lines.append(f"  {mark} {v.op} / {v.backend} ({v.feature}) {v.dtype} on {v.device}: {v.result} on {cases}, "
-                     f"{error}{timing}")
+        lines.append(
+            f"  {mark} {v.op} / {v.backend} ({v.feature}) {v.dtype} on {v.device}: {v.result} on {cases}, "
+            f"{error}{timing}"
+        )
         if v.result == "failed":
             if v.detail and v.max_error is not None:
                 lines.append(f"       {v.detail}")
-            lines.append(f"       fix: a backend that computes wrong results must not run: disable its plugin with "
-                         f"MISTRALRS_DISABLE_PLUGINS={v.plugin or '<its plugin>'}, or select features without "
-                         f"{v.feature}, and report it to the plugin's authors")
+            lines.append(
+                f"       fix: a backend that computes wrong results must not run: disable its plugin with "
+                f"MISTRALRS_DISABLE_PLUGINS={v.plugin or '<its plugin>'}, or select features without "
+                f"{v.feature}, and report it to the plugin's authors"
+            )
     return lines

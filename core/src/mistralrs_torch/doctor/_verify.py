@@ -13,8 +13,6 @@ from mistralrs_torch.ops import op_spec
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch.testing._verify import TOLERANCES, CaseResult, run_case
 
-__all__ = ["verify_runtime"]
-
 
 def _dtypes(device: str) -> tuple[str, ...]:
     return ("float32", "bfloat16") if device == "cpu" else ("bfloat16", "float16", "float32")

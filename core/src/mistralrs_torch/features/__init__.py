@@ -1,4 +1,4 @@
-"""Feature manifests: what a plugin declares about each feature it ships."""
+"""Feature manifests: what a plugin declares about each feature it ships; what discovery found installed."""
 
 from mistralrs_torch.features._catalogue import (
     Catalogue,
@@ -8,6 +8,7 @@ from mistralrs_torch.features._catalogue import (
     catalogue,
     seed_packages,
 )
+from mistralrs_torch.features._installed import GENERIC_CPU, BrokenPlugin, InstalledFeature, PluginInfo
 from mistralrs_torch.features._manifest import (
     OPS,
     PLATFORMS,
@@ -21,9 +22,11 @@ from mistralrs_torch.features._manifest import (
 )
 
 __all__ = [
+    "GENERIC_CPU",
     "OPS",
     "PLATFORMS",
     "AutoCondition",
+    "BrokenPlugin",
     "Catalogue",
     "CatalogueFeature",
     "ConfigField",
@@ -31,8 +34,10 @@ __all__ = [
     "FeatureManifest",
     "GPURequirement",
     "HardwareRow",
+    "InstalledFeature",
     "LibraryRequirement",
     "ModuleRequirement",
+    "PluginInfo",
     "SeedPackage",
     "catalogue",
     "seed_packages",

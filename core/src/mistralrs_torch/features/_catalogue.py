@@ -18,8 +18,6 @@ from types import MappingProxyType
 
 from mistralrs_torch.features._manifest import ModuleRequirement
 
-__all__ = ["Catalogue", "CatalogueFeature", "HardwareRow", "SeedPackage", "catalogue", "seed_packages"]
-
 
 @dataclass(frozen=True)
 class CatalogueFeature:

@@ -15,18 +15,6 @@ from types import MappingProxyType
 from mistralrs_torch._errors import ManifestError
 from mistralrs_torch._version import PLUGIN_API_VERSION
 
-__all__ = [
-    "OPS",
-    "PLATFORMS",
-    "AutoCondition",
-    "ConfigField",
-    "EnvVar",
-    "FeatureManifest",
-    "GPURequirement",
-    "LibraryRequirement",
-    "ModuleRequirement",
-]
-
 #: Operating systems, as :attr:`mistralrs_torch.system.SystemSnapshot.os` names them.
 PLATFORMS = ("linux", "windows", "macos")
 #: The kinds of backend work a feature can provide: a device, and the backends of each kind of op.
@@ -97,7 +85,8 @@ class LibraryRequirement:
         'The library\'s name as doctor prints it ("cuDNN"); empty: the fact\'s name.'))
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and bool(self.missing) and bool(self.fix), "library requirements need name, missing and fix")
+        _check(bool(self.name) and bool(self.missing) and bool(self.fix),
+               "library requirements need name, missing and fix")
 
 
 @dataclass(frozen=True)
@@ -109,7 +98,8 @@ class ModuleRequirement:
     install: str = field(metadata=_doc("How to install it: the fix printed when it is missing."))
 
     def __post_init__(self) -> None:
-        _check(bool(self.module) and bool(self.distribution) and bool(self.install), "module requirements need module, distribution and install")
+        _check(bool(self.module) and bool(self.distribution) and bool(self.install),
+               "module requirements need module, distribution and install")
 
 
 @dataclass(frozen=True)
@@ -223,32 +213,59 @@ class FeatureManifest:
         _check(isinstance(self.name, str) and bool(_FEATURE_NAME.match(self.name)),
                f"feature name {self.name!r} must be lower-case words joined by '-' (like 'my-feature')")
         _check(isinstance(self.summary, str) and bool(self.summary), f"feature {self.name!r} needs a summary")
-        _check(isinstance(self.distribution, str) and bool(self.distribution), f"feature {self.name!r} needs its distribution name")
+        _check(isinstance(self.distribution, str) and bool(self.distribution),
+               f"feature {self.name!r} needs its distribution name")
         for attr in ("requires", "auto_enables", "excludes"):
             names = getattr(self, attr)
             _check(_is_str_tuple(names), f"feature {self.name!r}: {attr} must be a tuple of feature names")
             _check(self.name not in names, f"feature {self.name!r} lists itself in {attr}")
-        _check(set(self.auto_enables) <= set(self.requires),
-               f"feature {self.name!r}: auto_enables {sorted(set(self.auto_enables) - set(self.requires))} must also be in "
-               "requires (a feature this one turns on is one it needs): add them to requires")
+        _check(
+            set(self.auto_enables) <= set(self.requires),
+            f"feature {self.name!r}: auto_enables {sorted(set(self.auto_enables) - set(self.requires))} "
+            "must also be in "
+            "requires (a feature this one turns on is one it needs): add them to requires",
+        )
         # "cpu" is the built-in generic backend, active in every resolution: nothing may exclude it.
-        _check("cpu" not in self.excludes, f"feature {self.name!r} excludes the built-in cpu feature, which is always "
-                                           "active: remove it from excludes")
-        _check(_is_str_tuple(self.platforms) and set(self.platforms) <= set(PLATFORMS),
-               f"feature {self.name!r}: platforms {self.platforms!r} must be a tuple from {PLATFORMS} (empty: all)")
-        _check(_is_str_tuple(self.cpu_archs), f"feature {self.name!r}: cpu_archs must be a tuple of names (x86_64, arm64)")
-        _check(_is_str_tuple(self.cpu_flags) and all(f == f.lower() and f for f in self.cpu_flags),
-               f"feature {self.name!r}: cpu_flags {self.cpu_flags!r} must be a tuple of lower-case flag names (avx2)")
-        _check(_is_str_tuple(self.provides) and set(self.provides) <= set(OPS),
-               f"feature {self.name!r}: provides {self.provides!r} must be a tuple from {OPS}")
-        _check(self.paged_attention in PAGED_ATTENTION_MODES,
-               f"feature {self.name!r}: paged_attention {self.paged_attention!r} must be '', 'default' or 'opt-in'")
-        _check(self.gpu is None or isinstance(self.gpu, GPURequirement), f"feature {self.name!r}: gpu must be a GPURequirement")
+        _check(
+            "cpu" not in self.excludes,
+            f"feature {self.name!r} excludes the built-in cpu feature, which is always active: remove it from excludes",
+        )
+        _check(
+            _is_str_tuple(self.platforms) and set(self.platforms) <= set(PLATFORMS),
+            f"feature {self.name!r}: platforms {self.platforms!r} must be a tuple from {PLATFORMS} (empty: all)",
+        )
+        _check(
+            _is_str_tuple(self.cpu_archs), f"feature {self.name!r}: cpu_archs must be a tuple of names (x86_64, arm64)"
+        )
+        _check(
+            _is_str_tuple(self.cpu_flags) and all(f == f.lower() and f for f in self.cpu_flags),
+            f"feature {self.name!r}: cpu_flags {self.cpu_flags!r} must be a tuple of lower-case flag names (avx2)",
+        )
+        _check(
+            _is_str_tuple(self.provides) and set(self.provides) <= set(OPS),
+            f"feature {self.name!r}: provides {self.provides!r} must be a tuple from {OPS}",
+        )
+        _check(
+            self.paged_attention in PAGED_ATTENTION_MODES,
+            f"feature {self.name!r}: paged_attention {self.paged_attention!r} must be '', 'default' or 'opt-in'",
+        )
+        _check(
+            self.gpu is None or isinstance(self.gpu, GPURequirement),
+            f"feature {self.name!r}: gpu must be a GPURequirement",
+        )
         _check(isinstance(self.auto, AutoCondition), f"feature {self.name!r}: auto must be an AutoCondition")
-        _check(isinstance(self.selection_priority, int) and not isinstance(self.selection_priority, bool),
-               f"feature {self.name!r}: selection_priority must be an int")
-        _check(all(isinstance(r, LibraryRequirement) for r in self.libraries), f"feature {self.name!r}: libraries must be LibraryRequirement")
-        _check(all(isinstance(r, ModuleRequirement) for r in self.modules), f"feature {self.name!r}: modules must be ModuleRequirement")
+        _check(
+            isinstance(self.selection_priority, int) and not isinstance(self.selection_priority, bool),
+            f"feature {self.name!r}: selection_priority must be an int",
+        )
+        _check(
+            all(isinstance(r, LibraryRequirement) for r in self.libraries),
+            f"feature {self.name!r}: libraries must be LibraryRequirement",
+        )
+        _check(
+            all(isinstance(r, ModuleRequirement) for r in self.modules),
+            f"feature {self.name!r}: modules must be ModuleRequirement",
+        )
         _check(all(isinstance(v, EnvVar) for v in self.env_vars), f"feature {self.name!r}: env_vars must be EnvVar")
         _check(_is_str_tuple(self.rules), f"feature {self.name!r}: rules must be a tuple of sentences")
         _check(isinstance(self.api_version, str), f"feature {self.name!r}: api_version must be a string like '1.0'")

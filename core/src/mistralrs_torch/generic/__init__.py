@@ -10,9 +10,9 @@ from mistralrs_torch.generic._attention import (
     write_kv_cache,
 )
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
+from mistralrs_torch.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
 from mistralrs_torch.generic._int4 import TorchInt4Matmul
 from mistralrs_torch.generic._layers import GenericLayers, TorchLayers, rms_norm, rotary_embedding
-from mistralrs_torch.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
 from mistralrs_torch.generic._matmul import GenericMatmul, TorchMatmul, dequantize_int8
 from mistralrs_torch.generic._sdpa import sdpa_kernel_refusal
 

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
 from mistralrs_torch.ops import TensorMemo
 
-__all__ = ["GenericAttention", "TorchAttention", "bottom_right_causal_mask", "dense_attention", "paged_attention",
-           "paged_gather_plan", "write_kv_cache"]
-
 _HALF = (torch.bfloat16, torch.float16)
 
 
 def bottom_right_causal_mask(q_len: int, k_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(q_len, k_len) bool mask, True where allowed: query i sees keys up to k_len - q_len + i (flash-attn's alignment)."""
+    """(q_len, k_len) bool mask, True where allowed: query i sees keys up to k_len - q_len + i.
+
+    This is flash-attn's bottom-right alignment.
+    """
     rows = torch.arange(q_len, device=device)[:, None]
     cols = torch.arange(k_len, device=device)[None, :]
     return cols <= rows + (k_len - q_len)

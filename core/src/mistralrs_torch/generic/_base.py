@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mistralrs_torch.ops import CallSpec, Support
 
-__all__ = ["TORCH_DTYPES", "TorchBackend"]
-
 #: The floating dtypes plain torch runs every op in.
 TORCH_DTYPES = ("float32", "float64", "bfloat16", "float16")
 

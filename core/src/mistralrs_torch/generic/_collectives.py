@@ -6,8 +6,6 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["SingleProcessCollectives", "SingleProcessCommunicator"]
-
 _OPS = ("sum", "max")
 
 

@@ -17,8 +17,6 @@ import torch.nn.functional as F
 from mistralrs_torch.generic._base import TorchBackend
 from mistralrs_torch.ops import CallSpec, PreparedWeight, QuantizedWeight, Support
 
-__all__ = ["TorchInt4Matmul"]
-
 #: Group sizes the kernel takes.
 GROUP_SIZES = (32, 64, 128, 256)
 

@@ -7,8 +7,6 @@ import torch
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
 from mistralrs_torch.ops import TensorMemo
 
-__all__ = ["GenericLayers", "TorchLayers", "rms_norm", "rotary_embedding", "rotary_tables"]
-
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x ** 2) + eps) in float32 (float64 stays float64), cast back, times weight."""

@@ -8,8 +8,6 @@ import torch.nn.functional as F
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
 from mistralrs_torch.ops import CallSpec, PreparedWeight, QuantizedWeight
 
-__all__ = ["GenericMatmul", "TorchMatmul", "dequantize_int8"]
-
 
 def dequantize_int8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """int8 (out, in) weight with a float scale per output channel -> dense weight of ``dtype``."""

@@ -6,8 +6,6 @@ import torch
 
 from mistralrs_torch.ops import CallSpec
 
-__all__ = ["sdpa_kernel_refusal"]
-
 _ASK = {"flash": "can_use_flash_attention", "cudnn": "can_use_cudnn_attention"}
 
 

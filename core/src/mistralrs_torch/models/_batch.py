@@ -22,8 +22,6 @@ import torch
 from mistralrs_torch._errors import ConfigError
 from mistralrs_torch.models._cache import KVCache
 
-__all__ = ["SpanInputs", "StepInputs", "build_step"]
-
 
 @dataclass(frozen=True)
 class SpanInputs:
@@ -116,12 +114,12 @@ def build_step(cache: KVCache, sequences: Sequence[tuple[int, Sequence[int]]], *
              for w in dict.fromkeys(cache.windows)}
     order = {s: i for i, (s, _) in enumerate(ordered)}
     outputs = None if all_logits else (offsets + counts - 1)[[order[s] for s, _ in sequences]]
-    ids = torch.tensor([t for _, seq_ids in ordered for t in seq_ids])
+    packed = torch.tensor([t for _, seq_ids in ordered for t in seq_ids])
     device = cache.device
 
     def move(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(device)
 
     spans = {w: SpanInputs(s.slots.to(device), move(s.mask), move(s.table), move(s.lens)) for w, s in spans.items()}
-    return StepInputs(cache, ids.to(device), positions[None].to(device), n, int(prompt_lens.sum()), prompt_len,
+    return StepInputs(cache, packed.to(device), positions[None].to(device), n, int(prompt_lens.sum()), prompt_len,
                       move(pad), move(unpad), spans, move(outputs))

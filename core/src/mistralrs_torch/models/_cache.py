@@ -22,8 +22,6 @@ import torch
 
 from mistralrs_torch._errors import ConfigError, KVCacheFullError
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_MEMORY_GIB", "KVCache", "cache_blocks"]
-
 DEFAULT_BLOCK_SIZE = 16
 #: The default budget: at most this many GiB of keys and values (fewer when the sequences it is sized for fit).
 DEFAULT_MEMORY_GIB = 1.0

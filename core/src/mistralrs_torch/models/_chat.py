@@ -21,13 +21,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mistralrs_torch._errors import ModelLoadError
 
-__all__ = ["render_chat"]
-
 
 class _Generation(jinja2.ext.Extension):
     """``{% generation %}...{% endgeneration %}`` (transformers tracks assistant spans with it): renders its body."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012 - jinja2 declares tags as a plain class attribute to override
 
     def parse(self, parser: Any) -> Any:
         lineno = next(parser.stream).lineno

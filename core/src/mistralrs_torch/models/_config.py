@@ -17,8 +17,6 @@ from typing import Any
 from mistralrs_torch._errors import ModelLoadError
 from mistralrs_torch.ops import ROPE_TYPES
 
-__all__ = ["ARCHITECTURES", "ModelConfig", "config_from_gguf", "config_from_hf", "read_json"]
-
 #: Hugging Face model_type / GGUF general.architecture values this runner implements (one Llama-family class).
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 
@@ -156,7 +154,8 @@ def config_from_gguf(metadata: Mapping[str, Any], tensor_names: frozenset[str], 
     if scaling_type not in ("none", "linear"):
         raise ModelLoadError(f"{source}: {architecture}.rope.scaling.type {scaling_type!r} is not supported "
                              "(supported: none, linear)")
-    scaling = {"rope_type": "linear", "factor": float(meta["rope.scaling.factor"])} if scaling_type == "linear" else None
+    linear = scaling_type == "linear"
+    scaling = {"rope_type": "linear", "factor": float(meta["rope.scaling.factor"])} if linear else None
     tokens = metadata.get("tokenizer.ggml.tokens")
     layers = _field(meta, "block_count", f"{source} ({architecture}.)")
     window = meta.get("attention.sliding_window")

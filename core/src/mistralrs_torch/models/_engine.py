@@ -29,9 +29,6 @@ from mistralrs_torch.models._tokenizer import TextStream
 if TYPE_CHECKING:
     from mistralrs_torch.models._model import Model
 
-__all__ = ["Engine", "RequestOutput"]
-
-
 @dataclass(frozen=True)
 class RequestOutput:
     """What one step produced for one request."""

@@ -26,8 +26,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from mistralrs_torch._errors import ModelLoadError
 from mistralrs_torch.ops import QuantizedWeight
 
-__all__ = ["GGUF_TYPES", "GGUFTensor", "decode_tensor", "hf_name", "read_gguf", "reverse_permute"]
-
 _Q = GGMLQuantizationType
 _BLOCK = 32
 
@@ -115,8 +113,8 @@ def reverse_permute(weight: torch.Tensor | QuantizedWeight, heads: int) -> torch
     rows = weight.shape[0]
     order = torch.arange(rows).reshape(heads, rows // heads // 2, 2).transpose(1, 2).reshape(-1)
     if isinstance(weight, QuantizedWeight):
-        return QuantizedWeight(weight.codes[order], weight.scales[order],
-                               None if weight.offsets is None else weight.offsets[order], weight.bits, weight.group_size)
+        offsets = None if weight.offsets is None else weight.offsets[order]
+        return QuantizedWeight(weight.codes[order], weight.scales[order], offsets, weight.bits, weight.group_size)
     return weight[order]
 
 

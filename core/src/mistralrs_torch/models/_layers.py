@@ -16,8 +16,6 @@ from mistralrs_torch.models._batch import StepInputs
 from mistralrs_torch.ops import QuantizedWeight
 from mistralrs_torch.runtime import Runtime
 
-__all__ = ["Attention", "Embedding", "Linear", "RMSNorm", "Weight"]
-
 #: A weight as a loader hands it over: a dense tensor, or group-wise quantized codes.
 Weight = torch.Tensor | QuantizedWeight
 

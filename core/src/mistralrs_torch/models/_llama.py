@@ -14,17 +14,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mistralrs_torch.models._config import ModelConfig
 from mistralrs_torch.generic import SingleProcessCommunicator
 from mistralrs_torch.models._batch import StepInputs
 from mistralrs_torch.models._cache import KVCache
+from mistralrs_torch.models._config import ModelConfig
 from mistralrs_torch.models._layers import Attention, Embedding, Linear, RMSNorm, Weight
 from mistralrs_torch.models._tensor_parallel import ModelShards, ReducedLinear
 from mistralrs_torch.ops import Communicator, rope_inv_freq
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch.runtime._loading import TensorSlice
-
-__all__ = ["LlamaForCausalLM"]
 
 
 class _MLP:
@@ -84,7 +82,8 @@ class LlamaForCausalLM:
         for i in range(c.num_layers):
             p = f"model.layers.{i}"
             attention = Attention(runtime, i, linear(f"{p}.self_attn.q_proj", c.qkv_bias),
-                                  linear(f"{p}.self_attn.k_proj", c.qkv_bias), linear(f"{p}.self_attn.v_proj", c.qkv_bias),
+                                  linear(f"{p}.self_attn.k_proj", c.qkv_bias),
+                                  linear(f"{p}.self_attn.v_proj", c.qkv_bias),
                                   linear(f"{p}.self_attn.o_proj", c.o_bias, reduce=True), self.heads, self.kv_heads,
                                   c.head_dim, inv_freq, c.sliding_windows[i])
             mlp = _MLP(linear(f"{p}.mlp.gate_proj", c.mlp_bias), linear(f"{p}.mlp.up_proj", c.mlp_bias),

@@ -18,8 +18,6 @@ from mistralrs_torch.ops import Communicator
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch.runtime._loading import TensorSlice
 
-__all__ = ["DTYPES", "load"]
-
 #: The dtypes a model runs in (activations and dense weights; quantized weights stay quantized).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -10,17 +10,15 @@ from pathlib import Path
 import torch
 
 from mistralrs_torch._errors import ConfigError
-from mistralrs_torch.models._config import ModelConfig
 from mistralrs_torch.models._batch import build_step
 from mistralrs_torch.models._cache import DEFAULT_BLOCK_SIZE, KVCache
+from mistralrs_torch.models._config import ModelConfig
 from mistralrs_torch.models._engine import Engine, RequestOutput
 from mistralrs_torch.models._llama import LlamaForCausalLM
 from mistralrs_torch.models._sampling import SamplingParams
 from mistralrs_torch.models._tokenizer import TextTokenizer
 from mistralrs_torch.ops import Communicator
 from mistralrs_torch.runtime import Runtime
-
-__all__ = ["Generation", "Model"]
 
 
 @dataclass(frozen=True)

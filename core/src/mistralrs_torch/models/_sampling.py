@@ -19,8 +19,6 @@ import torch
 
 from mistralrs_torch._errors import InputError
 
-__all__ = ["SamplingParams", "SamplingState", "filtered_probabilities", "penalize", "sample"]
-
 _MAX_SEED = 2**64 - 1
 
 

@@ -25,8 +25,6 @@ from mistralrs_torch.parallel._sharding import slice_weight
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch.runtime._loading import TensorSlice
 
-__all__ = ["Source", "check_complete", "gguf_source", "hf_source"]
-
 
 @dataclass(frozen=True)
 class Source:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["StopText"]
-
 
 class StopText:
     """Feed text pieces as they are decoded; get back what is safe to show and whether a stop string appeared.

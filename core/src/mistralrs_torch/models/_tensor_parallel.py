@@ -22,8 +22,6 @@ from mistralrs_torch.parallel._sharding import AttentionHeads, HeadShard, column
 from mistralrs_torch.runtime import Runtime
 from mistralrs_torch.runtime._loading import TensorSlice
 
-__all__ = ["ModelShards", "ReducedLinear"]
-
 
 class ModelShards:
     """What this rank holds of a model: its heads, and the slice of each weight (None: the whole tensor).

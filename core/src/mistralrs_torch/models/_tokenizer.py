@@ -18,8 +18,6 @@ from mistralrs_torch._errors import ModelLoadError
 from mistralrs_torch.models._chat import render_chat
 from mistralrs_torch.models._config import read_json
 
-__all__ = ["TextStream", "TextTokenizer", "tokenizer_from_gguf", "tokenizer_from_hf"]
-
 
 @dataclass(frozen=True)
 class TextTokenizer:
@@ -92,7 +90,7 @@ def tokenizer_from_hf(folder: Path, stop_ids: Iterable[int]) -> TextTokenizer:
                              "model's GGUF file")
     try:
         backend = Tokenizer.from_file(str(path))
-    except Exception as exc:  # the Rust library raises plain Exception subclasses
+    except Exception as exc:  # noqa: BLE001 - the Rust library raises plain Exception subclasses
         raise ModelLoadError(f"{path} is not a valid tokenizer.json ({exc}): get the file again") from None
     config_path = folder / "tokenizer_config.json"
     config = read_json(config_path) if config_path.is_file() else {}
@@ -150,8 +148,9 @@ def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[
     """
     vocab = {t: i for i, t in enumerate(tokens)}
     merges: list[tuple[str, str, float]] = []
-    for token, score in zip(tokens, scores):
-        pairs = [(token[:i], token[i:], score) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+    for token, score in zip(tokens, scores, strict=False):
+        pairs = [(token[:i], token[i:], score) for i in range(1, len(token))
+                 if token[:i] in vocab and token[i:] in vocab]
         merges.extend(sorted(pairs, key=lambda pair: (vocab[pair[0]], vocab[pair[1]])))
     merges.sort(key=lambda pair: (pair[2], len(pair[0]), len(pair[1])), reverse=True)
     return [(left, right) for left, right, _ in merges]
@@ -164,7 +163,8 @@ def _byte_level(tokens: Sequence[str], merges: Sequence[str], pre: str) -> Token
     # A token outside the byte alphabet (a mislabelled control token) is respelled byte by byte, as transformers does.
     vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
              for i, t in enumerate(tokens)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], dropout=None,
+    pairs = [(a, b) for a, b in (m.split(" ", 1) for m in merges)]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs, dropout=None,
                                    continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     backend.pre_tokenizer = _pre_tokenizer(pre)
     backend.decoder = decoders.ByteLevel()
@@ -184,8 +184,10 @@ def _sentencepiece(tokens: Sequence[str], merges: Sequence[tuple[str, str]]) -> 
 def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokenizer:
     """The tokenizer embedded in GGUF metadata: byte-level BPE ("gpt2") or SentencePiece BPE ("llama")."""
     kind = metadata.get("tokenizer.ggml.model")
-    tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
-    scores = metadata.get("tokenizer.ggml.scores")
+    # GGUF metadata values are untyped: the checks below stand for their types.
+    tokens: Any = metadata.get("tokenizer.ggml.tokens")
+    merges: Any = metadata.get("tokenizer.ggml.merges")
+    scores: Any = metadata.get("tokenizer.ggml.scores")
     if kind not in ("gpt2", "llama"):
         raise ModelLoadError(f"{source}: tokenizer.ggml.model {kind!r} is not supported (supported: gpt2, byte-level "
                              "BPE; llama, SentencePiece BPE): use the model's Hugging Face folder, whose "
@@ -202,10 +204,11 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any], source: str) -> TextTokeniz
                                  else _merges_from_scores(tokens, scores))
     types = metadata.get("tokenizer.ggml.token_type") or ()
     alphabet = set(_bytes_to_unicode().values())
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, kind_ in zip(tokens, types)
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t, kind_ in zip(tokens, types, strict=False)
                                 if kind_ == _CONTROL and (kind != "gpt2" or set(t) <= alphabet)])
     backend.add_tokens([AddedToken(t, normalized=False, special=False)
-                        for t, kind_ in zip(tokens, types) if kind_ == _USER_DEFINED])
+                        for t, kind_ in zip(tokens, types, strict=False) if kind_ == _USER_DEFINED])
 
     def special(key: str) -> str | None:
         index = metadata.get(f"tokenizer.ggml.{key}")

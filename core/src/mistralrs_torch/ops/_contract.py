@@ -40,26 +40,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from mistralrs_torch._errors import Problem
+
 if TYPE_CHECKING:
     import torch
 
     from mistralrs_torch.ops._quantized import PreparedWeight, QuantizedWeight
-
-__all__ = [
-    "CALLSPEC_FIELDS",
-    "AttentionBackend",
-    "CallSpec",
-    "CheckResult",
-    "CollectiveBackend",
-    "Communicator",
-    "Device",
-    "LayerBackend",
-    "MatmulBackend",
-    "Support",
-    "conforms",
-    "contract_problem",
-    "kernel_for",
-]
 
 
 @dataclass(frozen=True)
@@ -145,15 +131,22 @@ class Support:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """One doctor check: status is "ok", "info", "warning" or "error"; ``fix`` says what to do."""
+@dataclass(frozen=True, kw_only=True)
+class CheckResult(Problem):
+    """One doctor check: a :class:`~mistralrs_torch.Problem` whose subject is the check's name, with a status.
 
-    name: str
+    ``status`` is "ok", "info", "warning" or "error" (an ok or info result usually has no ``fix``); ``plugin``
+    names the plugin that made the check ("" for the core's own). Built as
+    ``CheckResult("nvcc", "nvcc is not on PATH", "install the CUDA toolkit", status="info")``.
+    """
+
     status: str
-    message: str
-    fix: str = ""
     plugin: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        """The check as doctor's JSON writes it (schema mistralrs.doctor/1)."""
+        return {"name": self.subject, "status": self.status, "message": self.message, "fix": self.fix,
+                "plugin": self.plugin}
 
 
 @runtime_checkable
@@ -269,8 +262,9 @@ def contract_problem(item: object, kind: type) -> str:
                 "docs/writing-a-plugin.md#migrating-from-plugin-api-1x)"
                 if "dispatch_priority" in missing and hasattr(item, "priority") else "")
         return f"{label} has no {', '.join(missing)}{hint}"
-    if not isinstance(getattr(item, "dispatch_priority"), int):
-        return f"{label}.dispatch_priority is {getattr(item, 'dispatch_priority')!r}, not an int"
+    priority = getattr(item, "dispatch_priority", None)
+    if not isinstance(priority, int):
+        return f"{label}.dispatch_priority is {priority!r}, not an int"
     if not all(callable(getattr(item, a)) for a in required[3:]):
         return f"{label}.supports is not callable"
     methods: list[Callable[..., Any] | None] = [getattr(item, op, None) for op in op_methods(kind)]
@@ -287,4 +281,5 @@ def conforms(item: object, kind: type) -> bool:
 def kernel_for(backend: Any, op: str, call: CallSpec) -> Callable[..., Any]:
     """What runs ``call`` on ``backend``: its ``kernel_for(call)`` when it specialises, else its ``op`` method."""
     specialise = getattr(backend, "kernel_for", None)
-    return (specialise(call) if specialise is not None else None) or getattr(backend, op)
+    kernel: Callable[..., Any] = (specialise(call) if specialise is not None else None) or getattr(backend, op)
+    return kernel

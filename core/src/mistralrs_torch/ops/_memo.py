@@ -13,8 +13,6 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-__all__ = ["TensorMemo"]
-
 
 class TensorMemo:
     """The last ``size`` values computed, each keyed by its tensors' identities and versions and an extra key."""

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
     from mistralrs_torch.ops._contract import CallSpec
 
-__all__ = ["PreparedWeight", "QuantizedWeight"]
-
 
 @dataclass(frozen=True, eq=False)
 class QuantizedWeight:
@@ -49,6 +47,7 @@ class QuantizedWeight:
         groups = in_features // self.group_size
         codes = self.codes.reshape(out, groups, self.group_size).float()
         scales = self.scales.float().unsqueeze(-1)
+        weight: torch.Tensor
         if self.offsets is None:
             weight = scales * (codes - 2 ** (self.bits - 1))
         else:

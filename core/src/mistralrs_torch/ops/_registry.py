@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
     from mistralrs_torch.testing._cases import OpCase
 
-__all__ = ["BACKEND_KINDS", "OPS", "OpSpec", "op_spec"]
-
 #: Kind of backend work -> the hook that returns its backends.
 BACKEND_KINDS = {
     "attention": "mistralrs_attention_backends",
@@ -62,10 +60,12 @@ class OpSpec:
     prepare: str = ""
 
     def load_reference(self) -> Callable[..., np.ndarray | tuple[np.ndarray, ...]]:
-        return _load(self.reference)
+        reference: Callable[..., np.ndarray | tuple[np.ndarray, ...]] = _load(self.reference)
+        return reference
 
     def load_cases(self) -> Callable[[], Iterator[OpCase]]:
-        return _load(self.cases)
+        cases: Callable[[], Iterator[OpCase]] = _load(self.cases)
+        return cases
 
 
 def _load(path: str) -> Any:

@@ -11,8 +11,6 @@ from mistralrs_torch._errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ROPE_TYPES", "rope_inv_freq"]
-
 #: The rope_scaling types this implementation computes ("default" is no scaling).
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -35,6 +33,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None
     kind = "default" if not scaling else str(scaling.get("rope_type", scaling.get("type", "default")))
     if kind == "default":
         return inv_freq
+    assert scaling is not None  # without it the kind is "default"
     factor = _number(scaling, "factor", kind)
     if kind == "linear":
         return inv_freq / factor

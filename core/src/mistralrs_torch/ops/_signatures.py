@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     from mistralrs_torch.ops._quantized import PreparedWeight
 
-__all__ = ["dtype_name"]
-
 _FLOATS = ("float32", "float64", "bfloat16", "float16")
 
 
@@ -419,9 +417,9 @@ def quantized_weight_check(weight: Any) -> None:
     for name, table in (("weight.scales", weight.scales), ("weight.offsets", weight.offsets)):
         if table is None and name == "weight.offsets":
             continue
-        _tensor(op, name, table, 2, _FLOATS)
-        if tuple(table.shape) != groups:
-            raise _fail(op, f"{name} has shape {tuple(table.shape)}; {out} outputs in groups of {weight.group_size} "
+        shape = tuple(_tensor(op, name, table, 2, _FLOATS).shape)
+        if shape != groups:
+            raise _fail(op, f"{name} has shape {shape}; {out} outputs in groups of {weight.group_size} "
                             f"need {groups}")
 
 

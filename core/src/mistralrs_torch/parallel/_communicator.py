@@ -27,15 +27,13 @@ import torch
 import torch.distributed as dist
 
 from mistralrs_torch._errors import CollectiveError, ConfigError, UnsupportedCallError
-from mistralrs_torch.validation import env_flag
 from mistralrs_torch.parallel._diagnosis import failure
 from mistralrs_torch.parallel._heartbeat import Heartbeat
 from mistralrs_torch.parallel._native_log import DEBUG_VAR, NativeLog
 from mistralrs_torch.parallel._rendezvous import Rendezvous, Timeouts
 from mistralrs_torch.parallel._startup import Startup
 from mistralrs_torch.parallel._store import LEFT_AFTER_FAILURE, LEFT_CLOSED, Late, heartbeat_key, seconds, within
-
-__all__ = ["TorchDistributedCommunicator"]
+from mistralrs_torch.validation import env_flag
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 #: Dtypes a transport might not reduce; probed once at start-up (gloo in some torch builds lacks bfloat16).
@@ -88,7 +86,8 @@ class TorchDistributedCommunicator:
         # describes the same job, but leave it to the program to destroy.
         backend, rank, size = str(dist.get_backend()), dist.get_rank(), dist.get_world_size()
         if backend != self.backend or rank != self.rank or size != self.world_size:
-            raise ConfigError(f"torch.distributed is already initialized with backend {backend}, rank {rank} of {size}, "
+            raise ConfigError(f"torch.distributed is already initialized with backend {backend}, "
+                              f"rank {rank} of {size}, "
                               f"but {self.rendezvous.source} describes backend {self.backend}, rank {self.rank} of "
                               f"{self.world_size}: create the communicator before calling init_process_group, "
                               "or make both agree")
@@ -237,13 +236,14 @@ class TorchDistributedCommunicator:
         limit = min(10.0, self.timeouts.collective) if not self._broken else \
             (beat.window + beat.interval if beat is not None else _LEAVING)
         deadline = time.monotonic() + limit
-        last, changed = {}, {}
+        last: dict[str, Any] = {}  # multi_get answers bytes, add answers int
+        changed: dict[str, float] = {}
         try:
             while time.monotonic() < deadline:
                 now = time.monotonic()
                 values = self._store.multi_get(keys) if hasattr(self._store, "multi_get") else \
                     [self._store.add(k, 0) for k in keys]
-                for key, value in zip(keys, values):
+                for key, value in zip(keys, values, strict=True):
                     if last.get(key) != value:
                         last[key], changed[key] = value, now
                 # Done when every other rank has left its mark, or (with heartbeats) fell silent.

@@ -21,9 +21,6 @@ from mistralrs_torch.ops import Device
 from mistralrs_torch.parallel._rendezvous import launched_ranks_here
 from mistralrs_torch.validation import shown
 
-__all__ = ["DEVICE_LAYERS_VAR", "DeviceMap", "auto_device_map", "device_map_entries", "device_mapping_mode",
-           "parse_device_map", "plan_device_map"]
-
 _GiB = 1024**3
 #: Fraction of each device's free memory left for activations, the KV cache and allocator slack.
 DEFAULT_HEADROOM = 0.1
@@ -74,7 +71,8 @@ def device_mapping_mode(collective_backends: Sequence[Any], devices: Sequence[De
     if len(accelerators) > 1:
         return "auto", (f"{len(accelerators)} devices visible: layers are spread over "
                         f"{', '.join(d.torch_device for d in accelerators)} in proportion to their free memory")
-    return "single", f"one device ({(accelerators or list(devices))[0].torch_device if devices else 'cpu'}) holds every layer"
+    only = (accelerators or list(devices))[0].torch_device if devices else "cpu"
+    return "single", f"one device ({only}) holds every layer"
 
 
 def _free(device: Device) -> int:

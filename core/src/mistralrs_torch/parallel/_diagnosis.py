@@ -15,8 +15,6 @@ from mistralrs_torch.parallel._heartbeat import Heartbeat, Liveness
 from mistralrs_torch.parallel._rendezvous import COLLECTIVE_TIMEOUT_VAR, Rendezvous
 from mistralrs_torch.parallel._store import first_line
 
-__all__ = ["diagnose", "failure"]
-
 
 def diagnose(beat: Heartbeat | None) -> Liveness:
     """The liveness of the other ranks, watched for up to one heartbeat window so that a rank that has

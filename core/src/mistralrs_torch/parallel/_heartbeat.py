@@ -19,8 +19,6 @@ import torch.distributed as dist
 
 from mistralrs_torch.parallel._store import LEFT_AFTER_FAILURE, LEFT_CLOSED, first_line, heartbeat_key, seconds
 
-__all__ = ["Heartbeat", "Liveness"]
-
 
 @dataclass(frozen=True)
 class Liveness:

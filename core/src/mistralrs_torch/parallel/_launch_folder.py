@@ -16,8 +16,6 @@ import shutil
 import tempfile
 from types import TracebackType
 
-__all__ = ["LaunchFolder"]
-
 _LOCK = ".lock"
 
 

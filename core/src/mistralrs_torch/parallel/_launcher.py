@@ -32,8 +32,6 @@ from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Selection, resolve
 from mistralrs_torch.validation import shown
 
-__all__ = ["check_command", "launch", "rank_environments", "rendezvous_port", "threads_per_rank"]
-
 _POSIX = os.name == "posix"
 _POLL = 0.05
 
@@ -161,6 +159,7 @@ class _Ranks:
                 self.procs.append(subprocess.Popen(
                     list(command), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, start_new_session=_POSIX, preexec_fn=preexec,
+                    # Windows-only name, ignored by the type checker here: this branch runs only on Windows.
                     creationflags=0 if _POSIX else subprocess.CREATE_NEW_PROCESS_GROUP))  # type: ignore[attr-defined]
             except OSError as exc:
                 self.kill()
@@ -175,6 +174,7 @@ class _Ranks:
                 if _POSIX:
                     os.killpg(proc.pid, sig)  # the group outlives its leader while the rank's children live
                 elif proc.poll() is None:
+                    # Windows-only name, ignored by the type checker here: this branch runs only on Windows.
                     proc.send_signal(signal.CTRL_BREAK_EVENT if sig == signal.SIGINT else sig)  # type: ignore[attr-defined]
             except (ProcessLookupError, PermissionError, OSError):
                 pass
@@ -226,8 +226,9 @@ def rank_environments(nproc: int, backend: str | None, addr: str, port: int, wor
         env.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
                    GROUP_RANK="0", MASTER_ADDR=addr, MASTER_PORT=str(port))
         if plugin is not None:
-            valid = lambda r: isinstance(r, Mapping) and all(  # noqa: E731
-                isinstance(k, str) and isinstance(v, str) for k, v in r.items())
+            def valid(r: object) -> bool:
+                return isinstance(r, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in r.items())
+
             extra = manager.call_plugin(plugin, "mistralrs_launch_environment", valid, feature=backend, rank=rank,
                                         world_size=nproc, master_addr=addr, master_port=port, workdir=workdir)
             broken = [b for b in manager.broken if b.plugin.name == plugin]
@@ -248,8 +249,11 @@ def launch(command: Sequence[str], envs: Sequence[Mapping[str, str]], grace: flo
     def on_signal(signum: int, frame: Any) -> None:
         received.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in handled} if threading.current_thread() is threading.main_thread() \
+    previous = (
+        {s: signal.signal(s, on_signal) for s in handled}
+        if threading.current_thread() is threading.main_thread()
         else {}
+    )
     failure: tuple[int, int] | None = None
     try:
         ranks.start(command, envs)
@@ -277,25 +281,34 @@ def launch(command: Sequence[str], envs: Sequence[Mapping[str, str]], grace: flo
                 term_deadline = None
                 left = ranks.running()
                 if left:
-                    output.say(f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
-                               f"after {grace / 2:g}s: SIGTERM")
+                    output.say(
+                        f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
+                        f"after {grace / 2:g}s: SIGTERM"
+                    )
                     ranks.signal(signal.SIGTERM, left)
             if failure is None and not received:
                 for rank, proc in enumerate(ranks.procs):
                     if proc.returncode not in (None, 0):
                         failure = (rank, proc.returncode)
                         others = ranks.running()
-                        output.say(f"rank {rank} {_status_text(proc.returncode)}"
-                                   + (f"; stopping rank{'s' if len(others) > 1 else ''} "
-                                      f"{', '.join(map(str, others))}" if others else ""))
+                        output.say(
+                            f"rank {rank} {_status_text(proc.returncode)}"
+                            + (
+                                f"; stopping rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
+                                if others
+                                else ""
+                            )
+                        )
                         ranks.signal(signal.SIGTERM, others)
                         stop_deadline = time.monotonic() + grace
                         break
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 left = ranks.running()
                 if left:
-                    output.say(f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
-                               f"after {grace:g}s: killing")
+                    output.say(
+                        f"rank{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} still running "
+                        f"after {grace:g}s: killing"
+                    )
                 ranks.signal(signal.SIGKILL if _POSIX else signal.SIGTERM, left)
                 stop_deadline = None
             time.sleep(_POLL)

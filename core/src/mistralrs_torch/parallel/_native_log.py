@@ -16,8 +16,6 @@ import sys
 import tempfile
 from types import TracebackType
 
-__all__ = ["DEBUG_VAR", "NativeLog"]
-
 DEBUG_VAR = "MISTRALRS_DEBUG"
 
 

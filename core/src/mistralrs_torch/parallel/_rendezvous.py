@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from mistralrs_torch._errors import ConfigError
 from mistralrs_torch.parallel._variables import (
-    COLLECTIVE_ENV_VARS,
     COLLECTIVE_TIMEOUT_VAR,
     DEFAULT_TIMEOUT,
     RENDEZVOUS_TIMEOUT_VAR,
@@ -24,25 +23,6 @@ from mistralrs_torch.validation import env_int, env_seconds, parse_int, shown
 
 if TYPE_CHECKING:
     import re
-
-__all__ = [
-    "COLLECTIVE_ENV_VARS",
-    "COLLECTIVE_TIMEOUT_VAR",
-    "DEFAULT_TIMEOUT",
-    "MAX_WORLD_SIZE",
-    "RENDEZVOUS_TIMEOUT_VAR",
-    "TORCHRUN_VARS",
-    "Rendezvous",
-    "Timeouts",
-    "collective_timeouts",
-    "is_loopback",
-    "is_power_of_two",
-    "is_wildcard",
-    "launched_ranks_here",
-    "local_rank",
-    "torchrun_rendezvous",
-    "valid_host",
-]
 
 #: The most ranks one job may have (torchrun jobs of 100,000 GPUs exist; this leaves room and refuses absurd values).
 MAX_WORLD_SIZE = 1 << 20

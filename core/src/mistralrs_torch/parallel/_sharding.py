@@ -19,8 +19,6 @@ from mistralrs_torch._errors import ConfigError
 from mistralrs_torch.ops import QuantizedWeight
 from mistralrs_torch.runtime._loading import TensorSlice
 
-__all__ = ["AttentionHeads", "HeadShard", "column_slice", "row_slice", "shard_range", "slice_weight"]
-
 #: Projections whose rows (q/k/v) or input columns (o) are heads: an even split could cut one.
 _ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -24,8 +24,6 @@ from mistralrs_torch._errors import CollectiveError, ConfigError
 from mistralrs_torch.parallel._rendezvous import RENDEZVOUS_TIMEOUT_VAR, Rendezvous, is_wildcard
 from mistralrs_torch.parallel._store import Late, first_line, heartbeat_key, seconds, within
 
-__all__ = ["Startup"]
-
 #: How often a waiting rank reads who has joined.
 _POLL = 0.1
 #: What a store call begun just before the deadline may take beyond it before it counts as unanswered.

@@ -10,9 +10,7 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Callable
-from typing import TypeVar
-
-__all__ = ["LEFT_AFTER_FAILURE", "LEFT_CLOSED", "Late", "first_line", "heartbeat_key", "seconds", "within"]
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -47,7 +45,7 @@ def first_line(exc: BaseException) -> str:
 
 def within(limit: float, call: Callable[[], T]) -> T:
     """``call()``, or Late when it has not returned after ``limit`` seconds (the thread running it is abandoned)."""
-    box: list[object] = []
+    box: list[tuple[str, Any]] = []
 
     def run() -> None:
         try:
@@ -60,7 +58,8 @@ def within(limit: float, call: Callable[[], T]) -> T:
     thread.join(max(0.0, limit))
     if not box:
         raise Late(f"no answer within {limit:.1f}s")
-    kind, value = box[0]  # type: ignore[misc]
+    kind, value = box[0]
     if kind == "error":
-        raise value  # type: ignore[misc]
-    return value  # type: ignore[no-any-return]
+        raise value
+    result: T = value
+    return result

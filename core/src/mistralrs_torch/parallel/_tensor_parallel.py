@@ -31,16 +31,6 @@ from mistralrs_torch.ops import Communicator
 from mistralrs_torch.parallel._sharding import AttentionHeads, column_slice, row_slice
 from mistralrs_torch.runtime._loading import TensorSlice, load_safetensors
 
-__all__ = [
-    "ColumnParallelLinear",
-    "ParallelMLP",
-    "RowParallelLinear",
-    "load_replicated",
-    "load_shard",
-    "rank_device",
-    "tensor_shapes",
-]
-
 Path = str | PathLike[str]
 
 
@@ -202,10 +192,11 @@ class ParallelMLP:
             name = weight.removesuffix(".weight") + ".bias"
             return name if weight.endswith(".weight") and name in shapes else None
 
-        kwargs = {"device": device, "dtype": dtype}
-        return cls(ColumnParallelLinear.from_safetensors(runtime, communicator, path, names["gate"], bias(names["gate"]), **kwargs),
-                   ColumnParallelLinear.from_safetensors(runtime, communicator, path, names["up"], bias(names["up"]), **kwargs),
-                   RowParallelLinear.from_safetensors(runtime, communicator, path, names["down"], bias(names["down"]), **kwargs))
+        kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        args = (runtime, communicator, path)
+        return cls(ColumnParallelLinear.from_safetensors(*args, names["gate"], bias(names["gate"]), **kwargs),
+                   ColumnParallelLinear.from_safetensors(*args, names["up"], bias(names["up"]), **kwargs),
+                   RowParallelLinear.from_safetensors(*args, names["down"], bias(names["down"]), **kwargs))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from mistralrs_torch.features import EnvVar
 
-__all__ = ["COLLECTIVE_ENV_VARS", "COLLECTIVE_TIMEOUT_VAR", "DEFAULT_TIMEOUT", "RENDEZVOUS_TIMEOUT_VAR"]
-
 COLLECTIVE_TIMEOUT_VAR = "MISTRALRS_COLLECTIVE_TIMEOUT"
 RENDEZVOUS_TIMEOUT_VAR = "MISTRALRS_RENDEZVOUS_TIMEOUT"
 #: Seconds. gloo's own default is 30 minutes; a dead peer should surface sooner than that, yet a rank that is

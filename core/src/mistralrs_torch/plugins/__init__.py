@@ -1,6 +1,5 @@
-"""Plugin discovery and the plugin manager."""
+"""Plugin discovery and the plugin manager (the data it builds, such as InstalledFeature, is in features)."""
 
-from mistralrs_torch.plugins._builtin import GENERIC_CPU
-from mistralrs_torch.plugins._manager import ENTRY_POINT_GROUP, BrokenPlugin, InstalledFeature, PluginInfo, PluginManager
+from mistralrs_torch.plugins._manager import ENTRY_POINT_GROUP, PluginManager
 
-__all__ = ["ENTRY_POINT_GROUP", "GENERIC_CPU", "BrokenPlugin", "InstalledFeature", "PluginInfo", "PluginManager"]
+__all__ = ["ENTRY_POINT_GROUP", "PluginManager"]

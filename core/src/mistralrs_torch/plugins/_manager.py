@@ -9,64 +9,27 @@ and every other plugin keeps working.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
 from mistralrs_torch import _hookspecs
-from mistralrs_torch._errors import MistralrsError, PluginError
-from mistralrs_torch.validation import env_flag, env_list
-from mistralrs_torch._version import PLUGIN_API_VERSION, __version__, supports_api_version
-from mistralrs_torch.features import FeatureManifest
-from mistralrs_torch.plugins import _builtin
 from mistralrs_torch._distributions import PluginEntryPoint, plugin_entry_points
+from mistralrs_torch._errors import MistralrsError, PluginError
+from mistralrs_torch._version import PLUGIN_API_VERSION, __version__, supports_api_version
+from mistralrs_torch.features import BrokenPlugin, FeatureManifest, InstalledFeature, PluginInfo
+from mistralrs_torch.plugins import _builtin
 from mistralrs_torch.system import SystemSnapshot, probe_system
-
-__all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "InstalledFeature", "PluginInfo", "PluginManager"]
+from mistralrs_torch.validation import env_flag, env_list
 
 ENTRY_POINT_GROUP = "mistralrs.plugins"
 #: PluginEntryPoint from discovery, or an importlib.metadata.EntryPoint (tests pass fake ones).
 EntryPointLike = Any
 _HOOK_NAMES = tuple(name for name in vars(_hookspecs) if name.startswith("mistralrs_"))
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """A plugin as discovery saw it: entry-point name, distribution and version, and its entry-point value."""
-
-    name: str
-    distribution: str
-    version: str
-    value: str
-
-
-@dataclass(frozen=True)
-class InstalledFeature:
-    """A feature manifest together with the plugin that ships it."""
-
-    manifest: FeatureManifest
-    plugin: PluginInfo
-
-
-@dataclass(frozen=True)
-class BrokenPlugin:
-    """A quarantined plugin: where it failed, the error, the features it had declared, and the fix."""
-
-    plugin: PluginInfo
-    stage: str
-    error: str
-    features: tuple[str, ...] = ()
-    #: The plugin's own traceback, shown with --traceback or MISTRALRS_TRACEBACK=1 ("" when none was raised).
-    traceback: str = field(default="", compare=False, repr=False)
-
-    @property
-    def fix(self) -> str:
-        return (f"disable it with MISTRALRS_DISABLE_PLUGINS={self.plugin.name}, "
-                f"or reinstall or uninstall {self.plugin.distribution}")
 
 
 class PluginManager:
@@ -148,7 +111,7 @@ class PluginManager:
         broken_before = len(self._broken)
         for impl in self._impls(hook):
             info = self._info[impl.plugin_name]
-            result = self._guarded(info, f"hook {hook}", lambda: _call(impl, kwargs))
+            result = self._guarded(info, f"hook {hook}", functools.partial(_call, impl, kwargs))
             if result is None or info.name not in self._info:
                 continue
             problem = _problem(check(result), result)
@@ -181,7 +144,8 @@ class PluginManager:
             if result is None or info.name not in self._info:
                 return None
             if not check(result):
-                self._quarantine(info, f"hook {hook}", f"returned {type(result).__name__}, which breaks the hook's contract")
+                self._quarantine(info, f"hook {hook}",
+                                 f"returned {type(result).__name__}, which breaks the hook's contract")
                 self._raise_if_strict(len(self._broken) - 1)
                 return None
             return result
@@ -207,7 +171,8 @@ class PluginManager:
             stray = [i for i in result if getattr(i, "feature", None) not in own & active]
             if stray:
                 self._quarantine(info, f"hook {hook}", f"returned {type(stray[0]).__name__} for feature "
-                                 f"{getattr(stray[0], 'feature', None)!r}, which is not an active feature of this plugin")
+                                 f"{getattr(stray[0], 'feature', None)!r}, "
+                                 "which is not an active feature of this plugin")
                 continue
             items += result
         self._raise_if_strict(broken_before)
@@ -221,7 +186,8 @@ class PluginManager:
 
     def _add(self, info: PluginInfo, load: Callable[[], object]) -> None:
         if info.name in self._info:
-            self._quarantine(info, "discovery", f"the plugin name {info.name!r} is already used by {self._info[info.name].distribution}")
+            self._quarantine(info, "discovery",
+                             f"the plugin name {info.name!r} is already used by {self._info[info.name].distribution}")
             return
         plugin = self._guarded(info, "import", load)
         if plugin is None:
@@ -233,8 +199,8 @@ class PluginManager:
             import difflib  # only for this error: it costs milliseconds at every start-up
 
             hint = difflib.get_close_matches(unknown[0], _HOOK_NAMES, n=1)
-            self._quarantine(info, "register", f"unknown hook {unknown[0]!r}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else f"; known hooks: {', '.join(_HOOK_NAMES)}"))
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else f"; known hooks: {', '.join(_HOOK_NAMES)}"
+            self._quarantine(info, "register", f"unknown hook {unknown[0]!r}{suggestion}")
             return
         if self._guarded(info, "register", lambda: self._register(plugin, info.name)) is None:
             return
@@ -253,11 +219,14 @@ class PluginManager:
             raise
         return True
 
-    def _accept_features(self, info: PluginInfo, manifests: Sequence[object]) -> None:
+    def _accept_features(self, info: PluginInfo, returned: Sequence[object]) -> None:
+        wrong = [m for m in returned if not isinstance(m, FeatureManifest)]
+        if wrong:
+            self._quarantine(info, "manifest",
+                             f"mistralrs_features returned {type(wrong[0]).__name__}, not FeatureManifest")
+            return
+        manifests = [m for m in returned if isinstance(m, FeatureManifest)]
         for manifest in manifests:
-            if not isinstance(manifest, FeatureManifest):
-                self._quarantine(info, "manifest", f"mistralrs_features returned {type(manifest).__name__}, not FeatureManifest")
-                return
             if not supports_api_version(manifest.api_version):
                 self._quarantine(info, "api-version", _api_version_problem(manifest, info),
                                  features=tuple(m.name for m in manifests))
@@ -268,7 +237,7 @@ class PluginManager:
                                  f"{owner.plugin.name!r} ({owner.plugin.distribution})")
                 return
         for manifest in manifests:
-            self._features[manifest.name] = InstalledFeature(manifest, info)  # type: ignore[arg-type]
+            self._features[manifest.name] = InstalledFeature(manifest, info)
 
     def _guarded(self, info: PluginInfo, stage: str, action: Callable[[], Any]) -> Any:
         try:
@@ -321,7 +290,8 @@ def _api_version_problem(manifest: FeatureManifest, info: PluginInfo) -> str:
 
 def _manifests_of(impls: Sequence[pluggy.HookImpl]) -> list[object]:
     try:
-        return [m for impl in impls for m in (impl.function() or ())]
+        # A plugin's answer, typed object by pluggy: a non-iterable one raises TypeError here, caught by the caller.
+        return [m for impl in impls for m in cast("Iterable[object]", impl.function() or ())]
     except TypeError as exc:
         if "'priority'" in str(exc):  # FeatureManifest(priority=...) of plugin API 1.x
             raise TypeError(f"{exc} (plugin API 1.x's priority is selection_priority in 2.0: see "

@@ -12,14 +12,11 @@ from collections.abc import Sequence
 
 from mistralrs_torch._errors import SelectionError
 from mistralrs_torch._settings import CORE_ENV_VARS
-from mistralrs_torch.features import catalogue, seed_packages
-from mistralrs_torch.plugins import InstalledFeature
+from mistralrs_torch.features import InstalledFeature, catalogue, seed_packages
 from mistralrs_torch.reference._matrix import hardware_text
 from mistralrs_torch.resolution import Selection, recommend, resolve
 from mistralrs_torch.resolution._rules import hardware_problems
 from mistralrs_torch.system import PROFILE_NAMES, hardware_classes, load_system
-
-__all__ = ["features_reference_markdown"]
 
 _INTRO = """# Features reference
 
@@ -58,7 +55,8 @@ def _messages(feature: str, installed: Sequence[InstalledFeature]) -> list[str]:
     seen: dict[str, str] = {}
     for profile in PROFILE_NAMES:
         for problem in hardware_problems(manifest, load_system(profile)):
-            seen.setdefault(f"{problem.rule}:{problem.message.split(';')[0]}", f"`--system {profile}`: {_code(str(problem))}")
+            key = f"{problem.rule}:{problem.message.split(';')[0]}"
+            seen.setdefault(key, f"`--system {profile}`: {_code(str(problem))}")
     return list(seen.values())
 
 
@@ -146,45 +144,72 @@ def features_reference_markdown(installed: Sequence[InstalledFeature]) -> str:
                      + (f"; auto-enables {', '.join(m.auto_enables)}" if m.auto_enables else "")
                      + (f"; excludes {', '.join(m.excludes)}" if m.excludes else ""))
         lines.append(f"- Hardware and libraries: {hardware_text(m)}")
-        lines.append(f"- Enables: {', '.join(m.provides)}"
-                     + (f"; paged attention {'on by default' if m.paged_attention == 'default' else 'opt-in (--paged-attn or MISTRALRS_PAGED_ATTN=1)'}"
-                        if m.paged_attention else ""))
+        lines.append(
+            f"- Enables: {', '.join(m.provides)}"
+            + (
+                "; paged attention "
+                + ("on by default" if m.paged_attention == "default"
+                   else "opt-in (--paged-attn or MISTRALRS_PAGED_ATTN=1)")
+                if m.paged_attention
+                else ""
+            )
+        )
         if m.env_vars:
             lines += ["", *_table(["Variable", "Meaning"], [(f"`{v.name}`", v.description) for v in m.env_vars])]
         for v in (v for v in m.env_vars if v.fields):
             lines += ["", f"The file that `{v.name}` names holds one JSON object with these fields:", ""]
-            lines += _table(["Field", "Description"], [(f"`{f.name}`", f.description + ("" if f.required else
-                                                                                       " (optional)"))
-                                                        for f in v.fields])
+            lines += _table(
+                ["Field", "Description"],
+                [(f"`{f.name}`", f.description + ("" if f.required else " (optional)")) for f in v.fields],
+            )
         if m.rules:
             lines += ["", "Rules:", "", *(f"- {rule}" for rule in m.rules)]
-        notes = [f"on {vendor.upper() if len(vendor) <= 3 else vendor} CPUs: {note}" for vendor, note in m.cpu_vendor_notes.items()]
+        notes = [
+            f"on {vendor.upper() if len(vendor) <= 3 else vendor} CPUs: {note}"
+            for vendor, note in m.cpu_vendor_notes.items()
+        ]
         messages = _messages(m.name, installed)
         if messages or notes:
             lines += ["", "When it cannot run here, `mistralrs plugins list` says:", ""]
             lines += [f"- {message}" for message in messages] + [f"- note {note}" for note in notes]
     lines += ["", "## Recommended combinations by hardware", "", _RECOMMENDATION_RULES, ""]
-    lines += _table(["Hardware (the seed's row)", "The seed recommends", "Machine (`--system`)", "mistralrs recommends",
-                     "Install"], _recommendation_rows(installed))
+    lines += _table(
+        ["Hardware (the seed's row)", "The seed recommends", "Machine (`--system`)", "mistralrs recommends", "Install"],
+        _recommendation_rows(installed),
+    )
     lines += ["", "## Python packages", ""]
     by_dist: dict[str, list[str]] = {}
     for f in features:
         by_dist.setdefault(f.manifest.distribution, []).append(f.manifest.name)
-    lines += _table(["Package", "Features", "Also installs"],
-                    [(f"`{dist}`", " ".join(names), " ".join(f"`{d}`" for d in _brings_in(dist)) or "-")
-                     for dist, names in by_dist.items()])
+    lines += _table(
+        ["Package", "Features", "Also installs"],
+        [
+            (f"`{dist}`", " ".join(names), " ".join(f"`{d}`" for d in _brings_in(dist)) or "-")
+            for dist, names in by_dist.items()
+        ],
+    )
     lines += ["", _seed_names(), ""]
-    lines += _table(["Seed package", "This project", "Features it gives you", "For"],
-                    [(f"`{p.seed}`", f"`{p.distribution}`",
-                      " ".join(n for d in (p.distribution, *_brings_in(p.distribution)) for n in by_dist.get(d, ())),
-                      p.purpose) for p in seed_packages()])
+    lines += _table(
+        ["Seed package", "This project", "Features it gives you", "For"],
+        [
+            (
+                f"`{p.seed}`",
+                f"`{p.distribution}`",
+                " ".join(n for d in (p.distribution, *_brings_in(p.distribution)) for n in by_dist.get(d, ())),
+                p.purpose,
+            )
+            for p in seed_packages()
+        ],
+    )
     lines += ["", "## Environment variables of the core", ""]
     lines += _table(["Variable", "Meaning"], [(f"`{k}`", v) for k, v in CORE_ENV_VARS.items()])
     lines += ["", "## Troubleshooting", "", "Conflicting features, as `--features` reports them:", ""]
     for selected, profile, environ in _conflict_examples(installed):
         shown = "".join(f"{k}={v} " for k, v in environ.items())
-        lines += [f"- `{shown}--system {profile} --features \"{' '.join(selected)}\"`: {_code(e)}"
-                  for e in _selection_errors(selected, profile, installed, environ)]
+        lines += [
+            f'- `{shown}--system {profile} --features "{" ".join(selected)}"`: {_code(e)}'
+            for e in _selection_errors(selected, profile, installed, environ)
+        ]
     lines += ["", "Missing libraries and modules:", ""]
     seen = set()
     for f in features:
@@ -192,10 +217,14 @@ def features_reference_markdown(installed: Sequence[InstalledFeature]) -> str:
             if r.missing not in seen:
                 seen.add(r.missing)
                 lines.append(f"- {_code(f'{r.missing}: {r.fix}')}")
-        for r in f.manifest.modules:
-            lines.append(f"- {_code(f'{r.distribution} is not installed (module {r.module} not found): {r.install}')}")
-    lines += ["", "Run `mistralrs doctor` first: it shows the detected hardware, the installed libraries, each feature's "
-              "status with its reason, configuration problems, and verifies every active backend.", ""]
+        for q in f.manifest.modules:
+            lines.append(f"- {_code(f'{q.distribution} is not installed (module {q.module} not found): {q.install}')}")
+    lines += [
+        "",
+        "Run `mistralrs doctor` first: it shows the detected hardware, the installed libraries, each feature's "
+        "status with its reason, configuration problems, and verifies every active backend.",
+        "",
+    ]
     return "\n".join(lines)
 
 

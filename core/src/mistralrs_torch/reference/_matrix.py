@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mistralrs_torch.features import OPS, FeatureManifest
-from mistralrs_torch.plugins import InstalledFeature
-
-__all__ = ["hardware_text", "support_matrix_markdown"]
+from mistralrs_torch.features import OPS, FeatureManifest, InstalledFeature
 
 
 def hardware_text(m: FeatureManifest) -> str:

@@ -29,11 +29,17 @@ from mistralrs_torch.features import (
     ModuleRequirement,
     catalogue,
 )
-from mistralrs_torch.ops import BACKEND_KINDS, BACKEND_PROTOCOLS, OPS, CallSpec, OpSpec, op_methods
-from mistralrs_torch.ops import _contract, _signatures
+from mistralrs_torch.ops import (
+    BACKEND_KINDS,
+    BACKEND_PROTOCOLS,
+    OPS,
+    CallSpec,
+    OpSpec,
+    _contract,
+    _signatures,
+    op_methods,
+)
 from mistralrs_torch.system import HARDWARE_CLASSES
-
-__all__ = ["plugin_api_markdown"]
 
 _INTRO = f"""# Plugin API reference
 
@@ -58,7 +64,7 @@ def _markdown(text: str) -> str:
 
 def _body(module: ModuleType) -> str:
     """A module's docstring without its summary line."""
-    return _markdown(inspect.getdoc(module).partition("\n\n")[2])  # type: ignore[union-attr]
+    return _markdown((inspect.getdoc(module) or "").partition("\n\n")[2])
 
 
 def _first_line(function: Callable[..., Any]) -> str:
@@ -92,7 +98,7 @@ def _signature(function: Callable[..., Any], name: str) -> str:
 
 def _value(value: object) -> str:
     """A default or allowed value as code: strings in double quotes, a default-constructed dataclass by its name."""
-    if dataclasses.is_dataclass(value) and value == type(value)():
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and value == type(value)():
         return f"`{type(value).__name__}()`"
     return f'`"{value}"`' if isinstance(value, str) else f"`{value!r}`"
 
@@ -118,7 +124,8 @@ def _backends() -> list[str]:
     lines = ["## Backends", "", _body(_contract), "", "The kinds of backend, the hook that returns each, and its ops:",
              ""]
     rows = [(f"`{kind}`", f"`{hook}`", f"`{BACKEND_PROTOCOLS[kind].__name__}`",
-             ", ".join(f"`{op}`" for op in op_methods(BACKEND_PROTOCOLS[kind]))) for kind, hook in BACKEND_KINDS.items()]
+             ", ".join(f"`{op}`" for op in op_methods(BACKEND_PROTOCOLS[kind])))
+            for kind, hook in BACKEND_KINDS.items()]
     lines += _table(["kind (`provides`)", "hook", "protocol", "ops (methods)"], rows)
     lines += ["", "### CallSpec", "", _markdown(inspect.getdoc(CallSpec) or ""), ""]
     defaults, types = CallSpec._field_defaults, typing.get_type_hints(CallSpec)

@@ -2,14 +2,12 @@
 
 from mistralrs_torch.resolution._recommendation import NOT_INSTALLED, Recommendation, RecommendedFeature, recommend
 from mistralrs_torch.resolution._resolver import STATUSES, FeatureStatus, Resolution, resolve
-from mistralrs_torch.resolution._rules import Problem
 from mistralrs_torch.resolution._selection import Selection, read_selection
 
 __all__ = [
     "NOT_INSTALLED",
     "STATUSES",
     "FeatureStatus",
-    "Problem",
     "Recommendation",
     "RecommendedFeature",
     "Resolution",

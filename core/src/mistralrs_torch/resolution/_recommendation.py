@@ -14,13 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mistralrs_torch.features import catalogue
-from mistralrs_torch.plugins import GENERIC_CPU
+from mistralrs_torch.features import GENERIC_CPU, catalogue
 from mistralrs_torch.resolution._resolver import Resolution
 from mistralrs_torch.resolution._rules import module_problem
 from mistralrs_torch.system import hardware_classes
-
-__all__ = ["NOT_INSTALLED", "Recommendation", "RecommendedFeature", "recommend"]
 
 #: The status of a recommended feature no installed plugin provides.
 NOT_INSTALLED = "not installed"
@@ -129,7 +126,7 @@ def _where(name: str, resolution: Resolution, not_loaded: Mapping[str, tuple[str
     if entry.distribution in not_loaded:
         return RecommendedFeature(name, entry.distribution, "not loaded", *not_loaded[entry.distribution], note=note)
     # pip installs the distribution; what it cannot install (FlashAttention-3 is built from source) is said here.
-    problems = [module_problem(m) for m in entry.modules if m.module not in resolution.system.modules]
+    problems = [module_problem(name, m) for m in entry.modules if m.module not in resolution.system.modules]
     return RecommendedFeature(name, entry.distribution, NOT_INSTALLED,
                               "; ".join(f"it also needs what pip cannot install: {p.message}" for p in problems),
                               "; ".join(p.fix for p in problems), note)

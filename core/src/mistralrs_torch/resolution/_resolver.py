@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mistralrs_torch._errors import SelectionError, Violation
-from mistralrs_torch.features import FeatureManifest
-from mistralrs_torch.plugins import GENERIC_CPU, BrokenPlugin, InstalledFeature, PluginInfo
+from mistralrs_torch._errors import Problem, SelectionError
+from mistralrs_torch.features import GENERIC_CPU, BrokenPlugin, FeatureManifest, InstalledFeature, PluginInfo
 from mistralrs_torch.resolution._rules import (
-    Problem,
     auto_condition_problem,
     disabled_by,
     gpu_count_problem,
@@ -31,8 +29,6 @@ from mistralrs_torch.resolution._rules import (
 from mistralrs_torch.resolution._selection import Selection
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch.validation import did_you_mean, shown
-
-__all__ = ["STATUSES", "FeatureStatus", "Resolution", "resolve"]
 
 #: Resolution statuses, as list and the JSON output print them.
 STATUSES = ("active", "available", "unavailable", "broken")
@@ -76,7 +72,9 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
     """Resolve ``selection`` on ``system``; raises SelectionError for an invalid explicit selection."""
     # Highest priority first, then by name: every later choice follows this order, so the outcome (and the
     # wording of each reason) depends on nothing else, neither input order nor hash seeds.
-    features = {f.manifest.name: f for f in sorted(installed, key=lambda f: (-f.manifest.selection_priority, f.manifest.name))}
+    features = {
+        f.manifest.name: f for f in sorted(installed, key=lambda f: (-f.manifest.selection_priority, f.manifest.name))
+    }
     problems = {name: hardware_problems(f.manifest, system) for name, f in features.items()}
     switched_off = {name: disabled_by(f.manifest, environ) for name, f in features.items()}
     for name, f in features.items():  # how many GPUs: judged only where it could run on the GPUs there are
@@ -97,13 +95,19 @@ def resolve(installed: Sequence[InstalledFeature], broken: Sequence[BrokenPlugin
     statuses.sort(key=lambda f: (f.plugin.distribution, -f.manifest.selection_priority if f.manifest else 0))
     for plugin in broken:
         for name in plugin.features or ("",):
-            statuses.append(FeatureStatus(name, "broken", plugin.plugin, None,
-                                          (f"broken at {plugin.stage}: {plugin.error}: {plugin.fix}",)))
+            statuses.append(
+                FeatureStatus(
+                    name, "broken", plugin.plugin, None, (f"broken at {plugin.stage}: {plugin.error}: {plugin.fix}",)
+                )
+            )
     return Resolution(selection, system, tuple(statuses))
 
 
-def _unrunnable(features: Mapping[str, InstalledFeature], problems: Mapping[str, list[Problem]],
-                switched_off: Mapping[str, str | None]) -> tuple[dict[str, list[str]], frozenset[str]]:
+def _unrunnable(
+    features: Mapping[str, InstalledFeature],
+    problems: Mapping[str, list[Problem]],
+    switched_off: Mapping[str, str | None],
+) -> tuple[dict[str, list[str]], frozenset[str]]:
     """The features that cannot run here whatever is selected (hardware, switched off, or needing one of those),
     and why: the reasons every mode starts from."""
     reasons: dict[str, list[str]] = {}
@@ -117,8 +121,14 @@ def _unrunnable(features: Mapping[str, InstalledFeature], problems: Mapping[str,
     return reasons, frozenset(features) - runnable
 
 
-def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reasons: dict[str, list[str]],
-          unrunnable: frozenset[str], system: SystemSnapshot, environ: Mapping[str, str]) -> set[str]:
+def _auto(
+    selection: Selection,
+    features: Mapping[str, InstalledFeature],
+    reasons: dict[str, list[str]],
+    unrunnable: frozenset[str],
+    system: SystemSnapshot,
+    environ: Mapping[str, str],
+) -> set[str]:
     runnable = [n for n in features if n not in unrunnable]
     if selection.mode == "none":
         for name in runnable:
@@ -152,13 +162,23 @@ def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reason
             reasons[name] = [f"requires {lacking}, which is not active ({why})"]
             continue
         group = (name, *needed)
-        inner = next(((a, b) for i, a in enumerate(group) for b in group[i + 1:] if _exclusive(features, a, b)), None)
+        inner = next(((a, b) for i, a in enumerate(group) for b in group[i + 1 :] if _exclusive(features, a, b)), None)
         if inner is not None:  # a manifest set that contradicts itself: say so rather than pick a side
-            reasons[name] = [f"left out: {name} needs {inner[0]} and {inner[1]} together, which are mutually exclusive"
-                             if inner[0] != name else f"left out: {name} requires {inner[1]}, and the two are mutually exclusive"]
+            reasons[name] = [
+                f"left out: {name} needs {inner[0]} and {inner[1]} together, which are mutually exclusive"
+                if inner[0] != name
+                else f"left out: {name} requires {inner[1]}, and the two are mutually exclusive"
+            ]
             continue
-        rival = next(((member, other) for member in group for other in features
-                      if other in active and _exclusive(features, member, other)), None)
+        rival = next(
+            (
+                (member, other)
+                for member in group
+                for other in features
+                if other in active and _exclusive(features, member, other)
+            ),
+            None,
+        )
         if rival is None:
             for member in group:
                 if member not in active:
@@ -168,8 +188,10 @@ def _auto(selection: Selection, features: Mapping[str, InstalledFeature], reason
         member, other = rival
         where = features[other].manifest.preferred_on
         via = "" if member == name else f" (through {member}, which it requires)"
-        reasons[name] = [f"left out: {other} is preferred {f'on {where}' if where else 'here'} "
-                         f"and {member} and {other} are mutually exclusive{via}"]
+        reasons[name] = [
+            f"left out: {other} is preferred {f'on {where}' if where else 'here'} "
+            f"and {member} and {other} are mutually exclusive{via}"
+        ]
     return active
 
 
@@ -186,8 +208,9 @@ def _requires_closure(features: Mapping[str, InstalledFeature], name: str) -> li
     return [n for n in features if n in found]
 
 
-def _drop_unmet_requires(features: Mapping[str, InstalledFeature], names: set[str],
-                         reasons: dict[str, list[str]], state: str) -> None:
+def _drop_unmet_requires(
+    features: Mapping[str, InstalledFeature], names: set[str], reasons: dict[str, list[str]], state: str
+) -> None:
     changed = True
     while changed:
         changed = False
@@ -196,8 +219,12 @@ def _drop_unmet_requires(features: Mapping[str, InstalledFeature], names: set[st
             if missing:
                 names.discard(name)
                 dep = missing[0]
-                why = reasons.get(dep, [f"no installed plugin provides {dep}"])[0] if dep in features else \
-                    f"no installed plugin provides it: {features[name].manifest.install_hints.get(dep, f'install a plugin that provides {dep}')}"
+                why = (
+                    reasons.get(dep, [f"no installed plugin provides {dep}"])[0]
+                    if dep in features
+                    else "no installed plugin provides it: "
+                    + features[name].manifest.install_hints.get(dep, f"install a plugin that provides {dep}")
+                )
                 reasons[name] = [f"requires {dep}, which is {state} ({why})"]
                 changed = True
 
@@ -206,10 +233,16 @@ def _exclusive(features: Mapping[str, InstalledFeature], a: str, b: str) -> bool
     return b in features[a].manifest.excludes or a in features[b].manifest.excludes
 
 
-def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], broken: Sequence[BrokenPlugin],
-              problems: Mapping[str, list[Problem]], switched_off: Mapping[str, str | None],
-              reasons: dict[str, list[str]], unrunnable: frozenset[str]) -> set[str]:
-    violations: list[Violation] = []
+def _explicit(
+    selection: Selection,
+    features: Mapping[str, InstalledFeature],
+    broken: Sequence[BrokenPlugin],
+    problems: Mapping[str, list[Problem]],
+    switched_off: Mapping[str, str | None],
+    reasons: dict[str, list[str]],
+    unrunnable: frozenset[str],
+) -> set[str]:
+    violations: list[Problem] = []
     broken_owner = {name: b for b in broken for name in b.features}
     chosen: dict[str, str] = {}  # feature -> why it is in the set
     queue = [(name, f"selected by {selection.source}") for name in (*selection.features, GENERIC_CPU.name)]
@@ -224,23 +257,36 @@ def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], br
         queue += [(dep, f"auto-enabled by {name}") for dep in features[name].manifest.auto_enables]
     for name in chosen:
         m = features[name].manifest
-        for p in problems[name]:
-            violations.append(Violation(name, p.rule, p.message, p.fix))
-        if switched_off[name]:
-            violations.append(Violation(name, "disabled-by", f"{name} and {switched_off[name]} contradict each other",
-                                        f"unset {switched_off[name].split('=')[0]} or remove the {name} feature"))
+        violations += problems[name]
+        if off := switched_off[name]:
+            violations.append(
+                Problem(
+                    name,
+                    f"{name} and {off} contradict each other",
+                    f"unset {off.split('=')[0]} or remove the {name} feature",
+                    rule="disabled-by",
+                )
+            )
         for dep in m.requires:
             if dep not in chosen:
-                hint = "" if dep in features else f" ({m.install_hints.get(dep, f'install a plugin that provides {dep}')})"
-                violations.append(Violation(name, "requires", f"{name} requires {dep}", f"add {dep}{hint}"))
+                hint = (
+                    "" if dep in features else f" ({m.install_hints.get(dep, f'install a plugin that provides {dep}')})"
+                )
+                violations.append(Problem(name, f"{name} requires {dep}", f"add {dep}{hint}", rule="requires"))
     names = list(chosen)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if _exclusive(features, a, b):
                 winner = max((a, b), key=lambda n: features[n].manifest.selection_priority)
                 where = features[winner].manifest.preferred_on
-                violations.append(Violation(a, "excludes", f"{a} and {b} are mutually exclusive",
-                                            "enable one" + (f" (on {where}, {winner})" if where else "")))
+                violations.append(
+                    Problem(
+                        a,
+                        f"{a} and {b} are mutually exclusive",
+                        "enable one" + (f" (on {where}, {winner})" if where else ""),
+                        rule="excludes",
+                    )
+                )
     if violations:
         raise SelectionError(violations, selection.source)
     for name in features:
@@ -251,12 +297,22 @@ def _explicit(selection: Selection, features: Mapping[str, InstalledFeature], br
     return set(chosen)
 
 
-def _missing(name: str, features: Mapping[str, InstalledFeature], broken_owner: Mapping[str, BrokenPlugin]) -> Violation:
+def _missing(
+    name: str, features: Mapping[str, InstalledFeature], broken_owner: Mapping[str, BrokenPlugin]
+) -> Problem:
     if name in broken_owner:
         b = broken_owner[name]
-        return Violation(name, "broken", f"{name} is provided by plugin {b.plugin.name!r} ({b.plugin.distribution}), "
-                         f"which is broken ({b.error})", f"reinstall {b.plugin.distribution}, or remove {name}")
+        return Problem(
+            name,
+            f"{name} is provided by plugin {b.plugin.name!r} ({b.plugin.distribution}), which is broken ({b.error})",
+            f"reinstall {b.plugin.distribution}, or remove {name}",
+            rule="broken",
+        )
     close = did_you_mean(name, features)
     hint = f"did you mean {close!r}? " if close else ""
-    return Violation(name, "unknown", f"no installed plugin provides feature {shown(name)}",
-                     f"{hint}installed features: {', '.join(sorted(features))}")
+    return Problem(
+        name,
+        f"no installed plugin provides feature {shown(name)}",
+        f"{hint}installed features: {', '.join(sorted(features))}",
+        rule="unknown",
+    )

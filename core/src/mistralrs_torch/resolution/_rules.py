@@ -7,15 +7,12 @@ Nothing here names a plugin: every rule comes from manifest data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from mistralrs_torch.validation import env_flag
+from mistralrs_torch._errors import Problem
 from mistralrs_torch.features import FeatureManifest, ModuleRequirement
 from mistralrs_torch.features._manifest import PLATFORM_LABELS
 from mistralrs_torch.system import SystemSnapshot
-
-__all__ = ["Problem", "auto_condition_problem", "disabled_by", "gpu_count_problem", "hardware_problems",
-           "module_problem"]
+from mistralrs_torch.validation import env_flag
 
 #: What to do when no GPU of the required vendor is visible.
 _GPU_FIX = {
@@ -23,18 +20,6 @@ _GPU_FIX = {
     "apple": "run on a Mac with Apple Silicon or an AMD GPU",
     "amd": "check that the operating system lists the AMD GPU",
 }
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One rule a feature breaks here: which rule, what is wrong, and the fix."""
-
-    rule: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.message}: {self.fix}"
 
 
 def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
@@ -46,27 +31,28 @@ def hardware_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Proble
         text = f"{m.name} is {m.platform_label}-only" if len(m.platforms) == 1 else \
             f"{m.name} runs on {m.platform_label}, not {where}"
         # The other rules follow from the platform; one clear reason beats several echoes of it.
-        return [Problem("platform", text, remove)]
+        return [Problem(m.name, text, remove, rule="platform")]
     if m.cpu_archs and system.arch not in m.cpu_archs:
-        problems.append(Problem("cpu", f"{m.name} needs a {' or '.join(m.cpu_archs)} CPU; this one is {system.arch}", remove))
+        needs = f"{m.name} needs a {' or '.join(m.cpu_archs)} CPU; this one is {system.arch}"
+        problems.append(Problem(m.name, needs, remove, rule="cpu"))
     missing_flags = [flag for flag in m.cpu_flags if flag not in system.cpu.flags]
     if missing_flags:
-        problems.append(Problem("cpu", f"{m.name} needs the CPU instruction set(s) {', '.join(missing_flags)}, which "
+        problems.append(Problem(m.name, f"{m.name} needs the CPU instruction set(s) {', '.join(missing_flags)}, which "
                                 f"this CPU ({system.cpu.model or system.cpu.vendor or system.arch}) lacks",
-                                f"run on a CPU with {', '.join(missing_flags)}, or {remove}"))
+                                f"run on a CPU with {', '.join(missing_flags)}, or {remove}", rule="cpu"))
     if m.gpu is not None:
         problems += _gpu_problems(m, system)
     for library in m.libraries:
         if library.name not in system.libraries:
-            problems.append(Problem("library", library.missing, library.fix))
-    problems += [module_problem(module) for module in m.modules if module.module not in system.modules]
+            problems.append(Problem(m.name, library.missing, library.fix, rule="library"))
+    problems += [module_problem(m.name, module) for module in m.modules if module.module not in system.modules]
     return problems
 
 
-def module_problem(module: ModuleRequirement) -> Problem:
-    """The problem of a module requirement whose module is not found."""
-    return Problem("module", f"{module.distribution} is not installed (module {module.module} not found)",
-                   module.install)
+def module_problem(feature: str, module: ModuleRequirement) -> Problem:
+    """The problem of ``feature``'s module requirement whose module is not found."""
+    return Problem(feature, f"{module.distribution} is not installed (module {module.module} not found)",
+                   module.install, rule="module")
 
 
 def _gpu_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
@@ -76,8 +62,8 @@ def _gpu_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
     gpus = [g for g in system.gpus if g.vendor in gpu.vendors]
     if len(gpus) < gpu.min_count:
         if not gpus:
-            return [Problem("gpu", f"{m.name} needs an {label}; none is visible", fix)]
-        return [Problem("gpu", f"{m.name} needs {gpu.min_count} {label}s; {len(gpus)} visible", fix)]
+            return [Problem(m.name, f"{m.name} needs an {label}; none is visible", fix, rule="gpu")]
+        return [Problem(m.name, f"{m.name} needs {gpu.min_count} {label}s; {len(gpus)} visible", fix, rule="gpu")]
     problems = []
     low, high = gpu.min_compute_capability, gpu.below_compute_capability
     for g in gpus:
@@ -85,14 +71,17 @@ def _gpu_problems(m: FeatureManifest, system: SystemSnapshot) -> list[Problem]:
         if cc is None:
             continue
         if low is not None and cc < low:
-            problems.append(Problem("compute-capability",
-                                    f"{m.name} needs compute capability >= {low[0]}.{low[1]}; GPU {g.index} ({g.name}) has {g.cc_label}",
-                                    f"use a GPU with compute capability >= {low[0]}.{low[1]}, or remove the {m.name} feature"))
+            problems.append(Problem(m.name, f"{m.name} needs compute capability >= {low[0]}.{low[1]}; "
+                                    f"GPU {g.index} ({g.name}) has {g.cc_label}",
+                                    f"use a GPU with compute capability >= {low[0]}.{low[1]}, "
+                                    f"or remove the {m.name} feature",
+                                    rule="compute-capability"))
         elif high is not None and cc >= high:
             window = f"{low[0]}.x" if low is not None and high == (low[0] + 1, 0) else f"below {high[0]}.{high[1]}"
-            problems.append(Problem("compute-capability",
-                                    f"{m.name} needs compute capability {window}; GPU {g.index} ({g.name}) has {g.cc_label}",
-                                    gpu.newer_gpu_fix or f"remove the {m.name} feature"))
+            problems.append(Problem(m.name, f"{m.name} needs compute capability {window}; "
+                                    f"GPU {g.index} ({g.name}) has {g.cc_label}",
+                                    gpu.newer_gpu_fix or f"remove the {m.name} feature",
+                                    rule="compute-capability"))
         if problems:
             break
     return problems
@@ -137,16 +126,39 @@ def _gpu_count(m: FeatureManifest, system: SystemSnapshot,
     if var:
         raw = environ[var].strip()
         if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
-            return count, source, Problem("gpu-count", f"{var}={raw!r} is not a number of GPUs",
-                                          f"set it to 1, 2, 4, ... (at most {visible}, the GPUs visible here)")
+            return (
+                count,
+                source,
+                Problem(
+                    m.name,
+                    f"{var}={raw!r} is not a number of GPUs",
+                    f"set it to 1, 2, 4, ... (at most {visible}, the GPUs visible here)",
+                    rule="gpu-count",
+                ),
+            )
         count, source = int(raw), f"{var}={raw} uses {int(raw)}"
         if count > visible:
-            return count, source, Problem("gpu-count", f"{var}={count} asks for {count} GPUs but {visible} "
-                                          f"{'is' if visible == 1 else 'are'} visible",
-                                          f"set {var} to at most {visible}, or make more GPUs visible")
+            return (
+                count,
+                source,
+                Problem(
+                    m.name,
+                    f"{var}={count} asks for {count} GPUs but {visible} {'is' if visible == 1 else 'are'} visible",
+                    f"set {var} to at most {visible}, or make more GPUs visible",
+                    rule="gpu-count",
+                ),
+            )
     if gpu.power_of_two and count & (count - 1):
         lower = 1 << (count.bit_length() - 1)
         how = f"set {gpu.count_vars[0]}={lower} to use {lower} of them" if gpu.count_vars else f"make {lower} visible"
-        return count, source, Problem("gpu-count", f"{m.name} needs a power-of-two number of GPUs (1, 2, 4, 8, ...), "
-                                      f"and {source}", how)
+        return (
+            count,
+            source,
+            Problem(
+                m.name,
+                f"{m.name} needs a power-of-two number of GPUs (1, 2, 4, 8, ...), and {source}",
+                how,
+                rule="gpu-count",
+            ),
+        )
     return count, source, None

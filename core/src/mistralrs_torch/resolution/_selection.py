@@ -15,8 +15,6 @@ from typing import Any
 from mistralrs_torch._errors import ConfigError, InputError
 from mistralrs_torch.validation import shown
 
-__all__ = ["Selection", "read_selection"]
-
 
 @dataclass(frozen=True)
 class Selection:

@@ -22,8 +22,6 @@ from mistralrs_torch._errors import FallbackError, MistralrsError, OpInputError,
 from mistralrs_torch.ops import CallSpec, OpSpec, PreparedWeight, QuantizedWeight, kernel_for
 from mistralrs_torch.runtime._measure import Tuner, bucket
 
-__all__ = ["Binding", "Dispatcher"]
-
 
 @dataclass(frozen=True)
 class Binding:

@@ -9,8 +9,6 @@ from mistralrs_torch.ops import op_spec
 if TYPE_CHECKING:
     from mistralrs_torch.runtime._runtime import Runtime
 
-__all__ = ["explain", "explain_text"]
-
 
 def explain(runtime: Runtime) -> dict[str, Any]:
     """A JSON-ready explanation: for each op, a representative call, the winner, runners-up and skips."""
@@ -31,7 +29,7 @@ def explain(runtime: Runtime) -> dict[str, Any]:
             else:
                 skipped.append({"backend": backend.name, "feature": backend.feature, "reason": support.reason})
         for feature in inactive:
-            if spec.kind in feature.manifest.provides:  # type: ignore[union-attr]
+            if feature.manifest is not None and spec.kind in feature.manifest.provides:
                 skipped.append({"backend": None, "feature": feature.name,
                                 "reason": f"feature {feature.status}: {feature.reasons[0] if feature.reasons else ''}"})
         ops[op] = {"kind": spec.kind, "call": call.describe(), "order": [b.name for b in dispatcher.backends],

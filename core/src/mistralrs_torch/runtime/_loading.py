@@ -17,8 +17,6 @@ from safetensors import SafetensorError, safe_open
 from mistralrs_torch._errors import ConfigError
 from mistralrs_torch.validation import shown
 
-__all__ = ["TensorSlice", "load_safetensors"]
-
 _FIX = "re-download or re-export the file (a complete safetensors file, e.g. written by safetensors.torch.save_file)"
 
 

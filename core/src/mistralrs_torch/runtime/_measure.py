@@ -30,9 +30,6 @@ from typing import Any
 
 from mistralrs_torch.ops import CallSpec, OpSpec, PreparedWeight, QuantizedWeight
 
-__all__ = ["SELECTIONS", "TUNING_SCHEMA", "Measurement", "Tuner", "TuningCache", "TuningWarning", "bucket",
-           "default_cache_path"]
-
 SELECTIONS = ("priority", "measured")
 TUNING_SCHEMA = "mistralrs.tuning/1"
 

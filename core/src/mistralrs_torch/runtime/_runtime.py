@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mistralrs_torch._errors import ConfigError, OpInputError, UnsupportedCallError
-from mistralrs_torch.validation import env_flag, shown
+from mistralrs_torch.features import BrokenPlugin
 from mistralrs_torch.ops import (
     BACKEND_KINDS,
     BACKEND_PROTOCOLS,
@@ -32,14 +32,13 @@ from mistralrs_torch.ops import (
 )
 from mistralrs_torch.ops._signatures import dtype_name, quantized_weight_check
 from mistralrs_torch.parallel._rendezvous import local_rank, torchrun_rendezvous
-from mistralrs_torch.plugins import BrokenPlugin, PluginManager
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.resolution import Resolution, read_selection, resolve
 from mistralrs_torch.runtime._dispatch import Binding, Dispatcher
 from mistralrs_torch.runtime._loading import TensorSlice, load_safetensors
 from mistralrs_torch.runtime._measure import SELECTIONS, Tuner, TuningCache, default_cache_path
 from mistralrs_torch.system import SystemSnapshot
-
-__all__ = ["Runtime"]
+from mistralrs_torch.validation import env_flag, shown
 
 
 def _default_device(devices: tuple[Device, ...], environ: Mapping[str, str]) -> Device:
@@ -215,13 +214,15 @@ class Runtime:
             launched = torchrun_rendezvous(self.environ)
             if communicator.world_size == 1 and launched is not None and launched.world_size > 1:
                 # N ranks each running the whole model alone would be the silent failure we promise against.
-                collective = sorted(f.name for f in self.resolution.features
-                                    if f.manifest is not None and "collectives" in f.manifest.provides and f.name != "cpu")
+                collective = sorted(
+                    f.name for f in self.resolution.features
+                    if f.manifest is not None and "collectives" in f.manifest.provides and f.name != "cpu")
                 raise ConfigError(
                     f"WORLD_SIZE={launched.world_size} says this is rank {launched.rank} of a job, but no active "
                     f"feature provides collectives, so this rank would run alone: select one of "
                     f"{', '.join(collective) or 'the installed collective features (none installed)'} "
-                    "(MISTRALRS_FEATURES, or `mistralrs launch --backend FEATURE`)")
+                    "(MISTRALRS_FEATURES, or `mistralrs launch --backend FEATURE`)"
+                )
             self._communicator = communicator
         return self._communicator
 
@@ -238,7 +239,7 @@ class Runtime:
         return tuple(b for b in self.bindings if b.is_fallback)
 
     def explain(self) -> dict[str, Any]:
-        """Per op: backends in order, which one wins a representative call on the default device and why others are skipped."""
+        """Per op: backends in order, which one wins a representative call on the default device, why others don't."""
         from mistralrs_torch.runtime._explain import explain
 
         return explain(self)

@@ -16,5 +16,15 @@ from mistralrs_torch.serve._metrics import Metrics
 from mistralrs_torch.serve._ranks import follow
 from mistralrs_torch.serve._server import DEFAULT_GRACE, Server
 
-__all__ = ["API_KEY_VAR", "ApiError", "DEFAULT_GRACE", "DEFAULT_MAX_BODY_BYTES", "EngineLoop", "Metrics", "Server",
-           "Settings", "create_app", "follow"]
+__all__ = [
+           "API_KEY_VAR",
+           "DEFAULT_GRACE",
+           "DEFAULT_MAX_BODY_BYTES",
+           "ApiError",
+           "EngineLoop",
+           "Metrics",
+           "Server",
+           "Settings",
+           "create_app",
+           "follow",
+]

@@ -32,8 +32,6 @@ from mistralrs_torch.serve._loop import EngineLoop, Ticket
 from mistralrs_torch.serve._metrics import CONTENT_TYPE, Metrics
 from mistralrs_torch.serve._schemas import Generation, parse_chat, parse_completion, parse_json
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "Settings", "create_app"]
-
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 
 

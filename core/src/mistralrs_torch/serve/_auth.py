@@ -6,8 +6,6 @@ import hmac
 
 from mistralrs_torch.serve._errors import ApiError
 
-__all__ = ["API_KEY_VAR", "check_key"]
-
 API_KEY_VAR = "MISTRALRS_API_KEY"
 
 

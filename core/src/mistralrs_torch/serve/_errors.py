@@ -6,8 +6,6 @@ from typing import Any
 
 from mistralrs_torch._errors import KVCacheFullError, MistralrsError
 
-__all__ = ["ApiError", "engine_refusal"]
-
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 500: "internal_error",
           503: "service_unavailable"}

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from mistralrs_torch.models import Engine, RequestOutput, SamplingParams
     from mistralrs_torch.ops import Communicator
 
-__all__ = ["Accepted", "EngineLoop", "Ticket"]
-
 #: Longest idle wait of the loop; with several ranks also the most time between two ticks to the followers.
 _IDLE = 0.5
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 
-__all__ = ["CONTENT_TYPE", "Histogram", "Metrics"]
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -87,9 +85,11 @@ class Metrics:
             for name, help_text in _GAUGES.items():
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {self._gauges[name]}"]
             lines += ["# HELP mistralrs_generated_tokens_total Tokens generated, over all requests.",
-                      "# TYPE mistralrs_generated_tokens_total counter", f"mistralrs_generated_tokens_total {self._tokens}",
+                      "# TYPE mistralrs_generated_tokens_total counter",
+                      f"mistralrs_generated_tokens_total {self._tokens}",
                       "# HELP mistralrs_requests_finished_total Requests ended, by outcome.",
                       "# TYPE mistralrs_requests_finished_total counter"]
-            lines += [f'mistralrs_requests_finished_total{{outcome="{k}"}} {v}' for k, v in sorted(self._outcomes.items())]
+            lines += [f'mistralrs_requests_finished_total{{outcome="{k}"}} {v}'
+                      for k, v in sorted(self._outcomes.items())]
             lines += self.ttft.lines() + self.tpot.lines()
         return "\n".join(lines) + "\n"

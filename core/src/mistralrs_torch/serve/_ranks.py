@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from mistralrs_torch.models import Engine
     from mistralrs_torch.ops import Communicator
 
-__all__ = ["Tick", "follow", "publish", "receive"]
-
-
 @dataclass
 class Tick:
     """One round of the engine loop: what to abort, what to add (prompt ids, sampling), then whether to step."""

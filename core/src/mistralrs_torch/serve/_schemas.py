@@ -14,15 +14,14 @@ from typing import Any
 
 from mistralrs_torch.serve._errors import ApiError
 
-__all__ = ["ChatRequest", "CompletionRequest", "Generation", "parse_chat", "parse_completion", "parse_json"]
-
 _MAX_STOPS = 4
 _MAX_SEED = 2**64 - 1
 #: Fields that change the answer in ways this server does not implement, with their neutral values.
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "n": (1, None), "logprobs": (False, None), "top_logprobs": (0, None), "echo": (False, None), "best_of": (1, None),
     "suffix": (None, ""), "tools": (None, []), "functions": (None, []), "logit_bias": (None, {}),
-    "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None), "response_format": (None, {"type": "text"}),
+    "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None),
+    "response_format": (None, {"type": "text"}),
 }
 _ROLES = ("system", "user", "assistant")
 

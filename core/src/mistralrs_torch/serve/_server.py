@@ -2,10 +2,10 @@
 
 SIGTERM and SIGINT stop accepting connections; requests in flight get ``grace`` seconds to finish, then the engine
 loop stops and ends each of them with a 503 (a stream with an error event), so every response ends properly
-before uvicorn would cut the connections (a few seconds later); the process then exits 0. uvicorn's own handlers would re-raise the signal once it has shut down (so
-the process would die by it, status 143); this server catches the signals itself so that a requested stop is a
-clean exit. A fatal error (the model did not load, a rank of a tensor-parallel job died) stops the server too,
-with exit status 1 and the message on stderr.
+before uvicorn would cut the connections (a few seconds later); the process then exits 0. uvicorn's own handlers
+would re-raise the signal once it has shut down (so the process would die by it, status 143); this server catches
+the signals itself so that a requested stop is a clean exit. A fatal error (the model did not load, a rank of a
+tensor-parallel job died) stops the server too, with exit status 1 and the message on stderr.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from mistralrs_torch.serve._metrics import Metrics
 
 if TYPE_CHECKING:
     from mistralrs_torch.models import Engine
-
-__all__ = ["DEFAULT_GRACE", "Server"]
 
 DEFAULT_GRACE = 10.0
 #: How long after the engine loop has ended the requests in flight uvicorn waits for their responses to finish.

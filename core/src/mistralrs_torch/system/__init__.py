@@ -1,7 +1,9 @@
 """System snapshots: facts about a host, probed here or loaded from a profile."""
 
-from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
 from mistralrs_torch._distributions import installed_version
+from mistralrs_torch.system._blas import BlasInfo, blas_info
+from mistralrs_torch.system._gpu_facts import FactsOnFirstUse, GPUFacts, cuda_init_error
+from mistralrs_torch.system._hardware import HARDWARE_CLASSES, hardware_classes
 from mistralrs_torch.system._probe import module_versions, probe_system, visible_device_filter
 from mistralrs_torch.system._profiles import PROFILE_NAMES, load_system
 from mistralrs_torch.system._schema import snapshot_json_schema
@@ -9,13 +11,13 @@ from mistralrs_torch.system._snapshot import CPU, GPU, SCHEMA, SystemSnapshot, T
 
 __all__ = [
     "CPU",
-    "BlasInfo",
-    "FactsOnFirstUse",
     "GPU",
-    "GPUFacts",
     "HARDWARE_CLASSES",
     "PROFILE_NAMES",
     "SCHEMA",
+    "BlasInfo",
+    "FactsOnFirstUse",
+    "GPUFacts",
     "SystemSnapshot",
     "TorchBuild",
     "blas_info",
@@ -28,16 +30,3 @@ __all__ = [
     "snapshot_json_schema",
     "visible_device_filter",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # Deep probes (they import torch when called) load on first use: `plugins list` never needs them.
-    if name in ("BlasInfo", "blas_info"):
-        from mistralrs_torch.system import _blas
-
-        return getattr(_blas, name)
-    if name in ("FactsOnFirstUse", "GPUFacts", "cuda_init_error"):
-        from mistralrs_torch.system import _gpu_facts
-
-        return getattr(_gpu_facts, name)
-    raise AttributeError(f"module 'mistralrs_torch.system' has no attribute {name!r}")

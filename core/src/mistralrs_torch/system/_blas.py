@@ -8,8 +8,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BlasInfo", "blas_info"]
-
 
 @dataclass(frozen=True)
 class BlasInfo:

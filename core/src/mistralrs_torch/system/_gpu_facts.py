@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 from mistralrs_torch.system._snapshot import SystemSnapshot
 
-__all__ = ["FactsOnFirstUse", "GPUFacts", "cuda_init_error"]
-
 
 @dataclass(frozen=True)
 class GPUFacts:
@@ -35,7 +33,7 @@ class GPUFacts:
             return cls(unusable="torch is a CPU build (no CUDA)")
         if not gpus:
             return cls(unusable="no NVIDIA GPU is visible")
-        lowest = min(gpus, key=lambda g: g.compute_capability)  # type: ignore[arg-type, return-value]
+        lowest = min(gpus, key=lambda g: g.compute_capability or (0, 0))  # gpus all have one: filtered above
         return cls(lowest.compute_capability, lowest.name)
 
     @classmethod

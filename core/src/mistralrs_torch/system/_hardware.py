@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 
 from mistralrs_torch.system._snapshot import SystemSnapshot
 
-__all__ = ["HARDWARE_CLASSES", "hardware_classes", "multi_node_launch"]
-
 #: GPU vendors whose GPUs torch drives through Metal (MPS): Apple Silicon, and AMD GPUs in Intel Macs.
 _METAL_VENDORS = ("apple", "amd")
 

@@ -12,8 +12,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NVMLDevice", "NVMLError", "query_nvml"]
-
 
 class NVMLError(Exception):
     """NVML is absent or answered an error code."""

@@ -15,12 +15,11 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 
-from mistralrs_torch.features import ModuleRequirement
 from mistralrs_torch._distributions import installed_version
+from mistralrs_torch.features import ModuleRequirement
 from mistralrs_torch.system._nvml import NVMLError, query_nvml
 from mistralrs_torch.system._snapshot import CPU, GPU, SystemSnapshot, TorchBuild
 
-__all__ = ["module_versions", "probe_system", "visible_device_filter"]
 
 def probe_system(modules: Iterable[ModuleRequirement] = (), environ: Mapping[str, str] = os.environ) -> SystemSnapshot:
     """Probe this machine cheaply. ``modules`` are looked up with ``find_spec`` (never imported)."""
@@ -103,7 +102,12 @@ def _cpu(os_name: str) -> CPU:
         model = _sysctl("machdep.cpu.brand_string") or _processor()
         if _arch() == "arm64":
             return CPU(model=model, vendor="apple", cores=cores, flags=("neon",))
-        flags = tuple(sorted(f.lower().replace(".", "_") for f in (_sysctl("machdep.cpu.features") + " " + _sysctl("machdep.cpu.leaf7_features")).split()))
+        flags = tuple(
+            sorted(
+                f.lower().replace(".", "_")
+                for f in (_sysctl("machdep.cpu.features") + " " + _sysctl("machdep.cpu.leaf7_features")).split()
+            )
+        )
         return CPU(model=model, vendor=_vendor(model), cores=cores, flags=flags)
     model = _processor()
     return CPU(model=model, vendor=_vendor(model), cores=cores)
@@ -141,8 +145,9 @@ def _mac_amd_gpus() -> list[GPU]:
     import subprocess
 
     try:
-        text = subprocess.run(["system_profiler", "-json", "SPDisplaysDataType"], capture_output=True, text=True,
-                              timeout=30, check=False).stdout
+        text = subprocess.run(
+            ["system_profiler", "-json", "SPDisplaysDataType"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return mac_amd_gpus(text)
@@ -156,7 +161,7 @@ def mac_amd_gpus(system_profiler_json: str) -> list[GPU]:
         displays = json.loads(system_profiler_json).get("SPDisplaysDataType", [])
     except (ValueError, AttributeError):
         return []
-    gpus = []
+    gpus: list[GPU] = []
     for entry in displays if isinstance(displays, list) else []:
         if not isinstance(entry, dict):
             continue
@@ -174,7 +179,9 @@ def _sysctl(name: str) -> str:
     import subprocess  # macOS only; keeps the Linux start-up lean
 
     try:
-        return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+        return subprocess.run(
+            ["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -190,11 +197,17 @@ def _windows_memory() -> int:
     import ctypes
 
     class _Status(ctypes.Structure):
-        _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total", ctypes.c_ulonglong),
-                    ("avail", ctypes.c_ulonglong), ("_rest", ctypes.c_ulonglong * 5)]
+        _fields_ = [
+            ("length", ctypes.c_ulong),
+            ("load", ctypes.c_ulong),
+            ("total", ctypes.c_ulonglong),
+            ("avail", ctypes.c_ulonglong),
+            ("_rest", ctypes.c_ulonglong * 5),
+        ]
 
     status = _Status(length=ctypes.sizeof(_Status))
     try:
+        # ctypes.windll is Windows-only, ignored by the type checker here: this branch runs only on Windows.
         ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status))  # type: ignore[attr-defined]
     except (AttributeError, OSError):
         return 0
@@ -235,9 +248,17 @@ def _read(path: str) -> str:
 
 def _on_path(program: str) -> bool:
     # shutil.which without importing shutil (and the compression modules it pulls in).
-    names = [program + ext for ext in os.environ.get("PATHEXT", ".EXE").split(";")] if sys.platform == "win32" else [program]
-    return any(os.access(os.path.join(folder, name), os.X_OK) and not os.path.isdir(os.path.join(folder, name))
-               for folder in os.environ.get("PATH", "").split(os.pathsep) if folder for name in names)
+    names = (
+        [program + ext for ext in os.environ.get("PATHEXT", ".EXE").split(";")]
+        if sys.platform == "win32"
+        else [program]
+    )
+    return any(
+        os.access(os.path.join(folder, name), os.X_OK) and not os.path.isdir(os.path.join(folder, name))
+        for folder in os.environ.get("PATH", "").split(os.pathsep)
+        if folder
+        for name in names
+    )
 
 
 def module_versions(modules: Iterable[ModuleRequirement]) -> dict[str, str]:
@@ -278,8 +299,22 @@ def _nvidia_gpus(environ: Mapping[str, str]) -> tuple[list[GPU], dict[str, str],
         return [], {}, f"NVML: {exc}"
     wanted = visible_device_filter(environ)
     if wanted is not None:
-        physical = [d for entry in wanted for d in physical
-                    if (entry.isdigit() and d.index == int(entry)) or (not entry.isdigit() and d.uuid.startswith(entry))]
-    visible = [GPU(index=n, name=d.name, vendor="nvidia", compute_capability=d.compute_capability,
-                   memory_total=d.memory_total, memory_free=d.memory_free, uuid=d.uuid) for n, d in enumerate(physical)]
+        physical = [
+            d
+            for entry in wanted
+            for d in physical
+            if (entry.isdigit() and d.index == int(entry)) or (not entry.isdigit() and d.uuid.startswith(entry))
+        ]
+    visible = [
+        GPU(
+            index=n,
+            name=d.name,
+            vendor="nvidia",
+            compute_capability=d.compute_capability,
+            memory_total=d.memory_total,
+            memory_free=d.memory_free,
+            uuid=d.uuid,
+        )
+        for n, d in enumerate(physical)
+    ]
     return visible, {"nvidia_driver": driver, "cuda_driver": cuda_driver}, ""

@@ -8,8 +8,6 @@ from mistralrs_torch._errors import InputError, SystemProfileError
 from mistralrs_torch.system._schema import MAX_SNAPSHOT_BYTES
 from mistralrs_torch.system._snapshot import SystemSnapshot
 
-__all__ = ["PROFILE_NAMES", "load_system"]
-
 _PROFILES = os.path.join(os.path.dirname(__file__), "profiles")
 #: The profiles shipped with mistralrs, usable as ``--system NAME``.
 PROFILE_NAMES = tuple(sorted(name[:-5] for name in os.listdir(_PROFILES) if name.endswith(".json")))

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-__all__ = ["MAX_GPUS", "MAX_SNAPSHOT_BYTES", "snapshot_json_schema", "snapshot_problems"]
-
 #: GPUs one snapshot may list (hosts carry 8 or 16; a whole rack is not one host).
 MAX_GPUS = 1024
 #: Larger files are refused unread (a snapshot with 1024 GPUs is about 300 KiB).

@@ -14,8 +14,6 @@ from typing import Any
 from mistralrs_torch._errors import SystemProfileError
 from mistralrs_torch.validation import shown
 
-__all__ = ["CPU", "GPU", "SCHEMA", "SystemSnapshot", "TorchBuild"]
-
 #: Versioned schema tag written into every serialised snapshot.
 SCHEMA = "mistralrs.system/1"
 
@@ -46,7 +44,9 @@ class GPU:
     def __post_init__(self) -> None:
         cc = self.compute_capability
         if cc is not None and not (isinstance(cc, tuple) and len(cc) == 2 and all(type(v) is int for v in cc)):
-            raise ValueError(f"GPU {self.index}: compute_capability {cc!r} must be [major, minor] integers, e.g. [9, 0]")
+            raise ValueError(
+                f"GPU {self.index}: compute_capability {cc!r} must be [major, minor] integers, e.g. [9, 0]"
+            )
         if type(self.index) is not int or not isinstance(self.name, str) or type(self.memory_total) is not int:
             raise ValueError(f"GPU {self.index!r}: index and memory_total must be integers and name a string")
 
@@ -105,15 +105,22 @@ class SystemSnapshot:
         """The visible GPUs of one vendor ("nvidia", "apple")."""
         return tuple(g for g in self.gpus if g.vendor == vendor)
 
-    def with_facts(self, libraries: Mapping[str, str] = MappingProxyType({}), notes: tuple[str, ...] = ()) -> SystemSnapshot:
+    def with_facts(
+        self, libraries: Mapping[str, str] = MappingProxyType({}), notes: tuple[str, ...] = ()
+    ) -> SystemSnapshot:
         """A copy with more library facts and notes (plugin probes add them this way)."""
         return replace(self, libraries={**self.libraries, **libraries}, notes=self.notes + notes)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict carrying :data:`SCHEMA` (without ``local``: it is not a fact about the machine)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "local"}  # a process fact
-        data.update(cpu=asdict(self.cpu), torch=asdict(self.torch) if self.torch else None,
-                    gpus=[asdict(g) for g in self.gpus], libraries=dict(self.libraries), modules=dict(self.modules))
+        data.update(
+            cpu=asdict(self.cpu),
+            torch=asdict(self.torch) if self.torch else None,
+            gpus=[asdict(g) for g in self.gpus],
+            libraries=dict(self.libraries),
+            modules=dict(self.modules),
+        )
         return {"schema": SCHEMA, **data}
 
     @classmethod
@@ -130,19 +137,34 @@ class SystemSnapshot:
             found = data.get("schema") if isinstance(data, Mapping) else None
             raise SystemProfileError(
                 f"{where}: schema {shown(found)} is not {SCHEMA!r}: "
-                "write it with `mistralrs plugins system --json` from this version")
+                "write it with `mistralrs plugins system --json` from this version"
+            )
         problems = snapshot_problems(data)
         if problems:
-            raise SystemProfileError("\n".join([f"{where} is a malformed system snapshot:",
-                                                 *problem_lines(problems),
-                                                 "compare it with `mistralrs plugins system --json` or "
-                                                 "docs/system.schema.json"]))
+            raise SystemProfileError(
+                "\n".join(
+                    [
+                        f"{where} is a malformed system snapshot:",
+                        *problem_lines(problems),
+                        "compare it with `mistralrs plugins system --json` or docs/system.schema.json",
+                    ]
+                )
+            )
         values = {k: v for k, v in data.items() if k != "schema"}
         cpu_data = values.pop("cpu", {})
         cpu = CPU(**{**cpu_data, "flags": tuple(cpu_data.get("flags", ()))})
         torch_data = values.pop("torch", None)
-        gpus = tuple(GPU(**{**g, "compute_capability": tuple(g["compute_capability"])
-                            if g.get("compute_capability") is not None else None}) for g in values.pop("gpus", ()))
+        gpus = tuple(
+            GPU(
+                **{
+                    **g,
+                    "compute_capability": tuple(g["compute_capability"])
+                    if g.get("compute_capability") is not None
+                    else None,
+                }
+            )
+            for g in values.pop("gpus", ())
+        )
         values["notes"] = tuple(values.get("notes", ()))
         values["source"] = source or values.get("source", "")
         return cls(**values, cpu=cpu, torch=TorchBuild(**torch_data) if torch_data else None, gpus=gpus)

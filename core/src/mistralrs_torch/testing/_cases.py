@@ -18,18 +18,6 @@ import torch
 
 from mistralrs_torch.ops import CallSpec, QuantizedWeight
 
-__all__ = [
-    "OpCase",
-    "attention_cases",
-    "int8_linear_cases",
-    "linear_cases",
-    "paged_attention_cases",
-    "quantized_linear_cases",
-    "rms_norm_cases",
-    "rotary_embedding_cases",
-    "write_kv_cache_cases",
-]
-
 Built = tuple[tuple[Any, ...], dict[str, Any]]
 
 

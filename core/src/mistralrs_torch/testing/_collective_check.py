@@ -12,27 +12,28 @@ import sys
 
 import torch
 
+from mistralrs_torch.ops import Communicator
 from mistralrs_torch.runtime import Runtime
 
 
-def _check(rank: int, world: int, communicator: object) -> list[str]:
+def _check(rank: int, world: int, communicator: Communicator) -> list[str]:
     problems = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         values = torch.arange(8, dtype=torch.float32) + rank  # exact in every dtype here
-        summed = communicator.all_reduce(values.to(dtype).clone(), "sum").float()  # type: ignore[attr-defined]
+        summed = communicator.all_reduce(values.to(dtype).clone(), "sum").float()
         expected = torch.arange(8, dtype=torch.float32) * world + sum(range(world))
         if not torch.equal(summed, expected):
             problems.append(f"all_reduce sum {dtype}: got {summed.tolist()}, expected {expected.tolist()}")
-        biggest = communicator.all_reduce(values.to(dtype).clone(), "max").float()  # type: ignore[attr-defined]
+        biggest = communicator.all_reduce(values.to(dtype).clone(), "max").float()
         if not torch.equal(biggest, torch.arange(8, dtype=torch.float32) + world - 1):
             problems.append(f"all_reduce max {dtype}: got {biggest.tolist()}")
-        gathered = communicator.all_gather(values.to(dtype))  # type: ignore[attr-defined]
+        gathered = communicator.all_gather(values.to(dtype))
         if [g.float().tolist() for g in gathered] != [(torch.arange(8.0) + r).tolist() for r in range(world)]:
             problems.append(f"all_gather {dtype}: got {[g.float().tolist() for g in gathered]}")
-        sent = communicator.broadcast(values.to(dtype).clone(), src=world - 1).float()  # type: ignore[attr-defined]
+        sent = communicator.broadcast(values.to(dtype).clone(), src=world - 1).float()
         if not torch.equal(sent, torch.arange(8.0) + world - 1):
             problems.append(f"broadcast from rank {world - 1} {dtype}: got {sent.tolist()}")
-    communicator.barrier()  # type: ignore[attr-defined]
+    communicator.barrier()
     return problems
 
 

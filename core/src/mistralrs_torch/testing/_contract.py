@@ -17,8 +17,6 @@ from mistralrs_torch.features import FeatureManifest
 from mistralrs_torch.plugins import ENTRY_POINT_GROUP, PluginManager
 from mistralrs_torch.system import HARDWARE_CLASSES
 
-__all__ = ["CONTRACT_CHECKS", "PluginUnderTest"]
-
 #: Modules an entry point must not import: registering is not activating.
 HEAVY_MODULES = ("torch", "numpy")
 

@@ -18,16 +18,25 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mistralrs_torch._errors import SelectionError
-from mistralrs_torch.ops import BACKEND_KINDS, BACKEND_PROTOCOLS, CallSpec, Device, op_methods, op_spec
-from mistralrs_torch.plugins import InstalledFeature, PluginManager
+from mistralrs_torch.features import InstalledFeature
+from mistralrs_torch.ops import (
+    BACKEND_KINDS,
+    BACKEND_PROTOCOLS,
+    CallSpec,
+    CollectiveBackend,
+    Device,
+    op_methods,
+    op_spec,
+)
+from mistralrs_torch.plugins import PluginManager
 from mistralrs_torch.plugins._builtin import PLUGIN_NAME as BUILTIN
 from mistralrs_torch.resolution import Resolution, Selection, resolve
+from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch.testing._verify import TOLERANCES, CaseResult, run_case
 from mistralrs_torch.validation import shown
-
-__all__ = ["VERDICT_EXIT_CODES", "KitReport", "KitResult", "run_kit"]
 
 #: Verdict -> exit status of `mistralrs plugins test` (5 is pytest's "no tests ran").
 VERDICT_EXIT_CODES = {"passed": 0, "failed": 1, "skipped": 5}
@@ -71,10 +80,10 @@ class KitReport:
         return {s: sum(r.status == s for r in self.results) for s in ("passed", "failed", "skipped")}
 
 
-def _odd_call_result(backend: object, op: str, device: str, name: str) -> KitResult | None:
+def _odd_call_result(backend: Any, op: str, device: str, name: str) -> KitResult | None:
     """A call no backend can run (int8 activations) must be refused with a reason, not claimed or raised."""
     try:
-        odd = backend.supports(CallSpec(op, "int8", device))  # type: ignore[attr-defined]
+        odd = backend.supports(CallSpec(op, "int8", device))
     except Exception as exc:  # noqa: BLE001 - support questions must be answered, never raised
         return KitResult(name, "failed", f"supports() raised {type(exc).__name__} for an int8-activation call "
                                          "instead of refusing it with a reason")
@@ -136,12 +145,12 @@ def _check_communicator(feature: str, environ: Mapping[str, str]) -> KitResult:
                      ran=True)
 
 
-def _check_single_process(backend: object) -> KitResult:
+def _check_single_process(backend: CollectiveBackend) -> KitResult:
     """The built-in communicator of a world of one: every collective is the identity."""
     import torch
 
     check = f"communicator of {getattr(backend, 'feature', '?')} in a single process"
-    communicator = backend.communicator({})  # type: ignore[attr-defined]
+    communicator: Any = backend.communicator({})  # a plugin's object under test: its answers are checked here
     tensor = torch.arange(6, dtype=torch.float32)
     outcomes = {
         "rank 0 of 1": (communicator.rank, communicator.world_size) == (0, 1),
@@ -159,7 +168,7 @@ def _check_single_process(backend: object) -> KitResult:
 
 
 def _forced(feature: InstalledFeature, manager: PluginManager, environ: Mapping[str, str],
-            system: object) -> tuple[Resolution | None, KitResult | None]:
+            system: SystemSnapshot) -> tuple[Resolution | None, KitResult | None]:
     """The feature explicitly selected with everything it requires, or why that cannot be here."""
     wanted: list[str] = []
     pending = [feature.manifest.name]
@@ -171,7 +180,7 @@ def _forced(feature: InstalledFeature, manager: PluginManager, environ: Mapping[
             pending += list(manifests[name].requires) if name in manifests else []
     selection = Selection("explicit", tuple(wanted), f"plugins test (forcing {feature.manifest.name})")
     try:
-        return resolve(manager.features, manager.broken, selection, system, environ), None  # type: ignore[arg-type]
+        return resolve(manager.features, manager.broken, selection, system, environ), None
     except SelectionError as exc:
         reasons = "; ".join(str(v) for v in exc.violations)
         status = "skipped" if all(v.rule in _CANNOT_RUN_HERE for v in exc.violations) else "failed"
@@ -192,20 +201,31 @@ def run_kit(entry_point: str, features: Sequence[str] | None = None,
         return KitReport(entry_point, (), (KitResult("discovery", "failed", f"{broken[0].stage}: {broken[0].error}"),))
     if not mine:
         installed = sorted({f.plugin.name for f in manager.features})
-        return KitReport(entry_point, (), (KitResult("discovery", "failed", f"no installed plugin named "
-                                                     f"{shown(entry_point)}: installed plugins are {', '.join(installed)}"),))
+        missing = f"no installed plugin named {shown(entry_point)}: installed plugins are {', '.join(installed)}"
+        return KitReport(entry_point, (), (KitResult("discovery", "failed", missing),))
     names = [f.manifest.name for f in mine]
     unknown = [n for n in features or () if n not in names]
     if unknown:
-        return KitReport(entry_point, tuple(names), (KitResult("features", "failed", f"plugin {shown(entry_point)} "
-                         f"has no feature {', '.join(map(shown, unknown))}: pass --features with some of "
-                         f"{', '.join(names)}"),))
+        return KitReport(
+            entry_point,
+            tuple(names),
+            (
+                KitResult(
+                    "features",
+                    "failed",
+                    f"plugin {shown(entry_point)} "
+                    f"has no feature {', '.join(map(shown, unknown))}: pass --features with some of "
+                    f"{', '.join(names)}",
+                ),
+            ),
+        )
     plugin = PluginUnderTest(entry_point, mine[0].plugin.distribution, tuple(f.manifest for f in mine))
     results = []
     for check in CONTRACT_CHECKS:
         if entry_point == BUILTIN and "entry_point" in check.__name__:
-            results.append(KitResult(check.__name__, "skipped", "the built-in plugin is part of the core, not an "
-                                                                 "entry point"))
+            results.append(
+                KitResult(check.__name__, "skipped", "the built-in plugin is part of the core, not an entry point")
+            )
             continue
         try:
             check(plugin)
@@ -226,15 +246,28 @@ def run_kit(entry_point: str, features: Sequence[str] | None = None,
         own = [d.torch_device for d in devices if d.feature in (feature.manifest.name, *feature.manifest.requires)]
         targets = own or [d.torch_device for d in devices]
         for kind, hook in BACKEND_KINDS.items():
-            found = manager.collect(hook, BACKEND_PROTOCOLS[kind], active,
-                                    **({} if kind == "collectives" else {"system": system, "environ": environ}))
+            found = manager.collect(
+                hook,
+                BACKEND_PROTOCOLS[kind],
+                active,
+                **({} if kind == "collectives" else {"system": system, "environ": environ}),
+            )
             backends = [b for b in found if b.feature == feature.manifest.name]
             if kind in feature.manifest.provides and not backends:
-                results.append(KitResult(f"feature {feature.manifest.name}", "failed",
-                                         f"declares it provides {kind}, but its plugin returns no {kind} backend"))
+                results.append(
+                    KitResult(
+                        f"feature {feature.manifest.name}",
+                        "failed",
+                        f"declares it provides {kind}, but its plugin returns no {kind} backend",
+                    )
+                )
             if kind == "collectives":
-                results += [_check_communicator(feature.manifest.name, environ) if feature.plugin.name != BUILTIN
-                            else _check_single_process(b) for b in backends]
+                results += [
+                    _check_communicator(feature.manifest.name, environ)
+                    if feature.plugin.name != BUILTIN
+                    else _check_single_process(b)
+                    for b in backends
+                ]
                 continue
             for backend in backends:
                 results += _check_backend(backend, kind, targets)

@@ -9,18 +9,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "attention_reference",
-    "dequantize_reference",
-    "int8_linear_reference",
-    "linear_reference",
-    "paged_attention_reference",
-    "quantized_linear_reference",
-    "rms_norm_reference",
-    "rotary_embedding_reference",
-    "write_kv_cache_reference",
-]
-
 
 def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False,
                         mask: np.ndarray | None = None, scale: float | None = None) -> np.ndarray:
@@ -40,7 +28,7 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: 
     scores -= scores.max(axis=-1, keepdims=True)
     weights = np.exp(scores)
     weights /= weights.sum(axis=-1, keepdims=True)
-    return np.einsum("bhqk,bhkd->bhqd", weights, v)
+    return np.asarray(np.einsum("bhqk,bhkd->bhqd", weights, v), np.float64)
 
 
 def paged_attention_reference(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, block_table: np.ndarray,
@@ -59,7 +47,7 @@ def paged_attention_reference(q: np.ndarray, k_cache: np.ndarray, v_cache: np.nd
 def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """x @ weight.T + bias in float64."""
     out = np.asarray(x, np.float64) @ np.asarray(weight, np.float64).T
-    return out if bias is None else out + np.asarray(bias, np.float64)
+    return np.asarray(out if bias is None else out + np.asarray(bias, np.float64), np.float64)
 
 
 def int8_linear_reference(x: np.ndarray, weight: np.ndarray, scale: np.ndarray,
@@ -90,7 +78,7 @@ def rotary_embedding_reference(q: np.ndarray, k: np.ndarray, positions: np.ndarr
     def rotate(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float64)
         half = x.shape[-1] // 2
-        return x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
+        return np.asarray(x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin, np.float64)
 
     return rotate(q), rotate(k)
 
@@ -98,7 +86,8 @@ def rotary_embedding_reference(q: np.ndarray, k: np.ndarray, positions: np.ndarr
 def rms_norm_reference(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x ** 2) + eps) * weight in float64."""
     x = np.asarray(x, np.float64)
-    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * np.asarray(weight, np.float64)
+    normed = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    return np.asarray(normed * np.asarray(weight, np.float64), np.float64)
 
 
 def dequantize_reference(codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray | None, bits: int,
@@ -107,8 +96,8 @@ def dequantize_reference(codes: np.ndarray, scales: np.ndarray, offsets: np.ndar
     codes = np.asarray(codes, np.float64)
     scales = np.repeat(np.asarray(scales, np.float64), group_size, axis=1)
     if offsets is None:
-        return scales * (codes - 2 ** (bits - 1))
-    return scales * codes + np.repeat(np.asarray(offsets, np.float64), group_size, axis=1)
+        return np.asarray(scales * (codes - 2 ** (bits - 1)), np.float64)
+    return np.asarray(scales * codes + np.repeat(np.asarray(offsets, np.float64), group_size, axis=1), np.float64)
 
 
 def quantized_linear_reference(x: np.ndarray, weight: Any, bias: np.ndarray | None = None) -> np.ndarray:

@@ -29,8 +29,6 @@ import torch
 from mistralrs_torch.ops import OpSpec, PreparedWeight, QuantizedWeight, kernel_for
 from mistralrs_torch.testing._cases import OpCase
 
-__all__ = ["TOLERANCES", "CaseResult", "Tolerance", "compare", "run_case", "verify_call"]
-
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -100,15 +98,17 @@ def compare(got: Any, expected: Any, dtype: str) -> tuple[float | None, float | 
         scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
         worst_max = max(worst_max, float(difference.max(initial=0.0)) / scale)
         norm = float(np.linalg.norm(ref))
-        worst_rms = max(worst_rms, float(np.linalg.norm(difference)) / norm if norm else float(difference.max(initial=0)))
+        rms = float(np.linalg.norm(difference)) / norm if norm else float(difference.max(initial=0))
+        worst_rms = max(worst_rms, rms)
     return worst_max, worst_rms, ""
 
 
 def run_case(backend: Any, spec: OpSpec, case: OpCase, dtype: str, device: str) -> CaseResult:
     """Ask ``backend`` whether it runs ``case``; if it claims it, run it and judge it against the reference."""
     call = case.call(dtype, device)
-    result = {"op": spec.name, "backend": getattr(backend, "name", "?"), "feature": getattr(backend, "feature", "?"),
-              "case": case.name, "dtype": dtype, "device": device}
+    result: dict[str, Any] = {"op": spec.name, "backend": getattr(backend, "name", "?"),
+                              "feature": getattr(backend, "feature", "?"), "case": case.name, "dtype": dtype,
+                              "device": device}
     try:
         support = backend.supports(call)
     except Exception as exc:  # noqa: BLE001 - a support question must be answered, never raised

@@ -15,8 +15,6 @@ from typing import Any
 
 from mistralrs_torch._errors import InputError
 
-__all__ = ["MAX_DEPTH", "read_json", "read_toml"]
-
 #: Nesting deeper than this is refused in every file we read (ours are 3 or 4 levels deep).
 MAX_DEPTH = 32
 #: Dotted-key parts (a.b.c) a TOML line may have before it is refused.
@@ -124,7 +122,8 @@ def read_toml(path: str, what: str, *, max_bytes: int, fix: str) -> dict[str, An
     if _key_parts(text) > _MAX_KEY_PARTS:
         raise InputError(path, f"has a key of more than {_MAX_KEY_PARTS} dotted parts", fix)
     try:
-        return tomllib.loads(text)
+        document: dict[str, Any] = tomllib.loads(text)
+        return document
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, f"is not valid TOML ({exc})", "fix the file, or remove it") from None
     except ValueError:  # tomllib lets int()'s 4300-digit limit through as a bare ValueError

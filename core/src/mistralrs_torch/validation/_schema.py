@@ -11,25 +11,9 @@ would accept more (``8.0`` as an integer), the check refuses.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 from mistralrs_torch.validation._text import did_you_mean, shown
-
-__all__ = [
-    "Const",
-    "Flag",
-    "Integer",
-    "ListOf",
-    "MapOf",
-    "Nullable",
-    "OneOf",
-    "Record",
-    "Schema",
-    "Text",
-    "json_schema",
-    "problem_lines",
-    "problems",
-]
 
 #: Problems reported for one value before the rest are summarised.
 _MAX_PROBLEMS = 20
@@ -127,7 +111,7 @@ class OneOf:
         self.options, self.description = options, description
 
 
-Schema = Union[Integer, Text, Flag, Const, Nullable, ListOf, MapOf, Record, OneOf]
+Schema = Integer | Text | Flag | Const | Nullable | ListOf | MapOf | Record | OneOf
 
 
 def _kind(value: object) -> str:

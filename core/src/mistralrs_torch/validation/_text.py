@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["SHOWN", "did_you_mean", "shown"]
-
 #: Characters of a user's value an error message repeats; the rest is counted, not echoed.
 SHOWN = 60
 #: Integers wider than this many bits are described, not printed (str() refuses over 4300 digits).

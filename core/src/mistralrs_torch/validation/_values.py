@@ -13,17 +13,6 @@ from collections.abc import Mapping
 from mistralrs_torch._errors import InputError
 from mistralrs_torch.validation._text import shown
 
-__all__ = [
-    "MAX_SECONDS",
-    "env_flag",
-    "env_int",
-    "env_list",
-    "env_seconds",
-    "parse_flag",
-    "parse_int",
-    "parse_seconds",
-]
-
 _DIGITS = frozenset("0123456789")
 #: More digits than any bounded integer we read needs; longer text is refused before int() sees it.
 _MAX_DIGITS = 20

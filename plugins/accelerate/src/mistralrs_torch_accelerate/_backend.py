@@ -6,8 +6,6 @@ from mistralrs_torch.generic import TorchMatmul
 from mistralrs_torch.ops import CallSpec, Support
 from mistralrs_torch.system import blas_info
 
-__all__ = ["AccelerateMatmul", "is_accelerate"]
-
 
 def is_accelerate(blas: str) -> bool:
     """Whether a torch BLAS_INFO names Apple's Accelerate (older builds call it vecLib)."""
@@ -20,8 +18,14 @@ class AccelerateMatmul(TorchMatmul):
     def __init__(self) -> None:
         super().__init__("accelerate-matmul", "accelerate", 100, "cpu", ("float32", "float64"))
         blas = blas_info().blas
-        self._refusal = "" if is_accelerate(blas) else (
-            f"torch's BLAS is {blas}, not Apple Accelerate: install the macOS build of torch (pip install torch on macOS)")
+        self._refusal = (
+            ""
+            if is_accelerate(blas)
+            else (
+                f"torch's BLAS is {blas}, not Apple Accelerate: "
+                "install the macOS build of torch (pip install torch on macOS)"
+            )
+        )
 
     def supports(self, call: CallSpec) -> Support:
         if self._refusal:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mistralrs_torch import FeatureManifest, LibraryRequirement
 
-__all__ = ["ACCELERATE"]
-
 ACCELERATE = FeatureManifest(
     name="accelerate",
     summary="Apple CPU acceleration",

@@ -1,4 +1,7 @@
-"""Entry point of mistralrs-torch-accelerate: registers the accelerate feature. Imports no torch until a runtime binds it."""
+"""Entry point of mistralrs-torch-accelerate: registers the accelerate feature.
+
+Imports no torch until a runtime binds it.
+"""
 
 from __future__ import annotations
 

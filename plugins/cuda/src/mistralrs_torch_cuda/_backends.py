@@ -1,4 +1,7 @@
-"""The cuda and cudnn backends: torch's cuBLAS and SDPA on the GPU, and torch's cuDNN attention kernel (imports torch)."""
+"""The cuda and cudnn backends: torch's cuBLAS and SDPA on the GPU, and torch's cuDNN attention kernel.
+
+This module imports torch.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,8 @@ import torch
 
 from mistralrs_torch.generic import TorchAttention, TorchLayers, TorchMatmul, dense_attention, sdpa_kernel_refusal
 from mistralrs_torch.ops import CallSpec, Support
-from mistralrs_torch.system import FactsOnFirstUse
+from mistralrs_torch.system import FactsOnFirstUse, GPUFacts
 from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label
-
-__all__ = ["CUDA_DTYPES", "CUDA_PRIORITY", "CUDNN_PRIORITY", "CudaSDPA", "CudnnAttention",
-           "cuda_attention", "cuda_layers", "cuda_matmul", "torch_cudnn_check"]
 
 #: Above the generic CPU backend (-1000); below cuDNN (200), FlashAttention-2 (300) and -3 (400).
 CUDA_PRIORITY = 100
@@ -33,7 +33,7 @@ _CUDNN_MAX_HEAD = 128
 CUDNN_GQA_BUG = "pytorch/pytorch#193893"
 
 
-def _bug_hits(facts: CudaFacts | None, call: CallSpec) -> bool:
+def _bug_hits(facts: GPUFacts | None, call: CallSpec) -> bool:
     return bool(call.gqa) and facts is not None and facts.capability is not None \
         and facts.capability[0] == 10
 
@@ -128,6 +128,7 @@ def _cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
         return v.repeat_interleave(groups, dim=1).expand(q.shape[0], q.shape[1], q.shape[2], v.shape[-1]).contiguous()
     # The kernel torch's SDPA calls once it has chosen cuDNN, called directly: choosing was done at
     # bind time (supports), so no sdpa_kernel context manager is entered per call.
+    assert _cudnn_op is not None  # supports() refuses every call on a torch without it
     return _cudnn_op(q, k, v, None, False, 0.0, causal, False,
                      scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))[0]
 

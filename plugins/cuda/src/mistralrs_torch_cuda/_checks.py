@@ -17,8 +17,6 @@ from mistralrs_torch.validation import shown
 from mistralrs_torch_cuda._facts import CudaFacts, cudnn_label, parse_version
 from mistralrs_torch_cuda._manifest import CUDA, CUDNN
 
-__all__ = ["cuda_checks", "torch_cuda_fix"]
-
 _GPU_FIX = "check that `nvidia-smi` lists a GPU and that CUDA_VISIBLE_DEVICES does not hide it"
 
 
@@ -41,9 +39,15 @@ def cuda_checks(active: frozenset[str], system: SystemSnapshot, environ: Mapping
     if CUDNN.name in active:
         checks += _cudnn(system, torch)
     elif CUDA.name in active:
-        checks.append(CheckResult("cudnn flags", "info", "cudnn is not active: a runtime that binds cuda without it "
-                                  "turns torch's cuDNN off (torch.backends.cudnn.enabled=False, cuDNN attention off)",
-                                  "add the cudnn feature to use cuDNN"))
+        checks.append(
+            CheckResult(
+                "cudnn flags",
+                "cudnn is not active: a runtime that binds cuda without it "
+                "turns torch's cuDNN off (torch.backends.cudnn.enabled=False, cuDNN attention off)",
+                "add the cudnn feature to use cuDNN",
+                status="info",
+            )
+        )
     if CUDA.name in active:
         checks += _mixed_gpus(system)
         if torch is not None and system.local:
@@ -56,9 +60,15 @@ def _torch_build(system: SystemSnapshot) -> list[CheckResult]:
         return []
     gpus = system.gpus_of("nvidia")
     seen = f"{len(gpus)} NVIDIA GPU(s) are visible but " if gpus else ""
-    return [CheckResult("torch build", "warning" if gpus else "info",
-                        f"torch {system.torch.version} is a CPU build (no CUDA): {seen}mistralrs-torch-cuda is installed "
-                        "and cannot run cuda with it", torch_cuda_fix(system))]
+    return [
+        CheckResult(
+            "torch build",
+            f"torch {system.torch.version} is a CPU build (no CUDA): "
+            f"{seen}mistralrs-torch-cuda is installed and cannot run cuda with it",
+            torch_cuda_fix(system),
+            status="warning" if gpus else "info",
+        )
+    ]
 
 
 def _driver(active: frozenset[str], system: SystemSnapshot) -> list[CheckResult]:
@@ -68,19 +78,39 @@ def _driver(active: frozenset[str], system: SystemSnapshot) -> list[CheckResult]
         return []
     nvidia = system.libraries.get("nvidia_driver", "")
     who = f"the NVIDIA driver {nvidia}".rstrip() if nvidia else "the NVIDIA driver"
-    fix = (f"update the NVIDIA driver to one that supports CUDA {runtime_text} (`nvidia-smi` shows the CUDA version "
-           f"a driver supports), or install a torch built for CUDA {driver_text} or older")
+    fix = (
+        f"update the NVIDIA driver to one that supports CUDA {runtime_text} (`nvidia-smi` shows the CUDA version "
+        f"a driver supports), or install a torch built for CUDA {driver_text} or older"
+    )
     if driver[0] < runtime[0]:
-        return [CheckResult("cuda driver", "error" if CUDA.name in active else "warning",
-                            f"{who} supports CUDA {driver_text} but torch was built for CUDA {runtime_text}: CUDA driver "
-                            "version is insufficient for CUDA runtime version, so torch cannot initialise CUDA", fix)]
+        return [
+            CheckResult(
+                "cuda driver",
+                f"{who} supports CUDA {driver_text} but torch was built for CUDA {runtime_text}: "
+                "CUDA driver version is insufficient for CUDA runtime version, "
+                "so torch cannot initialise CUDA",
+                fix,
+                status="error" if CUDA.name in active else "warning",
+            )
+        ]
     if driver < runtime:
-        return [CheckResult("cuda driver", "warning",
-                            f"{who} supports CUDA {driver_text}, older than torch's CUDA runtime {runtime_text}: torch "
-                            "runs through CUDA minor-version compatibility, but kernels that need the newer driver "
-                            "(PTX compiled at run time) fail", fix)]
-    return [CheckResult("cuda driver", "ok",
-                        f"{who} supports CUDA {driver_text}, enough for torch's CUDA runtime {runtime_text}")]
+        return [
+            CheckResult(
+                "cuda driver",
+                f"{who} supports CUDA {driver_text}, older than torch's CUDA runtime {runtime_text}: torch "
+                "runs through CUDA minor-version compatibility, but kernels that need the newer driver "
+                "(PTX compiled at run time) fail",
+                fix,
+                status="warning",
+            )
+        ]
+    return [
+        CheckResult(
+            "cuda driver",
+            f"{who} supports CUDA {driver_text}, enough for torch's CUDA runtime {runtime_text}",
+            status="ok",
+        )
+    ]
 
 
 def _visibility(system: SystemSnapshot, environ: Mapping[str, str]) -> list[CheckResult]:
@@ -92,16 +122,28 @@ def _visibility(system: SystemSnapshot, environ: Mapping[str, str]) -> list[Chec
         why = f"CUDA_VISIBLE_DEVICES={shown(environ['CUDA_VISIBLE_DEVICES'])} hides every GPU"
     else:
         why = "the NVIDIA driver lists no GPU"
-    return [CheckResult("nvidia gpu", "info", f"no NVIDIA GPU is visible: {why}; cuda is unavailable and work runs "
-                        "on the CPU", _GPU_FIX)]
+    return [
+        CheckResult(
+            "nvidia gpu",
+            f"no NVIDIA GPU is visible: {why}; cuda is unavailable and work runs on the CPU",
+            _GPU_FIX,
+            status="info",
+        )
+    ]
 
 
 def _nvcc(system: SystemSnapshot) -> CheckResult:
     if "nvcc" in system.libraries:
-        return CheckResult("nvcc", "info", "nvcc is on PATH (needed only to build kernels such as flash-attn from source)")
-    return CheckResult("nvcc", "info", "nvcc is not on PATH: running mistralrs does not need it; building kernels such "
-                       "as flash-attn or FlashAttention-3 from source does",
-                       "to build kernels: install the CUDA toolkit and put its bin folder on PATH")
+        return CheckResult(
+            "nvcc", "nvcc is on PATH (needed only to build kernels such as flash-attn from source)", status="info"
+        )
+    return CheckResult(
+        "nvcc",
+        "nvcc is not on PATH: running mistralrs does not need it; building kernels such "
+        "as flash-attn or FlashAttention-3 from source does",
+        "to build kernels: install the CUDA toolkit and put its bin folder on PATH",
+        status="info",
+    )
 
 
 def _cudnn(system: SystemSnapshot, torch: ModuleType | None) -> list[CheckResult]:
@@ -109,31 +151,59 @@ def _cudnn(system: SystemSnapshot, torch: ModuleType | None) -> list[CheckResult
     checks = []
     if facts.cudnn is not None:
         if facts.cudnn < 90000:
-            checks.append(CheckResult("cudnn version", "warning",
-                                      f"cuDNN {system.libraries['cudnn']} is older than 9.0, which torch's cuDNN attention "
-                                      "kernel needs: the cudnn-attention backend refuses every call (cuda-sdpa runs "
-                                      "attention)", "install a torch that ships cuDNN 9 (pip install -U torch)"))
+            checks.append(
+                CheckResult(
+                    "cudnn version",
+                    f"cuDNN {system.libraries['cudnn']} is older than 9.0, "
+                    "which torch's cuDNN attention kernel needs: "
+                    "the cudnn-attention backend refuses every call (cuda-sdpa runs attention)",
+                    "install a torch that ships cuDNN 9 (pip install -U torch)",
+                    status="warning",
+                )
+            )
         else:
-            checks.append(CheckResult("cudnn version", "ok", f"cuDNN {system.libraries['cudnn']} "
-                                      f"({cudnn_label(facts.cudnn)} as torch numbers it)"))
+            checks.append(
+                CheckResult(
+                    "cudnn version",
+                    f"cuDNN {system.libraries['cudnn']} ({cudnn_label(facts.cudnn)} as torch numbers it)",
+                    status="ok",
+                )
+            )
     if facts.capability is not None and facts.capability < (8, 0):
-        checks.append(CheckResult("cudnn attention", "info",
-                                  f"{facts.gpu} has compute capability {facts.cc_label}; torch's cuDNN attention kernel "
-                                  "needs 8.0 or newer, so attention runs on cuda-sdpa (cuDNN still serves torch's "
-                                  "other cuDNN work, such as convolutions)"))
+        checks.append(
+            CheckResult(
+                "cudnn attention",
+                f"{facts.gpu} has compute capability {facts.cc_label}; "
+                "torch's cuDNN attention kernel needs 8.0 or newer, so attention runs on cuda-sdpa "
+                "(cuDNN still serves torch's other cuDNN work, such as convolutions)",
+                status="info",
+            )
+        )
     if facts.capability is not None and facts.capability[0] == 10:
-        checks.append(CheckResult("cudnn attention", "warning",
-                                  f"{facts.gpu} has compute capability {facts.cc_label}, where torch's cuDNN attention "
-                                  "silently corrupts grouped-query attention (pytorch/pytorch#193893): cudnn-attention "
-                                  "refuses grouped-query calls and cuda-sdpa gives torch expanded key/value heads",
-                                  "upgrade torch once that issue is fixed"))
+        checks.append(
+            CheckResult(
+                "cudnn attention",
+                f"{facts.gpu} has compute capability {facts.cc_label}, where torch's cuDNN attention "
+                "silently corrupts grouped-query attention (pytorch/pytorch#193893): cudnn-attention "
+                "refuses grouped-query calls and cuda-sdpa gives torch expanded key/value heads",
+                "upgrade torch once that issue is fixed",
+                status="warning",
+            )
+        )
     if torch is not None and system.local:
-        flags = (f"torch.backends.cudnn.enabled={torch.backends.cudnn.enabled}, "
-                 f"benchmark={torch.backends.cudnn.benchmark}")
-        checks.append(CheckResult("cudnn flags", "info", f"{flags} (a runtime that binds cudnn turns both on)"))
+        flags = (
+            f"torch.backends.cudnn.enabled={torch.backends.cudnn.enabled}, benchmark={torch.backends.cudnn.benchmark}"
+        )
+        checks.append(CheckResult("cudnn flags", f"{flags} (a runtime that binds cudnn turns both on)", status="info"))
     else:
-        checks.append(CheckResult("cudnn flags", "info", "a runtime that binds cudnn sets torch.backends.cudnn."
-                                  "enabled=True and benchmark=True (autotuned cuDNN algorithms)"))
+        checks.append(
+            CheckResult(
+                "cudnn flags",
+                "a runtime that binds cudnn sets torch.backends.cudnn."
+                "enabled=True and benchmark=True (autotuned cuDNN algorithms)",
+                status="info",
+            )
+        )
     return checks
 
 
@@ -143,18 +213,36 @@ def _mixed_gpus(system: SystemSnapshot) -> list[CheckResult]:
         return []
     labels = ", ".join(f"{c[0]}.{c[1]}" for c in capabilities)
     low = capabilities[0]
-    return [CheckResult("mixed gpus", "warning", f"the visible GPUs differ in compute capability ({labels}): a call "
-                        f"may land on any of them, so backends judge calls by the lowest, {low[0]}.{low[1]}",
-                        "set CUDA_VISIBLE_DEVICES to GPUs of one kind to use what the newer ones can run")]
+    return [
+        CheckResult(
+            "mixed gpus",
+            f"the visible GPUs differ in compute capability ({labels}): a call "
+            f"may land on any of them, so backends judge calls by the lowest, {low[0]}.{low[1]}",
+            "set CUDA_VISIBLE_DEVICES to GPUs of one kind to use what the newer ones can run",
+            status="warning",
+        )
+    ]
 
 
 def _torch_sees_gpus(system: SystemSnapshot, torch: ModuleType) -> list[CheckResult]:
     facts = CudaFacts.from_torch()
     listed = len(system.gpus_of("nvidia"))
     if facts.unusable:
-        return [CheckResult("torch cuda", "error", f"NVML lists {listed} NVIDIA GPU(s) but {facts.unusable}",
-                            "run `nvidia-smi`; update the driver to one that supports torch's CUDA "
-                            f"{system.libraries.get('cuda', '')}, or install a torch built for the driver's CUDA")]
+        return [
+            CheckResult(
+                "torch cuda",
+                f"NVML lists {listed} NVIDIA GPU(s) but {facts.unusable}",
+                "run `nvidia-smi`; update the driver to one that supports torch's CUDA "
+                f"{system.libraries.get('cuda', '')}, or install a torch built for the driver's CUDA",
+                status="error",
+            )
+        ]
     count = torch.cuda.device_count()
-    return [CheckResult("torch cuda", "ok", f"torch {torch.__version__} uses CUDA {torch.version.cuda} on {count} "
-                        f"GPU(s); the lowest compute capability is {facts.cc_label} ({facts.gpu})")]
+    return [
+        CheckResult(
+            "torch cuda",
+            f"torch {torch.__version__} uses CUDA {torch.version.cuda} on {count} "
+            f"GPU(s); the lowest compute capability is {facts.cc_label} ({facts.gpu})",
+            status="ok",
+        )
+    ]

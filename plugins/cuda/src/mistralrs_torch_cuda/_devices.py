@@ -7,8 +7,6 @@ import torch
 from mistralrs_torch.ops import Device
 from mistralrs_torch.system import SystemSnapshot
 
-__all__ = ["cuda_devices"]
-
 
 def cuda_devices(system: SystemSnapshot) -> tuple[Device, ...]:
     """One Device per GPU torch can use, in torch's order (after CUDA_VISIBLE_DEVICES).

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from mistralrs_torch.system import GPUFacts, SystemSnapshot
 
-__all__ = ["CudaFacts", "cudnn_version_number", "parse_version"]
-
 
 def parse_version(text: str | None) -> tuple[int, ...] | None:
     """ "12.8" -> (12, 8); "9.8.0.87" -> (9, 8, 0, 87); None or unparsable -> None."""
@@ -32,7 +30,7 @@ def cudnn_version_number(text: str | None) -> int | None:
     version = parse_version(text)
     if version is None:
         return None
-    major, minor, patch = (version + (0, 0))[:3]
+    major, minor, patch = ((*version, 0, 0))[:3]
     # cuDNN 9 changed CUDNN_VERSION from major*1000 to major*10000 (minor can exceed 9).
     return major * 10000 + minor * 100 + patch if major >= 9 else major * 1000 + minor * 100 + patch
 

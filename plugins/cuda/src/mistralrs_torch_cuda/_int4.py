@@ -16,8 +16,6 @@ from mistralrs_torch.ops import CallSpec, PreparedWeight, QuantizedWeight, Suppo
 from mistralrs_torch.system import FactsOnFirstUse
 from mistralrs_torch_cuda._facts import CudaFacts
 
-__all__ = ["CUDA_INT4_PRIORITY", "CudaInt4Matmul"]
-
 #: Above cuda-matmul (100), whose quantized path dequantizes the whole weight on every call.
 CUDA_INT4_PRIORITY = 150
 _GROUP_SIZES = (32, 64, 128, 256)

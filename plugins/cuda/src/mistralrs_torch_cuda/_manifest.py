@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mistralrs_torch import EnvVar, FeatureManifest, GPURequirement, LibraryRequirement
 
-__all__ = ["CUDA", "CUDNN", "CUDNN_WHEELS"]
-
 #: The wheels carrying the cuDNN torch loads, newest CUDA line first (the library fact "cudnn" is their version).
 CUDNN_WHEELS = ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11")
 _NVIDIA = ("nvidia-ampere", "nvidia-hopper", "nvidia-older", "multi-gpu-nvidia")

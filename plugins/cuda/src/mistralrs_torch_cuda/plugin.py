@@ -1,4 +1,7 @@
-"""Entry point of mistralrs-torch-cuda: registers the cuda and cudnn features. Imports no torch until a runtime binds them."""
+"""Entry point of mistralrs-torch-cuda: registers the cuda and cudnn features.
+
+Imports no torch until a runtime binds them.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBacke
     cudnn = CUDNN.name in active
     backends: list[AttentionBackend] = [cuda_attention(cudnn=cudnn)]
     if cudnn:
-        backends.append(CudnnAttention(check=torch_cudnn_check))
+        # An op a backend leaves out is None, which a Protocol's method cannot say: contract_problem checks it.
+        backends.append(CudnnAttention(check=torch_cudnn_check))  # type: ignore[arg-type]
     return tuple(backends)
 
 
@@ -57,7 +61,8 @@ def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ..
     from mistralrs_torch_cuda._backends import cuda_matmul
     from mistralrs_torch_cuda._int4 import CudaInt4Matmul
 
-    return (CudaInt4Matmul(), cuda_matmul())
+    # An op a backend leaves out is None, which a Protocol's method cannot say: contract_problem checks it.
+    return (CudaInt4Matmul(), cuda_matmul())  # type: ignore[return-value]
 
 
 @hookimpl
@@ -70,8 +75,9 @@ def mistralrs_layer_backends(active: frozenset[str]) -> tuple[LayerBackend, ...]
 
 
 @hookimpl
-def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot,
-                            environ: Mapping[str, str]) -> tuple[CheckResult, ...]:
+def mistralrs_doctor_checks(
+    active: frozenset[str], system: SystemSnapshot, environ: Mapping[str, str]
+) -> tuple[CheckResult, ...]:
     from mistralrs_torch_cuda._checks import cuda_checks
 
     # torch is asked only when doctor already imported it (verification on) and only about this machine.

@@ -21,9 +21,6 @@ from mistralrs_torch.generic import sdpa_kernel_refusal
 from mistralrs_torch.ops import CallSpec, Support
 from mistralrs_torch.system import FactsOnFirstUse, GPUFacts
 
-__all__ = ["FA2_PRIORITY", "FA3_PRIORITY", "FlashAttention2", "FlashAttention3", "TorchFlashAttention",
-           "torch_flash_check"]
-
 #: FlashAttention-3 > FlashAttention-2 > cuDNN (200) > cuda's SDPA (100) > generic CPU (-1000).
 FA3_PRIORITY = 400
 FA2_PRIORITY = 300
@@ -104,8 +101,9 @@ class FlashAttention2(FactsOnFirstUse):
                 return Support(False, self._paged_refusal)
             block = call.block_size
             if block <= 0 or block % FA2_PAGE_MULTIPLE:
-                return Support(False, f"block size {block} is not a multiple of {FA2_PAGE_MULTIPLE}, which flash-attn's "
-                                      f"paged KV cache needs: allocate the cache in blocks of {FA2_PAGE_MULTIPLE}")
+                return Support(False, f"block size {block} is not a multiple of {FA2_PAGE_MULTIPLE}, "
+                                      "which flash-attn's paged KV cache needs: "
+                                      f"allocate the cache in blocks of {FA2_PAGE_MULTIPLE}")
         return Support(True)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -114,7 +112,8 @@ class FlashAttention2(FactsOnFirstUse):
         return _first(out).transpose(1, 2)
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        block_table: torch.Tensor, seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+                        block_table: torch.Tensor, seq_lens: torch.Tensor, *,
+                        scale: float | None = None) -> torch.Tensor:
         assert self._kvcache is not None  # supports() refused every paged call otherwise
         out = self._kvcache(q.transpose(1, 2), k_cache, v_cache, cache_seqlens=_int32_on(seq_lens, q.device),
                             block_table=_int32_on(block_table, q.device), softmax_scale=scale, causal=True)
@@ -165,12 +164,15 @@ class FlashAttention3(FactsOnFirstUse):
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                   mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+        # _func is typed as the optional import; it is set whenever supports() accepts a call (ignored below).
         out = self._func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),  # type: ignore[misc]
                          softmax_scale=scale, causal=causal)
         return _first(out).transpose(1, 2)
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        block_table: torch.Tensor, seq_lens: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+                        block_table: torch.Tensor, seq_lens: torch.Tensor, *,
+                        scale: float | None = None) -> torch.Tensor:
+        # _kvcache is None only when supports() refuses every paged call (ignored below).
         out = self._kvcache(q.transpose(1, 2), k_cache, v_cache,  # type: ignore[misc]
                             cache_seqlens=_int32_on(seq_lens, q.device), page_table=_int32_on(block_table, q.device),
                             softmax_scale=scale, causal=True)
@@ -190,6 +192,7 @@ def _torch_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
                  mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     # The kernel torch's SDPA runs once it has chosen flash, called directly: the choice was made at
     # bind time (supports), so no sdpa_kernel context manager (tens of microseconds) is entered per call.
+    # _flash_op is None only on a torch without the op, where supports() refuses every call (ignored below).
     return _flash_op(q, k, v, 0.0, causal, False,  # type: ignore[misc]
                      scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))[0]
 

@@ -16,8 +16,6 @@ from mistralrs_torch.ops import CheckResult
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch_flash_attn._manifest import FLASH_ATTN, FLASH_ATTN_V3, INSTALL_FLASH_ATTN, INSTALL_FLASH_ATTN_3
 
-__all__ = ["flash_checks"]
-
 Importer = Callable[[str], tuple[ModuleType | None, str]]
 
 
@@ -37,21 +35,38 @@ def _flash_attn(system: SystemSnapshot, importer: Importer | None) -> list[Check
     builtin = (f"torch {torch_version}'s built-in FlashAttention-2 kernel (dense attention; causal only when query "
                "and keys have one length; no explicit masks); paged attention runs on cuda-sdpa's gather")
     if version is None:
-        return [CheckResult("flash-attn implementation", "info",
-                            f"the flash-attn package is not installed: flash-attn runs on {builtin}",
-                            f"for bottom-right causal and paged decode with FlashAttention-2: {INSTALL_FLASH_ATTN} "
-                            "(it compiles CUDA code: nvcc and a CUDA toolkit matching torch's)")]
+        return [
+            CheckResult(
+                "flash-attn implementation",
+                f"the flash-attn package is not installed: flash-attn runs on {builtin}",
+                f"for bottom-right causal and paged decode with FlashAttention-2: {INSTALL_FLASH_ATTN} "
+                "(it compiles CUDA code: nvcc and a CUDA toolkit matching torch's)",
+                status="info",
+            )
+        ]
     if importer is not None:
         module, error = importer("flash_attn")
         if module is None:
-            return [CheckResult("flash-attn implementation", "warning",
-                                f"flash-attn {version} is installed but does not import ({error or 'not found'}): "
-                                f"flash-attn runs on {builtin} instead",
-                                f"rebuild it against this torch: pip install --force-reinstall --no-build-isolation "
-                                f"flash-attn=={version}" if version else INSTALL_FLASH_ATTN)]
-    return [CheckResult("flash-attn implementation", "ok",
-                        f"the flash-attn package {version}: dense attention (flash_attn_func) and paged decode "
-                        "(flash_attn_with_kvcache, KV-cache blocks that are multiples of 256)")]
+            return [
+                CheckResult(
+                    "flash-attn implementation",
+                    f"flash-attn {version} is installed but does not import ({error or 'not found'}): "
+                    f"flash-attn runs on {builtin} instead",
+                    f"rebuild it against this torch: pip install --force-reinstall --no-build-isolation "
+                    f"flash-attn=={version}"
+                    if version
+                    else INSTALL_FLASH_ATTN,
+                    status="warning",
+                )
+            ]
+    return [
+        CheckResult(
+            "flash-attn implementation",
+            f"the flash-attn package {version}: dense attention (flash_attn_func) and paged decode "
+            "(flash_attn_with_kvcache, KV-cache blocks that are multiples of 256)",
+            status="ok",
+        )
+    ]
 
 
 def _flash_attn_v3(system: SystemSnapshot, importer: Importer | None) -> list[CheckResult]:
@@ -60,8 +75,13 @@ def _flash_attn_v3(system: SystemSnapshot, importer: Importer | None) -> list[Ch
     if importer is not None:
         module, error = importer("flash_attn_interface")
         if module is None:
-            return [CheckResult("flash-attn-v3 implementation", "error",
-                                f"flash-attn-v3 is active but flash_attn_interface does not import "
-                                f"({error or 'not found'}): its attention calls fall through to the next backend",
-                                f"rebuild FlashAttention-3 against this torch: {INSTALL_FLASH_ATTN_3}")]
-    return [CheckResult("flash-attn-v3 implementation", "ok", f"{label}: dense and paged attention on Hopper")]
+            return [
+                CheckResult(
+                    "flash-attn-v3 implementation",
+                    f"flash-attn-v3 is active but flash_attn_interface does not import "
+                    f"({error or 'not found'}): its attention calls fall through to the next backend",
+                    f"rebuild FlashAttention-3 against this torch: {INSTALL_FLASH_ATTN_3}",
+                    status="error",
+                )
+            ]
+    return [CheckResult("flash-attn-v3 implementation", f"{label}: dense and paged attention on Hopper", status="ok")]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mistralrs_torch import FeatureManifest, GPURequirement, ModuleRequirement
 
-__all__ = ["FLASH_ATTN", "FLASH_ATTN_V3", "INSTALL_FLASH_ATTN", "INSTALL_FLASH_ATTN_3"]
-
 #: flash-attn compiles CUDA code at install time, so it is never a declared dependency.
 INSTALL_FLASH_ATTN = "pip install flash-attn --no-build-isolation"
 INSTALL_FLASH_ATTN_3 = ("git clone https://github.com/Dao-AILab/flash-attention && "

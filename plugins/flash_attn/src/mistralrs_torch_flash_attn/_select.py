@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from mistralrs_torch_flash_attn._backends import FlashAttention2, FlashAttention3, TorchFlashAttention, torch_flash_check
 from mistralrs_torch.system import GPUFacts, installed_version
+from mistralrs_torch_flash_attn._backends import (
+    FlashAttention2,
+    FlashAttention3,
+    TorchFlashAttention,
+    torch_flash_check,
+)
 from mistralrs_torch_flash_attn._manifest import INSTALL_FLASH_ATTN_3
-
-__all__ = ["flash_attn_backend", "flash_attn_v3_backend", "import_optional"]
 
 
 def import_optional(module: str) -> tuple[ModuleType | None, str]:

@@ -1,4 +1,7 @@
-"""Entry point of mistralrs-torch-flash-attn: registers flash-attn and flash-attn-v3. Imports no torch until a runtime binds them."""
+"""Entry point of mistralrs-torch-flash-attn: registers flash-attn and flash-attn-v3.
+
+Imports no torch until a runtime binds them.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBacke
 
     # The backends ask torch for the GPU's facts when they first judge a call, not here.
     # Resolution keeps at most one of the two (they exclude each other); both are handled anyway.
-    return tuple(flash_attn_v3_backend() if name == FLASH_ATTN_V3.name else flash_attn_backend() for name in wanted)
+    # An op a backend leaves out is None, which a Protocol's method cannot say: contract_problem checks it.
+    return tuple(flash_attn_v3_backend() if name == FLASH_ATTN_V3.name else flash_attn_backend() for name in wanted)  # type: ignore[misc]
 
 
 @hookimpl

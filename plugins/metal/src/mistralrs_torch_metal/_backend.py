@@ -9,8 +9,6 @@ from mistralrs_torch.ops import Device
 from mistralrs_torch.system import SystemSnapshot
 from mistralrs_torch_metal._manifest import METAL
 
-__all__ = ["MPS_PRIORITY", "mps_attention", "mps_devices", "mps_dtypes", "mps_layers", "mps_matmul"]
-
 MPS_PRIORITY = 100
 
 

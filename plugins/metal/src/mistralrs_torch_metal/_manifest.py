@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mistralrs_torch import FeatureManifest, GPURequirement, LibraryRequirement
 
-__all__ = ["METAL"]
-
 METAL = FeatureManifest(
     name="metal",
     summary="Apple GPU acceleration",

@@ -64,7 +64,13 @@ def mistralrs_doctor_checks(active: frozenset[str], system: SystemSnapshot) -> t
     from mistralrs_torch.ops import CheckResult
 
     if torch.backends.mps.is_available():
-        return (CheckResult("mps", "ok", "torch MPS is available"),)
+        return (CheckResult("mps", "torch MPS is available", status="ok"),)
     reason = "torch was built without MPS" if not torch.backends.mps.is_built() else "this Mac has no usable Metal GPU"
-    return (CheckResult("mps", "error", f"metal is active but {reason}",
-                        "install torch for macOS (pip install torch) on macOS 12.3+ with Apple Silicon or an AMD GPU"),)
+    return (
+        CheckResult(
+            "mps",
+            f"metal is active but {reason}",
+            "install torch for macOS (pip install torch) on macOS 12.3+ with Apple Silicon or an AMD GPU",
+            status="error",
+        ),
+    )

@@ -12,8 +12,6 @@ from mistralrs_torch.ops import CallSpec, Support
 from mistralrs_torch.system import blas_info
 from mistralrs_torch_mkl._threads import configure_threads
 
-__all__ = ["MKLMatmul"]
-
 _LINEAR = ("float32", "float64", "bfloat16")
 _INT8 = ("float32", "bfloat16", "float16")
 

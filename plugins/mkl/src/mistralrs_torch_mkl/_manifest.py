@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mistralrs_torch import EnvVar, FeatureManifest, LibraryRequirement
 
-__all__ = ["MKL"]
-
 MKL = FeatureManifest(
     name="mkl",
     summary="Intel MKL acceleration",

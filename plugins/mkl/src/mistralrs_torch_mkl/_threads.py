@@ -7,8 +7,6 @@ from collections.abc import Mapping
 
 from mistralrs_torch.validation import env_int
 
-__all__ = ["configure_threads", "requested_threads"]
-
 _VARIABLES = ("MKL_NUM_THREADS", "OMP_NUM_THREADS")
 #: More threads than any machine has cores; a larger value is a typo.
 _MAX_THREADS = 1 << 16

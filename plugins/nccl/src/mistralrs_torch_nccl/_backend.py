@@ -10,8 +10,6 @@ import torch
 from mistralrs_torch.parallel import TorchDistributedCommunicator, collective_timeouts
 from mistralrs_torch_nccl._world import nccl_rendezvous
 
-__all__ = ["NCCLCollectives"]
-
 
 class NCCLCollectives:
     """Creates this process's NCCL communicator on the GPU its LOCAL_RANK names.

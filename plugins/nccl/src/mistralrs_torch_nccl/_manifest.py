@@ -5,8 +5,6 @@ from __future__ import annotations
 from mistralrs_torch import AutoCondition, EnvVar, FeatureManifest, GPURequirement, LibraryRequirement
 from mistralrs_torch.parallel import COLLECTIVE_ENV_VARS
 
-__all__ = ["LOCAL_WORLD_SIZE_VAR", "NCCL", "NCCL_WHEELS"]
-
 LOCAL_WORLD_SIZE_VAR = "MISTRALRS_MN_LOCAL_WORLD_SIZE"
 
 #: The wheels carrying the NCCL torch loads, newest CUDA line first (the library fact "nccl" is their version).

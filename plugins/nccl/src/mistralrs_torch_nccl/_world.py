@@ -19,8 +19,6 @@ from mistralrs_torch.parallel import (
 from mistralrs_torch.validation import parse_int
 from mistralrs_torch_nccl._manifest import LOCAL_WORLD_SIZE_VAR
 
-__all__ = ["LOCAL_WORLD_SIZE_VAR", "local_world_size", "nccl_rendezvous"]
-
 
 def _count(environ: Mapping[str, str], name: str, gpu_count: int) -> int:
     return parse_int(environ[name], name, 1, MAX_WORLD_SIZE,

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from mistralrs_torch.parallel import TorchDistributedCommunicator, collective_timeouts
 from mistralrs_torch_ring._rendezvous import ring_rendezvous
 
-__all__ = ["GlooCollectives"]
-
 
 class GlooCollectives:
     """Creates this process's gloo communicator from RING_CONFIG (or the torchrun variables).

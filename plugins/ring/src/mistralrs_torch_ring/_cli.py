@@ -12,11 +12,10 @@ from mistralrs_torch_ring._config import (
     MAX_WORLD_SIZE,
     check_ring_config,
     check_ring_configs,
+    problem_lines,
     ring_config_set,
     write_ring_configs,
 )
-
-__all__ = ["ring"]
 
 
 class _Failure(click.ClickException):
@@ -57,9 +56,9 @@ def configs_command(world_size: int, hosts: str, master_ip: str | None, master_p
         raise _Failure(str(exc)) from None
     _, problems = check_ring_configs(paths)
     if problems:  # the generator and the checker disagree: a bug, reported rather than hidden
-        raise _Failure("the written set does not pass its own check:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise _Failure("\n".join(["the written set does not pass its own check:", *problem_lines(problems)]))
     click.echo(f"wrote {len(paths)} ring configurations (world size {world_size}) to {out}:")
-    for path, config in zip(paths, configs):
+    for path, config in zip(paths, configs, strict=True):
         host = configs[config.rank - 1].right_ip  # a rank runs where its left neighbour's right_ip points
         click.echo(f"  rank {config.rank}: on {host}: RING_CONFIG={path}")
     click.echo("the rendezvous and gloo's ports accept any peer without authentication: run ring on a trusted "
@@ -81,7 +80,7 @@ def check_command(files: tuple[str, ...]) -> None:
         configs, problems = check_ring_configs(files)
     if problems:
         raise _Failure(f"{len(problems)} problem{'s' if len(problems) > 1 else ''}:\n"
-                       + "\n".join(f"  - {p}" for p in problems))
+                       + "\n".join(problem_lines(problems)))
     world = configs[0].world_size
     what = "a valid ring" if len(files) > 1 else f"valid (rank {configs[0].rank})"
     click.echo(f"ok: {len(files)} file{'s' if len(files) > 1 else ''}, {what} of world size {world}")

@@ -10,8 +10,6 @@ from mistralrs_torch import ConfigError
 from mistralrs_torch.parallel import is_power_of_two
 from mistralrs_torch_ring._config import ring_config_set
 
-__all__ = ["launch_environment"]
-
 
 @lru_cache(maxsize=4)
 def _written(world_size: int, master_addr: str, master_port: int, workdir: str) -> tuple[str, ...]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from mistralrs_torch import AutoCondition, ConfigField, EnvVar, FeatureManifest
 from mistralrs_torch.parallel import COLLECTIVE_ENV_VARS
 
-__all__ = ["RING", "RING_CONFIG_FIELDS"]
-
 #: The seed's RING_CONFIG format: one JSON object per process. What each field does here is in _config.
 RING_CONFIG_FIELDS = (
     ConfigField("master_ip", "the address of rank 0, which hosts the rendezvous"),

@@ -8,8 +8,6 @@ from mistralrs_torch import ConfigError
 from mistralrs_torch.parallel import Rendezvous, is_power_of_two, local_rank, torchrun_rendezvous
 from mistralrs_torch_ring._config import load_ring_config
 
-__all__ = ["ring_rendezvous"]
-
 
 def ring_rendezvous(environ: Mapping[str, str]) -> Rendezvous:
     """This process's rendezvous from RING_CONFIG, or from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT without it.
