@@ -447,3 +447,63 @@ def test_a_follower_applies_rank_0s_ticks_in_lockstep(model: Model) -> None:
     assert states[0] == ((0, 1), ()) and states[-1] == ((1,), ())  # the sampled request still runs
     assert (follower.running, follower.waiting) == states[-1]
     assert follower.cache.used_blocks == leader.cache.used_blocks > 0
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _rank(pid: int) -> int:
+    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in variables if v.startswith(b"RANK=")).removeprefix(b"RANK="))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the launched ranks through Linux's /proc")
+def test_two_ring_ranks_serve_what_one_process_serves_and_a_dead_rank_ends_it(folder: Path, model: Model) -> None:
+    """`mistralrs launch -n 2 --backend ring -- mistralrs serve`: the tiny model split over two ranks (4 heads, 2 KV
+    heads) answers 8 concurrent greedy requests as one process does alone; killing rank 1 ends the job, non-zero."""
+    prompts = [[(13 * i + 7 * j) % 250 + 3 for j in range(1 + 9 * i)] for i in range(8)]
+    expected = [_alone(model, p, 8) for p in prompts]
+    env = {**_environ(), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MISTRALRS_COLLECTIVE_TIMEOUT": "20",
+           "MISTRALRS_RENDEZVOUS_TIMEOUT": "120"}
+    executable = str(Path(sys.executable).with_name("mistralrs"))
+    launch = subprocess.Popen([executable, "launch", "-n", "2", "--backend", "ring", "--", executable, "serve", "-m",
+                               str(folder), "--served-model-name", "tiny", "--port", "0"], stderr=subprocess.PIPE,
+                              text=True, env=env,
+                              start_new_session=True)
+    ranks: list[int] = []
+    try:
+        assert launch.stderr is not None
+        line = launch.stderr.readline()
+        ranks = _children(launch.pid)
+        assert line.startswith("[rank 0] mistralrs serve: tiny on http://127.0.0.1:"), line
+        url = line.split(" on ")[1].split()[0]
+        _wait_ready(url)
+        assert sorted(_rank(pid) for pid in ranks) == [0, 1]
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=TIMEOUT)
+
+        async def all_at_once() -> list[Any]:
+            async with client:
+                return await asyncio.wait_for(asyncio.gather(*(client.completions.create(
+                    model="tiny", prompt=p, max_tokens=8, temperature=0) for p in prompts)), TIMEOUT)
+
+        whole = 0
+        for (tokens, alone, clear), answer in zip(expected, asyncio.run(all_at_once()), strict=True):
+            if clear == len(tokens):
+                assert answer.choices[0].text == alone
+                whole += 1
+        assert whole >= 6
+        os.kill(next(pid for pid in ranks if _rank(pid) == 1), signal.SIGKILL)
+        assert launch.wait(timeout=60) != 0
+        assert "[rank 1] mistralrs serve:" not in launch.stderr.read()  # only rank 0 listened
+    finally:
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+        launch.wait(timeout=30)
+        launch.stderr.close()  # type: ignore[union-attr]
