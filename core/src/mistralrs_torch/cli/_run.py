@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mistralrs_torch.cli._options import dtype_option, features_option, model_option
+
 if TYPE_CHECKING:
     from mistralrs_torch.models import Generation, Model, SamplingParams
 
@@ -77,18 +79,13 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
 
 
 @click.command("run")
-@click.option("-m", "--model", "path", required=True, metavar="PATH",
-              help="A local Hugging Face model folder (config.json, safetensors, tokenizer.json) or a .gguf file.")
+@model_option
 @click.option("--prompt", default=None, help="One user message (through the chat template unless --raw). "
                                              "Without it, on a terminal: an interactive chat.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most tokens to generate.")
-@click.option("--features", default=None, metavar="FEATURES",
-              help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or "
-                   "'none' also work); overrides MISTRALRS_FEATURES.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-              help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere]; quantized "
-                   "weights stay quantized.")
+@features_option
+@dtype_option
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Sampling temperature; 0 is greedy (the most likely token every time).")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,

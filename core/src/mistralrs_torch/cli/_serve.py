@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from mistralrs_torch.cli._options import dtype_option, features_option, model_option
+
 EXTRA = "mistralrs-torch[serve]"
 
 
@@ -34,8 +36,7 @@ def _check_extra() -> None:
 
 
 @click.command("serve")
-@click.option("-m", "--model", "path", required=True, metavar="PATH",
-              help="A local Hugging Face model folder (config.json, safetensors, tokenizer.json) or a .gguf file.")
+@model_option
 @click.option("--served-model-name", default=None, metavar="NAME",
               help="The model id clients send and /v1/models lists [default: the file or folder name].")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -50,11 +51,8 @@ def _check_extra() -> None:
               help="KV cache size in GiB (instead of --kv-cache-blocks).")
 @click.option("--api-key", default=None, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health [default: MISTRALRS_API_KEY].")
-@click.option("--features", default=None, metavar="FEATURES",
-              help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or "
-                   "'none' also work); overrides MISTRALRS_FEATURES.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-              help="Activations and dense weights [default: float32 on the CPU, bfloat16 elsewhere].")
+@features_option
+@dtype_option
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
               help="On SIGTERM or SIGINT, how long requests in flight may run on before they are cancelled.")
 def serve_command(path: str, served_model_name: str | None, host: str, port: int, max_num_seqs: int,

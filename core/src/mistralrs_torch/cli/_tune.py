@@ -13,21 +13,19 @@ import json
 
 import click
 
+from mistralrs_torch.cli._options import dtype_option, features_option, model_option
+
 TUNE_SCHEMA = "mistralrs.tune/1"
 #: Any text: only its token count matters (the kernels' timings do not depend on which tokens).
 _FILLER = "The quick brown fox jumps over the lazy dog while the river runs to the sea. "
 
 
 @click.command("tune")
-@click.option("-m", "--model", "path", required=True, metavar="PATH",
-              help="A local Hugging Face model folder or a .gguf file, as for `mistralrs run`.")
+@model_option
 @click.option("--max-prompt-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Tune prompts of 1, 2, 4, ... tokens up to this many (each power-of-two bucket once).")
-@click.option("--features", default=None, metavar="FEATURES",
-              help="Explicit selection: feature names as `plugins list` shows them, space-separated ('auto' or "
-                   "'none' also work); overrides MISTRALRS_FEATURES.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-              help="Activations and dense weights, as for `mistralrs run` (each dtype is tuned apart).")
+@features_option
+@dtype_option
 @click.option("--cache", "cache", default=None, metavar="FILE",
               help="The tuning cache [default: MISTRALRS_TUNING_CACHE, else ~/.cache/mistralrs-torch/tuning.json].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result (schema mistralrs.tune/1).")
