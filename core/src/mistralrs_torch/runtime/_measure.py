@@ -238,22 +238,12 @@ class Tuner:
         start = time.perf_counter()
         times: dict[str, float] = {}
         dropped: dict[str, str] = {}
-        rough: dict[str, float] = {}
         for backend, kernel in candidates:
-            began = time.perf_counter()
             problem = check(kernel)
-            rough[backend.name] = time.perf_counter() - began
             if problem:
                 dropped[backend.name] = f"wrong result: {problem}"
-        # Timed fastest-looking first, so a slow candidate meets a best to be dropped against early.
-        for backend, kernel in sorted(candidates, key=lambda pair: rough[pair[0].name]):
-            if backend.name in dropped:
-                continue
-            median = self._time(run(kernel), min(times.values(), default=None))
-            if median is None:
-                dropped[backend.name] = f"slower than the best by more than {self.margin}x"
-            else:
-                times[backend.name] = median
+        live = {backend.name: run(kernel) for backend, kernel in candidates if backend.name not in dropped}
+        times.update(self._time(live, dropped))
         if not times:
             raise_all = "; ".join(f"{name}: {why}" for name, why in dropped.items())
             from mistralrs_torch._errors import UnsupportedCallError
@@ -268,15 +258,21 @@ class Tuner:
         self.cache.put(key, measurement)
         return candidates[names.index(winner)]
 
-    def _time(self, action: Callable[[], Any], best: float | None) -> float | None:
-        """Median seconds of ``action`` after a warm-up; None as soon as a run exceeds ``margin`` x ``best``."""
-        action()
-        samples = []
-        for _ in range(self.repeats):
-            start = time.perf_counter()
+    def _time(self, actions: dict[str, Callable[[], Any]], dropped: dict[str, str]) -> dict[str, float]:
+        """Median seconds of each action after a warm-up, timed in rounds (one run of each per round, so a burst
+        of load on a shared machine hits every candidate alike); from the second round on, a candidate whose
+        median exceeds ``margin`` x the best median is dropped (into ``dropped``) and timed no more."""
+        for action in actions.values():
             action()
-            samples.append(time.perf_counter() - start)
-            if best is not None and samples[-1] > best * self.margin and len(samples) >= 2 \
-                    and statistics.median(samples) > best * self.margin:
-                return None
-        return statistics.median(samples)
+        samples: dict[str, list[float]] = {name: [] for name in actions}
+        for round_ in range(self.repeats):
+            for name in list(samples):
+                began = time.perf_counter()
+                actions[name]()
+                samples[name].append(time.perf_counter() - began)
+            if round_ >= 1 and len(samples) > 1:
+                best = min(statistics.median(times) for times in samples.values())
+                for name in [n for n, times in samples.items() if statistics.median(times) > best * self.margin]:
+                    dropped[name] = f"slower than the best by more than {self.margin}x"
+                    del samples[name]
+        return {name: statistics.median(times) for name, times in samples.items()}
