@@ -165,3 +165,20 @@ def test_quantized_weights_are_prepared_by_the_fastest_correct_backend(tmp_path:
     x = torch.randn(3, 128, generator=gen).bfloat16()
     expected = x.double() @ weight.dequantize().double().T
     assert (runtime.quantized_linear(x, prepared).double() - expected).abs().max() < 0.05
+
+
+def test_with_the_winner_cached_only_the_winner_prepares_the_weight(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(1)
+    weight = QuantizedWeight(torch.randint(0, 16, (64, 128), generator=gen, dtype=torch.uint8),
+                             torch.rand(64, 4, generator=gen) * 0.02, -torch.rand(64, 4, generator=gen) * 0.1, 4, 32)
+    first = Runtime.create(environ={}, selection="measured", tuning_cache=tmp_path / "tuning.json")
+    winner = first.prepare_quantized(weight, torch.bfloat16).backend
+    runtime = Runtime.create(environ={}, selection="measured", tuning_cache=tmp_path / "tuning.json")
+    prepared_by: list[str] = []
+    for backend in runtime.dispatchers()["quantized_linear"].backends:
+        original = backend.prepare_quantized
+        monkeypatch.setattr(backend, "prepare_quantized", lambda *a, _o=original, _n=backend.name, **k: (
+            prepared_by.append(_n), _o(*a, **k))[1])
+    assert runtime.prepare_quantized(weight, torch.bfloat16).backend == winner
+    assert prepared_by == [winner] and runtime.tuner.measurements[0].source == "cache"

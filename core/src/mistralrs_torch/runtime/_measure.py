@@ -194,29 +194,36 @@ class Tuner:
         inputs = [torch.randn(rows, weight.shape[1], generator=generator).to(device=device,
                                                                             dtype=getattr(torch, call.dtype))
                   for rows in (1, PREFILL_ROWS)]
-        prepared = {b.name: PreparedWeight(b.name, getattr(b, spec.prepare)(weight, call, device), call, weight.shape)
-                    for b in candidates}
+        prepared: dict[str, PreparedWeight] = {}
         pairs = [(b, getattr(b, spec.name)) for b in candidates]
 
+        def payload(kernel: Callable[..., Any]) -> PreparedWeight:
+            # Prepared on first use: with the winner in the cache, only the winner prepares the weight.
+            backend = next(b for b, k in pairs if k is kernel)
+            if backend.name not in prepared:
+                prepared[backend.name] = PreparedWeight(backend.name, getattr(backend, spec.prepare)(
+                    weight, call, device), call, weight.shape)
+            return prepared[backend.name]
+
         def run(kernel: Callable[..., Any]) -> Callable[[], Any]:
-            payload = prepared[next(b.name for b, k in pairs if k is kernel)]
+            weight_for_kernel = payload(kernel)
 
             def generation() -> None:
                 for _ in range(DECODE_PER_PREFILL):
-                    kernel(inputs[0], payload)
-                kernel(inputs[1], payload)
+                    kernel(inputs[0], weight_for_kernel)
+                kernel(inputs[1], weight_for_kernel)
 
             return _synchronized(generation, call.device)
 
         def check(kernel: Callable[..., Any]) -> str:
             from mistralrs_torch.testing._verify import verify_call
 
-            payload = prepared[next(b.name for b, k in pairs if k is kernel)]
+            weight_for_kernel = payload(kernel)
             return "; ".join(problem for x in inputs if (problem := verify_call(
-                spec, lambda x=x: kernel(x, payload), (), {}, call.dtype, reference_args=(x, weight))))
+                spec, lambda x=x: kernel(x, weight_for_kernel), (), {}, call.dtype, reference_args=(x, weight))))
 
-        backend, _ = self._tune(spec, call, self._key(spec, call), pairs, run, check)
-        return backend, prepared[backend.name].payload
+        backend, kernel = self._tune(spec, call, self._key(spec, call), pairs, run, check)
+        return backend, payload(kernel).payload
 
     @staticmethod
     def _key(spec: OpSpec, call: CallSpec) -> str:
