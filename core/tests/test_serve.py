@@ -390,6 +390,15 @@ def test_without_the_extra_the_command_names_it() -> None:
     assert "pip install 'mistralrs-torch[serve]'" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_unknown_selection_policy_is_a_usage_error_naming_the_choices() -> None:
+    from click.testing import CliRunner
+
+    from mistralrs_torch.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "-m", "nowhere", "--selection", "fastest"], prog_name="mistralrs")
+    assert result.exit_code == 2 and "'fastest' is not one of 'priority', 'measured'" in result.output
+
+
 # -- tensor parallel: the schedule rank 0 broadcasts ------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mistralrs_torch.cli._options import dtype_option, features_option, model_option
+from mistralrs_torch.cli._options import dtype_option, features_option, model_option, selection_option
 
 if TYPE_CHECKING:
     from mistralrs_torch.models import Generation, Model, SamplingParams
@@ -104,10 +104,7 @@ def _result_json(model: Model, result: Generation, dtype: str) -> dict[str, Any]
               help="KV cache size in blocks of 16 tokens [default: at most 1 GiB].")
 @click.option("--kv-cache-memory", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GIB",
               help="KV cache size in GiB (instead of --kv-cache-blocks).")
-@click.option("--selection", type=click.Choice(["priority", "measured"]), default=None,
-              help="How each op's backend is chosen: the first supporting one in dispatch priority, or the fastest "
-                   "correct one timed on this machine (cached; see `mistralrs tune`) [default: MISTRALRS_SELECTION, "
-                   "else priority].")
+@selection_option
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result (schema mistralrs.run/1) instead of "
                                                       "streaming text.")

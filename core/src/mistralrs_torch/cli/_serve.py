@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from mistralrs_torch.cli._options import dtype_option, features_option, model_option
+from mistralrs_torch.cli._options import dtype_option, features_option, model_option, selection_option
 
 EXTRA = "mistralrs-torch[serve]"
 
@@ -53,11 +53,12 @@ def _check_extra() -> None:
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health [default: MISTRALRS_API_KEY].")
 @features_option
 @dtype_option
+@selection_option
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
               help="On SIGTERM or SIGINT, how long requests in flight may run on before they are cancelled.")
 def serve_command(path: str, served_model_name: str | None, host: str, port: int, max_num_seqs: int,
                   kv_cache_blocks: int | None, kv_cache_memory: float | None, api_key: str | None,
-                  features: str | None, dtype: str | None, grace: float) -> None:
+                  features: str | None, dtype: str | None, selection: str | None, grace: float) -> None:
     """Serve a local model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions, /v1/models), with
     /health and Prometheus /metrics; requests are batched continuously over the paged KV cache.
 
@@ -70,7 +71,7 @@ def serve_command(path: str, served_model_name: str | None, host: str, port: int
     from mistralrs_torch.runtime import Runtime
     from mistralrs_torch.serve import API_KEY_VAR, Server, Settings, follow
 
-    runtime = Runtime.create(features, paged_attention=True)
+    runtime = Runtime.create(features, paged_attention=True, selection=selection)
     communicator = runtime.communicator()
 
     def engine() -> Engine:
