@@ -168,11 +168,11 @@ def _run(source: Path, dtype: str, selection: str, cache: Path, prompts: list[li
 
 def _dense_folder(gguf: Path, into: Path) -> Path:
     """The GGUF checkpoint dequantized to a float32 Hugging Face folder, by transformers (not by our reader)."""
+    from generate import save_dense  # the sibling benchmark's writer (transformers will not save a GGUF model)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.save_pretrained(into)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(into)
+    save_dense(model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), into)
     return into
 
 
