@@ -172,6 +172,7 @@ def _dense_folder(gguf: Path, into: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    into.mkdir(parents=True, exist_ok=True)
     save_dense(model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), into)
     return into
 
