@@ -227,6 +227,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="32-token prompts, 8 new tokens, 4-bit paths only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on a shared machine)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per backend and signature")
+    parser.add_argument("--weights", choices=("all", "4-bit", "dense"), default="all",
+                        help="which weights to run (default all; --quick runs 4-bit only)")
     args = parser.parse_args()
     args.prompt_tokens, args.new_tokens = (32, 8) if args.quick else (128, 64)
     args.batches = (1, 8)
@@ -238,8 +240,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s); {gguf.name}")
     with tempfile.TemporaryDirectory(prefix="mistralrs-selection-") as folder:
         work = Path(folder)
-        paths = [("4-bit float32", gguf, "float32"), ("4-bit bfloat16", gguf, "bfloat16")]
-        if not args.quick:
+        paths = [] if args.weights == "dense" else [("4-bit float32", gguf, "float32"),
+                                                    ("4-bit bfloat16", gguf, "bfloat16")]
+        if not args.quick and args.weights != "4-bit":
             dense = _dense_folder(gguf, work / "dense")
             paths += [("dense float32", dense, "float32"), ("dense bfloat16", dense, "bfloat16")]
         totals = [_path(label, source, dtype, batch, args, work) for label, source, dtype in paths
