@@ -56,9 +56,9 @@ class Calls:
 
 @dataclass
 class Recording:
-    """Every op call of one generation, by (op, CallSpec with the exact token count)."""
+    """Every op call of one generation, by (op, CallSpec with the exact token count, argument shapes)."""
 
-    calls: dict[tuple[str, Any], Calls] = field(default_factory=dict)
+    calls: dict[tuple[str, Any, tuple[tuple[int, ...], ...]], Calls] = field(default_factory=dict)
     #: id of a prepared weight -> the quantized weight it was prepared from (the oracle prepares it again).
     sources: dict[int, QuantizedWeight] = field(default_factory=dict)
 
@@ -71,7 +71,10 @@ def _record(runtime: Runtime, recording: Recording) -> None:
         def counted(*args: Any, _d: Any = dispatcher, _spec: Any = spec, **kwargs: Any) -> Any:
             result = _d(*args, **kwargs)
             rows = _spec.rows(*args, **kwargs)
-            signature = (_spec.name, _spec.spec(*args, **kwargs)._replace(rows=rows))
+            # The tensors' shapes join the signature: a CallSpec may leave them out (linear's does), and the oracle
+            # must time each shape on its own rather than extrapolate one shape's time to all of them.
+            shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+            signature = (_spec.name, _spec.spec(*args, **kwargs)._replace(rows=rows), shapes)
             calls = recording.calls.get(signature)
             if calls is None:
                 calls = recording.calls[signature] = Calls(0, args, kwargs, _ran_by(_d, args, kwargs, rows))
@@ -111,12 +114,12 @@ def _median(action: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _oracle(runtime: Runtime, recording: Recording, repeats: int) -> dict[tuple[str, Any], dict[str, float]]:
+def _oracle(runtime: Runtime, recording: Recording, repeats: int) -> dict[Any, dict[str, float]]:
     """Per signature, every supporting backend's median seconds on the recorded arguments."""
-    table: dict[tuple[str, Any], dict[str, float]] = {}
+    table: dict[Any, dict[str, float]] = {}
     payloads: dict[tuple[int, str], PreparedWeight] = {}
     for signature, calls in recording.calls.items():
-        op, call = signature
+        op, call, _ = signature
         dispatcher = runtime.dispatchers()[op]
         spec = dispatcher.spec
         times = {}
@@ -190,7 +193,7 @@ def _path(label: str, source: Path, dtype: str, batch: int, args: argparse.Names
     totals = {"oracle": 0.0, **dict.fromkeys(POLICIES, 0.0)}
     print(f"\n== {label}, batch {batch}: prompts of {args.prompt_tokens} tokens, {args.new_tokens} new each; "
           f"{len(oracle)} signatures")
-    def weight(item: tuple[tuple[str, Any], dict[str, float]]) -> float:
+    def weight(item: tuple[Any, dict[str, float]]) -> float:
         return recordings["static"].calls[item[0]].count * min(item[1].values())
 
     for signature, times in sorted(oracle.items(), key=weight, reverse=True):
@@ -205,7 +208,8 @@ def _path(label: str, source: Path, dtype: str, batch: int, args: argparse.Names
         if len(times) > 1:
             listed = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in sorted(times.items(),
                                                                                            key=lambda kv: kv[1]))
-            print(f"  {signature[0]} [{signature[1].describe()}] x{count}: {listed}; static {ran['static']}, "
+            shapes = " ".join("x".join(map(str, shape)) for shape in signature[2])
+            print(f"  {signature[0]} [{signature[1].describe()}] {shapes} x{count}: {listed}; static {ran['static']}, "
                   f"measured {ran['measured']}, cached {ran['cached']}")
     single = sum(1 for times in oracle.values() if len(times) == 1)
     print(f"  ({single} signatures with one supporting backend: every policy runs it)")
