@@ -188,12 +188,19 @@ class Tuner:
         generation in miniature: ``DECODE_PER_PREFILL`` one-token calls and one call of ``PREFILL_ROWS`` tokens
         (kernels that win at one token can lose badly on a prompt's rows, and the other way round).
         """
-        import torch
+        inputs: list[Any] = []
 
-        generator = torch.Generator().manual_seed(0)
-        inputs = [torch.randn(rows, weight.shape[1], generator=generator).to(device=device,
-                                                                            dtype=getattr(torch, call.dtype))
-                  for rows in (1, PREFILL_ROWS)]
+        def timing_inputs() -> list[Any]:
+            # Made only when a candidate is timed or checked: a weight whose winner is cached (every weight of a
+            # model loaded with a warm cache) costs no random tensors at load.
+            if not inputs:
+                import torch
+
+                generator = torch.Generator().manual_seed(0)
+                inputs.extend(torch.randn(rows, weight.shape[1], generator=generator).to(
+                    device=device, dtype=getattr(torch, call.dtype)) for rows in (1, PREFILL_ROWS))
+            return inputs
+
         prepared: dict[str, PreparedWeight] = {}
         pairs = [(b, getattr(b, spec.name)) for b in candidates]
 
@@ -207,11 +214,12 @@ class Tuner:
 
         def run(kernel: Callable[..., Any]) -> Callable[[], Any]:
             weight_for_kernel = payload(kernel)
+            one, prompt = timing_inputs()
 
             def generation() -> None:
                 for _ in range(DECODE_PER_PREFILL):
-                    kernel(inputs[0], weight_for_kernel)
-                kernel(inputs[1], weight_for_kernel)
+                    kernel(one, weight_for_kernel)
+                kernel(prompt, weight_for_kernel)
 
             return _synchronized(generation, call.device)
 
@@ -219,7 +227,7 @@ class Tuner:
             from mistralrs_torch.testing._verify import verify_call
 
             weight_for_kernel = payload(kernel)
-            return "; ".join(problem for x in inputs if (problem := verify_call(
+            return "; ".join(problem for x in timing_inputs() if (problem := verify_call(
                 spec, lambda x=x: kernel(x, weight_for_kernel), (), {}, call.dtype, reference_args=(x, weight))))
 
         backend, kernel = self._tune(spec, call, self._key(spec, call), pairs, run, check)
