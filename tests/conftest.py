@@ -154,14 +154,26 @@ def run_python(tmp_path: Path, cli_env: dict[str, str]) -> Callable[..., subproc
 
 
 @pytest.fixture(scope="session")
-def install_into() -> Callable[[Path, Path], Path]:
+def uv_command() -> list[str]:
+    """uv as `uv run` exposes it ($UV), on PATH, or as the module the README installs into python3 (under
+    `uv run`, python3 is the project's environment, which has no uv)."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    if found:
+        return [found]
+    for python in (sys.executable, shutil.which("python3")):
+        if python and subprocess.run([python, "-m", "uv", "--version"], capture_output=True,
+                                     check=False).returncode == 0:
+            return [python, "-m", "uv"]
+    pytest.fail("uv is not installed: python3 -m pip install uv (the README's set-up does), or run under `uv run`")
+
+
+@pytest.fixture(scope="session")
+def install_into(uv_command: list[str]) -> Callable[[Path, Path], Path]:
     """install_into(project, target) installs a project folder with no dependencies into target, used through
     PYTHONPATH (uv sync is exact: nothing is installed into the workspace's own environment)."""
-    found = os.environ.get("UV") or shutil.which("uv")  # `uv run` sets UV to its own binary
-    uv = [found] if found else [sys.executable, "-m", "uv"]
 
     def install(project: Path, target: Path) -> Path:
-        subprocess.run([*uv, "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(project)],
+        subprocess.run([*uv_command, "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(project)],
                        check=True, timeout=300)
         return target
 

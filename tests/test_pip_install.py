@@ -10,7 +10,6 @@ distributions with --no-index: from the wheelhouse (`pip install --find-links DI
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -26,17 +25,6 @@ MEMBERS = ("mistralrs_torch", "mistralrs_torch_accelerate", "mistralrs_torch_cud
 pytestmark = pytest.mark.slow
 
 
-def _uv() -> list[str]:
-    """uv as `uv run` exposes it ($UV), on PATH, or as the module the README installs into python3."""
-    found = os.environ.get("UV") or shutil.which("uv")
-    if found:
-        return [found]
-    python3 = shutil.which("python3")
-    if python3 and subprocess.run([python3, "-m", "uv", "--version"], capture_output=True, check=False).returncode == 0:
-        return [python3, "-m", "uv"]
-    pytest.fail("uv is not installed: python3 -m pip install uv (the README's set-up does)")
-
-
 def _run(args: list[str | Path], env: dict[str, str], cwd: Path,
          timeout: int = 300) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
@@ -47,10 +35,12 @@ def _run(args: list[str | Path], env: dict[str, str], cwd: Path,
 
 
 @pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory, uv_command: list[str]) -> Path:
     dist = tmp_path_factory.mktemp("wheelhouse")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MISTRALRS_", "PIP_", "VIRTUAL_ENV"))}
-    _run([ROOT / "scripts" / "build-wheels", dist], {**env, "UV_OFFLINE": "1"}, ROOT)
+    # The script finds uv through $UV first: hand it the one this run found.
+    uv = {"UV": uv_command[0]} if len(uv_command) == 1 else {}
+    _run([ROOT / "scripts" / "build-wheels", dist], {**env, **uv, "UV_OFFLINE": "1"}, ROOT)
     return dist
 
 
@@ -77,7 +67,8 @@ def test_the_wheelhouse_holds_a_wheel_and_an_sdist_of_every_member_with_license_
         assert any(m.endswith("/LICENSE") and m.count("/") == 1 for m in members), sdist.name
 
 
-def test_plain_pip_installs_the_core_then_a_plugin_into_a_fresh_environment(wheelhouse: Path, tmp_path: Path) -> None:
+def test_plain_pip_installs_the_core_then_a_plugin_into_a_fresh_environment(wheelhouse: Path, tmp_path: Path,
+                                                                            uv_command: list[str]) -> None:
     try:
         import ensurepip  # noqa: F401 - a Python whose distributor removed it cannot make a venv with pip
     except ImportError:
@@ -93,13 +84,13 @@ def test_plain_pip_installs_the_core_then_a_plugin_into_a_fresh_environment(whee
 
     # Third-party dependencies, torch included, from uv's cache: the locked versions, nothing resolved.
     locked = tmp_path / "third-party.txt"
-    exported = _run([*_uv(), "export", "--locked", "--no-dev", "--no-emit-workspace", "--no-hashes", "--quiet",
+    exported = _run([*uv_command, "export", "--locked", "--no-dev", "--no-emit-workspace", "--no-hashes", "--quiet",
                      "--format", "requirements-txt", "--project", ROOT], env, tmp_path)
     locked.write_text(exported.stdout, encoding="utf-8")
-    _run([*_uv(), "pip", "install", "--offline", "--no-deps", "--quiet", "--python", python, "-r", locked],
+    _run([*uv_command, "pip", "install", "--offline", "--no-deps", "--quiet", "--python", python, "-r", locked],
          env, tmp_path)
     # The build backend, for the path route below: uv's cache holds it since uv built the workspace.
-    _run([*_uv(), "pip", "install", "--offline", "--quiet", "--python", python, "hatchling"], env, tmp_path)
+    _run([*uv_command, "pip", "install", "--offline", "--quiet", "--python", python, "hatchling"], env, tmp_path)
 
     pip = [python, "-m", "pip", "install", "--isolated", "--disable-pip-version-check", "--no-index"]
     _run([*pip, "--find-links", wheelhouse, "mistralrs-torch"], env, tmp_path)
