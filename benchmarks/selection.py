@@ -71,13 +71,13 @@ def _record(runtime: Runtime, recording: Recording) -> None:
         def counted(*args: Any, _d: Any = dispatcher, _spec: Any = spec, **kwargs: Any) -> Any:
             result = _d(*args, **kwargs)
             rows = _spec.rows(*args, **kwargs)
-            # The tensors' shapes join the signature: a CallSpec may leave them out (linear's does), and the oracle
-            # must time each shape on its own rather than extrapolate one shape's time to all of them.
+            # The tensors' shapes join the signature: a CallSpec leaves some out (attention's sequence lengths),
+            # and the oracle times each shape on its own rather than extrapolate one shape's time to the others.
             shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
             signature = (_spec.name, _spec.spec(*args, **kwargs)._replace(rows=rows), shapes)
             calls = recording.calls.get(signature)
             if calls is None:
-                calls = recording.calls[signature] = Calls(0, args, kwargs, _ran_by(_d, args, kwargs, rows))
+                calls = recording.calls[signature] = Calls(0, args, kwargs, _d.backend_for(*args, **kwargs))
             calls.count += 1
             return result
 
@@ -90,18 +90,6 @@ def _record(runtime: Runtime, recording: Recording) -> None:
             return result
 
         dispatcher.prepare = prepared  # type: ignore[method-assign]  # the benchmark's own instrumentation
-
-
-def _ran_by(dispatcher: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rows: int) -> str:
-    """The backend the dispatcher bound for this call (the preparer, for a prepared weight)."""
-    if dispatcher.spec.prepare:
-        return str(args[1].backend)
-    call = dispatcher.spec.spec(*args, **kwargs)
-    if dispatcher.tuner is not None:
-        from mistralrs_torch.runtime._measure import bucket
-
-        call = call._replace(rows=bucket(rows))
-    return str(dispatcher.chosen[call][0].name)
 
 
 def _median(action: Callable[[], Any], repeats: int) -> float:

@@ -96,7 +96,7 @@ def test_priority_takes_the_first_and_measured_the_fastest_correct(speedy, tmp_p
     x, w = torch.randn(2, 16, generator=gen), torch.randn(8, 16, generator=gen)
     torch.testing.assert_close(out, x @ w.T)
     text = explain_text(measured.explain())
-    assert f"linear [float32 on cpu, rows 2] -> {choice.winner} (measured: " in text
+    assert f"linear [float32 on cpu, in features 16, out features 8, rows 2] -> {choice.winner} (measured: " in text
     assert "liar-matmul dropped: wrong result" in text
 
 
@@ -110,6 +110,22 @@ def test_token_counts_share_a_bucket_so_decode_steps_do_not_tune_again(speedy, t
     calls = dict(speedy.module().CALLS)
     _linear(runtime, 1)
     assert speedy.module().CALLS["slow"] == calls["slow"] and speedy.module().CALLS["liar"] == calls["liar"]
+
+
+def test_each_weight_shape_is_tuned_on_its_own_and_backend_for_names_the_choice(speedy, tmp_path: Path) -> None:
+    runtime = speedy(tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, generator=gen)
+    small, wide = torch.randn(8, 16, generator=gen), torch.randn(64, 16, generator=gen)
+    for weight in (small, wide, small):
+        runtime.linear(x, weight)
+    # A projection and the lm_head at one token count are two signatures: the fastest kernel depends on the shape.
+    assert [(b.call.in_features, b.call.out_features, b.call.rows) for b in runtime.bindings] == [(16, 8, 1),
+                                                                                                  (16, 64, 1)]
+    assert len(runtime.tuner.measurements) == 2
+    linear = runtime.dispatchers()["linear"]
+    assert [linear.backend_for(x, w) for w in (small, wide)] == [b.chosen for b in runtime.bindings]
+    assert len(runtime.bindings) == 2  # naming the choice did not choose again
 
 
 def test_the_cache_is_reused_and_invalidated_when_conditions_change(speedy, tmp_path: Path) -> None:

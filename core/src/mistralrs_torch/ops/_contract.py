@@ -113,11 +113,12 @@ CALLSPEC_FIELDS: dict[str, str] = {
     "gqa": "Fewer key/value heads than query heads.",
     "aligned": "Query and keys of one length (a top-left causal kernel is right only then).",
     "block_size": "Paged KV cache block size.",
-    "in_features": "Input features of the weight (int8 and group-wise quantized linear).",
+    "in_features": "Input features of the weight (linear, int8 and group-wise quantized linear).",
     "bits": "Bits of a group-wise quantized weight (4 or 8).",
     "group_size": "Input columns sharing one scale in a group-wise quantized weight.",
     "symmetric": "Group-wise quantized weight without offsets.",
-    "out_features": "Output features of a group-wise quantized weight (its prepare call).",
+    "out_features": "Output features of the weight (linear, int8 and group-wise quantized linear): with "
+                    "in_features, the weight shape a backend's speed depends on.",
     "rows": "Tokens in the call rounded up to a power of two; set only under measured selection, which times the "
             "backends once per such bucket (so decode steps do not tune again); 0 otherwise.",
 }

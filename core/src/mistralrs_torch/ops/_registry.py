@@ -155,27 +155,27 @@ and dtype.""",
     ),
     OpSpec(
         "linear", "matmul", "dense linear layer",
-        (),
+        ("in_features", "out_features"),
         """linear(x, weight, bias=None) -> x @ weight.T + bias
 x (..., in), weight (out, in), bias (out,) or None, one floating dtype and device; out (..., out).""",
         sig.linear_key, sig.linear_check, sig.linear_spec, None,
         _ref("linear"), _cases("linear"),
-        lambda device, dtype: CallSpec("linear", dtype, device),
+        lambda device, dtype: CallSpec("linear", dtype, device, in_features=4096, out_features=4096),
         sig.leading_rows,
     ),
     OpSpec(
         "int8_linear", "matmul", "weight-only int8 linear, one scale per output channel",
-        ("in_features",),
+        ("in_features", "out_features"),
         """int8_linear(x, weight, scale, bias=None) -> x @ (weight * scale[:, None]).T + bias
 x (..., in) floating; weight int8 (out, in); scale floating (out,); bias (out,) of x's dtype or None.""",
         sig.int8_linear_key, sig.int8_linear_check, sig.int8_linear_spec, None,
         _ref("int8_linear"), _cases("int8_linear"),
-        lambda device, dtype: CallSpec("int8_linear", dtype, device, in_features=4096),
+        lambda device, dtype: CallSpec("int8_linear", dtype, device, in_features=4096, out_features=4096),
         sig.leading_rows,
     ),
     OpSpec(
         "quantized_linear", "matmul", "group-wise weight-only quantized linear (GGUF Q4_0, Q4_1, Q8_0)",
-        ("in_features", "bits", "group_size", "symmetric"),
+        ("in_features", "out_features", "bits", "group_size", "symmetric"),
         """prepared = runtime.prepare_quantized(weight, dtype)   # once per weight, at load
 quantized_linear(x, prepared, bias=None) -> x @ dequantize(weight).T + bias
 weight: a QuantizedWeight: codes uint8 (out, in) in [0, 2**bits), bits 4 or 8, scales float32
@@ -187,8 +187,8 @@ Exact (to float32 rounding) for float32 and float16 activations; bfloat16 activa
 weight to bfloat16 (relative error up to 2**-8).""",
         sig.quantized_linear_key, sig.quantized_linear_check, sig.quantized_linear_spec, None,
         _ref("quantized_linear"), _cases("quantized_linear"),
-        lambda device, dtype: CallSpec("quantized_linear", dtype, device, in_features=4096, bits=4, group_size=32,
-                                       symmetric=False),
+        lambda device, dtype: CallSpec("quantized_linear", dtype, device, in_features=4096, out_features=4096, bits=4,
+                                       group_size=32, symmetric=False),
         sig.leading_rows,
         prepare="prepare_quantized",
     ),

@@ -330,7 +330,7 @@ def rotary_embedding_spec(q: Any, k: Any, positions: Any, inv_freq: Any) -> Call
 
 
 def linear_key(x: Any, weight: Any, bias: Any = None) -> tuple[Any, ...]:
-    return (x.dtype, x.device)
+    return (x.dtype, x.device, weight.shape)
 
 
 def _linear_shapes(op: str, x: Any, in_features: int, out_features: int, bias: Any, dtype: Any) -> None:
@@ -354,11 +354,12 @@ def linear_check(x: Any, weight: Any, bias: Any = None) -> None:
 
 
 def linear_spec(x: Any, weight: Any, bias: Any = None) -> CallSpec:
-    return CallSpec("linear", dtype_name(x.dtype), x.device.type)
+    return CallSpec("linear", dtype_name(x.dtype), x.device.type, in_features=weight.shape[1],
+                    out_features=weight.shape[0])
 
 
 def int8_linear_key(x: Any, weight: Any, scale: Any, bias: Any = None) -> tuple[Any, ...]:
-    return (x.dtype, x.device, weight.dtype, weight.shape[1])
+    return (x.dtype, x.device, weight.dtype, weight.shape)
 
 
 def int8_linear_check(x: Any, weight: Any, scale: Any, bias: Any = None) -> None:
@@ -374,7 +375,8 @@ def int8_linear_check(x: Any, weight: Any, scale: Any, bias: Any = None) -> None
 
 
 def int8_linear_spec(x: Any, weight: Any, scale: Any, bias: Any = None) -> CallSpec:
-    return CallSpec("int8_linear", dtype_name(x.dtype), x.device.type, in_features=weight.shape[1])
+    return CallSpec("int8_linear", dtype_name(x.dtype), x.device.type, in_features=weight.shape[1],
+                    out_features=weight.shape[0])
 
 
 def quantized_linear_key(x: Any, weight: PreparedWeight, bias: Any = None) -> tuple[Any, ...]:

@@ -106,17 +106,30 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - a check that trips over the same bad input cannot say more than exc
             return
 
-    def _bind_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
-        self.spec.check(*args, **kwargs)
+    def _signature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallSpec:
+        """The CallSpec the choice for these (checked) arguments is made and cached under."""
         call = self.spec.spec(*args, **kwargs)
-        only = args[1].backend if self.spec.prepare else None
         if self.tuner is not None and not self.spec.prepare:
             call = call._replace(rows=bucket(self.spec.rows(*args, **kwargs)))
+        return call
+
+    def _bind_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
+        self.spec.check(*args, **kwargs)
+        only = args[1].backend if self.spec.prepare else None
+        call = self._signature(args, kwargs)
         function = self.choose(call, only=only, arguments=(args, kwargs))[1]
         if self.spec.guard is not None:
             function = _guarded(function, self.spec.guard, self.read_values or call.device == "cpu")
         self.cache[self._key(*args, **kwargs)] = function
         return function
+
+    def backend_for(self, *args: Any, **kwargs: Any) -> str:
+        """The name of the backend that runs these arguments: a prepared weight's preparer, else the one chosen
+        for their call signature (chosen now, as a call would, if it is not yet)."""
+        if self.spec.prepare:
+            return str(args[1].backend)
+        self.spec.check(*args, **kwargs)
+        return str(self.choose(self._signature(args, kwargs), arguments=(args, kwargs))[0].name)
 
     def choose(self, call: CallSpec, *, only: str | None = None,
                arguments: tuple[tuple[Any, ...], dict[str, Any]] | None = None) -> tuple[Any, Callable[..., Any]]:

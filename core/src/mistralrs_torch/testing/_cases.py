@@ -182,8 +182,8 @@ def _linear(rows: int, out_features: int, in_features: int, bias: bool, smoke: b
         w = _randn(gen, out_features, in_features, dtype=dtype, device=device, scale=0.25)
         return (x, w, _randn(gen, out_features, dtype=dtype, device=device) if bias else None), {}
 
-    return OpCase("linear", f"linear {rows}x{in_features} -> {out_features}{' +bias' if bias else ''}", {}, build,
-                  smoke)
+    return OpCase("linear", f"linear {rows}x{in_features} -> {out_features}{' +bias' if bias else ''}",
+                  {"in_features": in_features, "out_features": out_features}, build, smoke)
 
 
 def linear_cases() -> Iterator[OpCase]:
@@ -197,8 +197,8 @@ def _int8(rows: int, out_features: int, in_features: int, smoke: bool = False) -
         scale = (torch.rand(out_features, generator=gen) * 0.01 + 0.001).to(device=device, dtype=dtype)
         return (x, w.to(device), scale, _randn(gen, out_features, dtype=dtype, device=device)), {}
 
-    return OpCase("int8_linear", f"int8 linear {rows}x{in_features} -> {out_features}", {"in_features": in_features},
-                  build, smoke)
+    return OpCase("int8_linear", f"int8 linear {rows}x{in_features} -> {out_features}",
+                  {"in_features": in_features, "out_features": out_features}, build, smoke)
 
 
 def int8_linear_cases() -> Iterator[OpCase]:
@@ -219,7 +219,8 @@ def _quantized(rows: int, out_features: int, in_features: int, bits: int, group_
 
     kind = f"q{bits} g{group_size} {'sym' if symmetric else 'asym'}"
     return OpCase("quantized_linear", f"{kind} {rows}x{in_features} -> {out_features}{' +bias' if bias else ''}",
-                  {"in_features": in_features, "bits": bits, "group_size": group_size, "symmetric": symmetric},
+                  {"in_features": in_features, "out_features": out_features, "bits": bits, "group_size": group_size,
+                   "symmetric": symmetric},
                   build, smoke)
 
 
