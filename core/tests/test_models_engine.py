@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from mistralrs_torch import ConfigError, InputError, KVCacheFullError
+from mistralrs_torch import ConfigError, ContextLengthError, InputError, KVCacheFullError
 from mistralrs_torch.models import Engine, Model, RequestOutput, SamplingParams, load
 
 TOLERANCE = 1e-4
@@ -208,7 +208,7 @@ def test_a_request_that_can_never_fit_is_refused_when_added(llama: Model) -> Non
 
 @pytest.mark.parametrize(("prompt", "message", "error"), [
     ([], "the prompt is empty", ConfigError),
-    (list(range(128)), "the prompt has 128 tokens; this model's context holds 128", ConfigError),
+    (list(range(128)), "the prompt has 128 tokens; this model's context holds 128", ContextLengthError),
     ([3, 267], r"token id 267 is outside the vocabulary: give ids in 0\.\.266", InputError),
 ])
 def test_bad_prompts_are_refused_when_added(llama: Model, prompt: list[int], message: str, error: type) -> None:

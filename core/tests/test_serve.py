@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -197,7 +198,9 @@ def test_malformed_json_long_prompts_and_big_bodies(server: Server, model: Model
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     context = model.config.max_position_embeddings
     response = post("/v1/completions", json={"model": "tiny", "prompt": [5] * (context + 10), "max_tokens": 2})
-    assert response.status_code == 400 and str(context) in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert response.status_code == 400 and str(context) in error["message"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"  # OpenAI's code for it
     response = post("/v1/completions", json={"model": "tiny", "prompt": [100_000], "max_tokens": 2})
     assert response.status_code == 400 and "vocabulary" in response.json()["error"]["message"]
     response = post("/v1/completions", json={"model": "tiny", "prompt": "x" * (MAX_BODY + 1)})
@@ -467,29 +470,81 @@ def _rank(pid: int) -> int:
     return int(next(v for v in variables if v.startswith(b"RANK=")).removeprefix(b"RANK="))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _TwoRanks:
+    """A two-rank ring job serving the tiny model: `mistralrs launch -n 2 --backend ring -- mistralrs serve`, or the
+    seed's form, one `mistralrs serve` per rank started by hand with its own RING_CONFIG. ``leader`` is the
+    process whose exit status the job's is (launch, or rank 0), ``ranks`` maps rank -> pid."""
+
+    def __init__(self, form: str, folder: Path, tmp_path: Path) -> None:
+        env = {**_environ(), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+               "MISTRALRS_COLLECTIVE_TIMEOUT": "20", "MISTRALRS_RENDEZVOUS_TIMEOUT": "120"}
+        executable = str(Path(sys.executable).with_name("mistralrs"))
+        serve = [executable, "serve", "-m", str(folder), "--served-model-name", "tiny", "--port", "0"]
+        self.processes: list[subprocess.Popen[str]] = []
+        self.follower_log = tmp_path / "rank1.err"
+        if form == "launch":
+            self.leader = self._start([executable, "launch", "-n", "2", "--backend", "ring", "--", *serve], env)
+            self.prefix = "[rank 0] "
+        else:
+            subprocess.run([executable, "ring", "configs", "-n", "2", "--master-port", str(_free_port()),
+                            "--base-port", str(_free_port()), "--out", str(tmp_path / "ring")], check=True,
+                           env=env, capture_output=True, timeout=TIMEOUT)
+            self.leader = self._start(serve, {**env, "RING_CONFIG": str(tmp_path / "ring" / "rank0.json")})
+            with self.follower_log.open("w") as log:
+                self._start(serve, {**env, "RING_CONFIG": str(tmp_path / "ring" / "rank1.json")}, log)
+            self.prefix = ""
+        assert self.leader.stderr is not None
+        self.first_line = self.leader.stderr.readline()
+        self.ranks = ({_rank(pid): pid for pid in _children(self.leader.pid)} if form == "launch"
+                      else {rank: process.pid for rank, process in enumerate(self.processes)})
+
+    def _start(self, command: list[str], env: dict[str, str], log: Any = None) -> subprocess.Popen[str]:
+        process = subprocess.Popen(command, stderr=log or subprocess.PIPE, text=True, env=env,
+                                   start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def others_output(self) -> str:
+        """What the job wrote to stderr besides the first line, and the hand-started rank 1's log."""
+        assert self.leader.stderr is not None
+        return self.leader.stderr.read() + (self.follower_log.read_text() if self.follower_log.exists() else "")
+
+    def close(self) -> None:
+        for pid in self.ranks.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            if process.stderr is not None:
+                process.stderr.close()
+
+
 @pytest.mark.multiprocess
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the launched ranks through Linux's /proc")
-def test_two_ring_ranks_serve_what_one_process_serves_and_a_dead_rank_ends_it(folder: Path, model: Model) -> None:
-    """`mistralrs launch -n 2 --backend ring -- mistralrs serve`: the tiny model split over two ranks (4 heads, 2 KV
-    heads) answers 8 concurrent greedy requests as one process does alone; killing rank 1 ends the job, non-zero."""
-    prompts = [[(13 * i + 7 * j) % 250 + 3 for j in range(1 + 9 * i)] for i in range(8)]
+@pytest.mark.parametrize("form", ["launch", "ring-config-by-hand"])
+def test_two_ring_ranks_serve_what_one_process_serves_and_a_dead_rank_ends_it(form: str, folder: Path, model: Model,
+                                                                              tmp_path: Path) -> None:
+    """The tiny model split over two ranks (4 heads, 2 KV heads) answers 16 concurrent greedy requests as one
+    process does alone; killing rank 1 mid-stream ends that stream with a 503 error event and the job, non-zero,
+    within the collective timeout (20 s here)."""
+    prompts = [[(13 * i + 7 * j) % 250 + 3 for j in range(1 + 5 * i)] for i in range(16)]  # 1 to 76 tokens
     expected = [_alone(model, p, 8) for p in prompts]
-    env = {**_environ(), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MISTRALRS_COLLECTIVE_TIMEOUT": "20",
-           "MISTRALRS_RENDEZVOUS_TIMEOUT": "120"}
-    executable = str(Path(sys.executable).with_name("mistralrs"))
-    launch = subprocess.Popen([executable, "launch", "-n", "2", "--backend", "ring", "--", executable, "serve", "-m",
-                               str(folder), "--served-model-name", "tiny", "--port", "0"], stderr=subprocess.PIPE,
-                              text=True, env=env,
-                              start_new_session=True)
-    ranks: list[int] = []
+    job = _TwoRanks(form, folder, tmp_path)
     try:
-        assert launch.stderr is not None
-        line = launch.stderr.readline()
-        ranks = _children(launch.pid)
-        assert line.startswith("[rank 0] mistralrs serve: tiny on http://127.0.0.1:"), line
-        url = line.split(" on ")[1].split()[0]
+        assert job.first_line.startswith(f"{job.prefix}mistralrs serve: tiny on http://127.0.0.1:"), job.first_line
+        url = job.first_line.split(" on ")[1].split()[0]
         _wait_ready(url)
-        assert sorted(_rank(pid) for pid in ranks) == [0, 1]
+        assert sorted(job.ranks) == [0, 1]
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=TIMEOUT)
 
         async def all_at_once() -> list[Any]:
@@ -502,17 +557,21 @@ def test_two_ring_ranks_serve_what_one_process_serves_and_a_dead_rank_ends_it(fo
             if clear == len(tokens):
                 assert answer.choices[0].text == alone
                 whole += 1
-        assert whole >= 6
-        os.kill(next(pid for pid in ranks if _rank(pid) == 1), signal.SIGKILL)
-        assert launch.wait(timeout=60) != 0
-        assert "[rank 1] mistralrs serve:" not in launch.stderr.read()  # only rank 0 listened
+            else:
+                assert answer.choices[0].text.startswith(model.tokenizer.decode(tokens[:clear]).rstrip("\ufffd"))
+        assert whole >= 12, f"only {whole} of 16 requests had a clear margin at every step"
+        # Rank 1 dies while a stream runs: the stream ends with an error event, the job exits non-zero.
+        with httpx.stream("POST", url + "/v1/completions", timeout=TIMEOUT,
+                          json={"model": "tiny", "prompt": "x", "max_tokens": 100, "stream": True}) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            killed = time.monotonic()
+            os.kill(job.ranks[1], signal.SIGKILL)
+            last = [line for line in lines if line][-1]
+        error = json.loads(last.removeprefix("data: "))["error"]
+        assert error["type"] == "service_unavailable" and "a rank of the tensor-parallel job failed" in error["message"]
+        assert job.leader.wait(timeout=60) != 0
+        assert time.monotonic() - killed < 20 + 10  # the collective timeout, and the time to shut down
+        assert "mistralrs serve:" not in job.others_output()  # only rank 0 listened
     finally:
-        for pid in ranks:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-        launch.wait(timeout=30)
-        launch.stderr.close()  # type: ignore[union-attr]
+        job.close()

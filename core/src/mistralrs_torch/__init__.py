@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from mistralrs_torch._errors import (
     CollectiveError,
     ConfigError,
+    ContextLengthError,
     FallbackError,
     InputError,
     KVCacheFullError,
@@ -88,6 +89,7 @@ __all__ = [
     "Communicator",
     "ConfigError",
     "ConfigField",
+    "ContextLengthError",
     "Device",
     "EnvVar",
     "FallbackError",

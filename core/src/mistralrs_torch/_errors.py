@@ -91,6 +91,14 @@ class SelectionError(MistralrsError):
         super().__init__("\n".join(lines))
 
 
+class ContextLengthError(ConfigError):
+    """A prompt as long as the model's context or longer: refused when added, never truncated."""
+
+    def __init__(self, message: str, *, tokens: int, context: int) -> None:
+        super().__init__(message)
+        self.tokens, self.context = tokens, context
+
+
 class KVCacheFullError(MistralrsError):
     """The paged KV cache has too few blocks for a sequence: never truncated, refused with the blocks needed."""
 

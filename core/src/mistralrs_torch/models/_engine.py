@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mistralrs_torch._errors import ConfigError, InputError
+from mistralrs_torch._errors import ConfigError, ContextLengthError, InputError
 from mistralrs_torch.models._batch import build_step
 from mistralrs_torch.models._cache import DEFAULT_BLOCK_SIZE, KVCache, cache_blocks
 from mistralrs_torch.models._sampling import SamplingParams, SamplingState, sample
@@ -100,15 +100,17 @@ class Engine:
 
     def add(self, prompt: Sequence[int], params: SamplingParams | None = None) -> int:
         """Queue a request; its id. Raises at once if the prompt is empty or too long for the context, a token
-        id is outside the vocabulary, or the request could never fit in the cache (KVCacheFullError)."""
+        id is outside the vocabulary, or the request could never fit in the cache: ContextLengthError for a prompt
+        that fills the context, KVCacheFullError for a request the cache could never hold."""
         params = params if params is not None else SamplingParams()
         prompt = tuple(int(t) for t in prompt)
         vocab = self.network.config.vocab_size
         if not prompt:
             raise ConfigError("the prompt is empty: give at least one token of text")
         if len(prompt) >= self.context:
-            raise ConfigError(f"the prompt has {len(prompt)} tokens; this model's context holds {self.context} "
-                              "(max_position_embeddings): shorten the prompt")
+            raise ContextLengthError(f"the prompt has {len(prompt)} tokens; this model's context holds "
+                                     f"{self.context} (max_position_embeddings): shorten the prompt",
+                                     tokens=len(prompt), context=self.context)
         bad = next((t for t in (*prompt, *params.stop_token_ids) if not 0 <= t < vocab), None)
         if bad is not None:
             raise InputError(f"token id {bad}", "is outside the vocabulary", f"give ids in 0..{vocab - 1}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mistralrs_torch._errors import KVCacheFullError, MistralrsError
+from mistralrs_torch._errors import ContextLengthError, KVCacheFullError, MistralrsError
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 500: "internal_error",
@@ -26,6 +26,8 @@ class ApiError(MistralrsError):
 
 def engine_refusal(exc: MistralrsError, param: str) -> ApiError:
     """The 400 for a request the engine refused when it was added (a prompt longer than the context, a request the
-    KV cache could never hold, a token id outside the vocabulary): the engine's own message, which names the fix."""
-    code = "kv_cache_too_small" if isinstance(exc, KVCacheFullError) else "invalid_prompt"
+    KV cache could never hold, a token id outside the vocabulary): the engine's own message, which names the fix,
+    and OpenAI's code for a prompt over the context."""
+    code = ("context_length_exceeded" if isinstance(exc, ContextLengthError)
+            else "kv_cache_too_small" if isinstance(exc, KVCacheFullError) else "invalid_prompt")
     return ApiError(400, str(exc), param=param, code=code)
