@@ -3,7 +3,11 @@
 Run: python3 -m uv run --locked python benchmarks/cpu_gemm.py [--size 1024] [--rounds 5]
 fp32 and bf16 are dense (size x size) @ (size x size); int8 is weight-only
 (16 rows of activations, a decode-sized batch, against an int8 size x size
-weight with per-channel scales). GFLOP/s count 2*M*N*K. Peak is estimated as
+weight with per-channel scales). GFLOP/s count 2*M*N*K. Then bfloat16 linear by
+activation rows on SmolLM2's weight shapes, where bfloat16 GEMM is emulated:
+milliseconds of the kernel mkl binds, of bfloat16 directly and of the float32
+route (convert the weight, sgemm), which the bound kernel takes only from the
+row count where it pays. Peak is estimated as
 cores x clock x FLOPs per cycle (FMA width of the best instruction set: 32
 fp32 FLOP/cycle with AVX2, 64 with AVX-512, assuming two FMA units).
 """
@@ -55,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16, 32, 128],
+                        help="activation rows of the bfloat16 table")
     args = parser.parse_args()
     mkl, generic = MKLMatmul(os.environ, probe_system().cpu.flags), GenericMatmul()
     assert mkl.blas.is_mkl, "torch's BLAS is not MKL here"
@@ -95,6 +101,24 @@ def main() -> None:
             rates["generic"].append(_gflops(through_generic, flops, args.rounds))
         m, d, g = (statistics.median(rates[k]) for k in ("mkl", "direct", "generic"))
         print(f"{name:32s} {m:9.1f} {d:9.1f} {g:9.1f} {m / d:11.3f} {m / g:12.3f} {m / peak:8.1%}")
+    if not mkl.native_bf16:
+        _bf16_by_rows(mkl, args.rows, args.rounds)
+
+
+def _bf16_by_rows(mkl: MKLMatmul, rows: list[int], rounds: int) -> None:
+    bound = _bound(mkl, "linear", torch.bfloat16)
+    print(f"\nbfloat16 linear by rows (emulated bfloat16 GEMM); ms, median of {rounds}")
+    print(f"{'weight':>10s} {'rows':>5s} {'mkl bound':>10s} {'bf16':>9s} {'via fp32':>9s} {'bound/best':>11s}")
+    for out_features, in_features in ((576, 576), (1536, 576), (576, 1536), (49152, 576)):
+        w = torch.randn(out_features, in_features, dtype=torch.bfloat16)
+        for m in rows:
+            x = torch.randn(m, in_features, dtype=torch.bfloat16)
+            flops = 2.0 * m * out_features * in_features
+            ms = [flops / _gflops(f, flops, rounds) / 1e6 for f in (
+                lambda x=x, w=w: bound(x, w), lambda x=x, w=w: torch.nn.functional.linear(x, w),
+                lambda x=x, w=w: torch.nn.functional.linear(x.float(), w.float()).bfloat16())]
+            print(f"{out_features:>5d}x{in_features:<4d} {m:5d} {ms[0]:10.3f} {ms[1]:9.3f} {ms[2]:9.3f} "
+                  f"{ms[0] / min(ms[1:]):11.2f}")
 
 
 if __name__ == "__main__":

@@ -57,9 +57,24 @@ def test_linear_matches_float64_reference(backend: MKLMatmul, dtype: torch.dtype
 
 def test_bf16_linear_runs_in_fp32_only_without_native_bf16(backend: MKLMatmul) -> None:
     call = CallSpec("linear", "bfloat16", "cpu")
-    assert backend.kernel_for(call) is _backend._bf16_linear_in_fp32
+    assert backend.kernel_for(call) is _backend._bf16_linear
     assert MKLMatmul({}, cpu_flags=("avx512_bf16",)).kernel_for(call) is None
     assert backend.kernel_for(CallSpec("linear", "float32", "cpu")) is None
+
+
+def test_bf16_linear_goes_through_fp32_only_where_converting_the_weight_pays(backend: MKLMatmul) -> None:
+    # The crossovers measured by benchmarks/cpu_gemm.py: a projection from 4 rows, the lm_head from about 24.
+    projection, lm_head = 1536 * 576, 49152 * 576
+    assert [_backend.float32_pays(rows, projection) for rows in (1, 3, 4, 128)] == [False, False, True, True]
+    assert [_backend.float32_pays(rows, lm_head) for rows in (1, 16, 30, 31, 128)] == [False, False, False, True,
+                                                                                       True]
+    gen = torch.Generator().manual_seed(3)
+    w, b = torch.randn(40, 48, generator=gen).bfloat16(), torch.randn(40, generator=gen).bfloat16()
+    for rows in (1, 2, 8):  # both routes meet the float64 reference
+        x = torch.randn(rows, 48, generator=gen).bfloat16()
+        out = _backend._bf16_linear(x, w, b)
+        assert out.dtype == torch.bfloat16
+        assert _relative_error(out, _linear_ref(x, w.double().numpy(), b)) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -16,7 +16,20 @@ _LINEAR = ("float32", "float64", "bfloat16")
 _INT8 = ("float32", "bfloat16", "float16")
 
 
-def _bf16_linear_in_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def float32_pays(rows: int, weight_elements: int) -> bool:
+    """Whether emulated bfloat16 linear is faster through float32 for ``rows`` activation rows.
+
+    Emulated bfloat16 GEMM costs every row a pass over the weight; the float32 route costs one conversion of
+    the weight (slower per element the bigger the weight) and then a fast sgemm. Measured crossovers
+    (benchmarks/cpu_gemm.py, bfloat16 by rows): 2 to 4 rows for a 576x576 to 1536x576 weight, about 24 for
+    SmolLM2's 49152x576 lm_head, whose conversion alone takes about 100 ms.
+    """
+    return rows >= 4 + weight_elements // (1 << 20)
+
+
+def _bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if not float32_pays(x.numel() // max(1, x.shape[-1]), weight.numel()):
+        return F.linear(x, weight, bias)
     out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     return out.to(torch.bfloat16)
 
@@ -41,7 +54,8 @@ class MKLMatmul:
     def __init__(self, environ: Mapping[str, str], cpu_flags: Collection[str] = ()) -> None:
         self.blas = blas_info()
         # Without AVX512-BF16 or AMX, bfloat16 GEMM is emulated and about 4x slower than fp32 MKL GEMM
-        # (benchmarks/cpu_gemm.py), so bfloat16 linear runs in fp32 and rounds once at the end.
+        # (benchmarks/cpu_gemm.py), so bfloat16 linear runs in fp32 and rounds once at the end, from the row
+        # count where converting the weight pays (float32_pays).
         self.native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags))
         self.threads, self.threads_from = configure_threads(environ)
         self._refusal = "" if self.blas.is_mkl else (
@@ -70,7 +84,7 @@ class MKLMatmul:
 
     def kernel_for(self, call: CallSpec) -> Callable[..., torch.Tensor] | None:
         if call.op == "linear" and call.dtype == "bfloat16" and not self.native_bf16:
-            return _bf16_linear_in_fp32
+            return _bf16_linear
         if call.op == "int8_linear" and call.dtype != "bfloat16":
             # torch's int8 weight kernel beats dequantise + GEMM only for bfloat16 activations; for fp32 it is
             # about 6x slower than dequantising once and running MKL's sgemm (benchmarks/cpu_gemm.py).
