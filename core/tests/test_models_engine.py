@@ -206,6 +206,26 @@ def test_a_request_that_can_never_fit_is_refused_when_added(llama: Model) -> Non
     engine.add(PROMPTS[0], SamplingParams(max_tokens=13))  # 32 tokens in the cache at most: 2 blocks fit
 
 
+def test_every_rank_of_a_tensor_parallel_model_takes_rank_0s_tokens(llama: Model,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    token = next(t for t in range(3, 100) if t not in llama.tokenizer.stop_ids)
+
+    class Rank1:
+        """Rank 1 of two: the broadcast brings rank 0's token, whatever this rank sampled."""
+
+        rank, world_size = 1, 2
+
+        def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+            assert src == 0 and tensor.dtype == torch.int64
+            return tensor.fill_(token)
+
+    engine = Engine(llama)
+    monkeypatch.setattr(llama.network, "communicator", Rank1())
+    engine.add([5, 6, 7], SamplingParams(max_tokens=2, temperature=0.9, seed=4))
+    engine.add([8, 9], SamplingParams(max_tokens=2))
+    assert [o.token for o in engine.step()] == [token, token]
+
+
 @pytest.mark.parametrize(("prompt", "message", "error"), [
     ([], "the prompt is empty", ConfigError),
     (list(range(128)), "the prompt has 128 tokens; this model's context holds 128", ContextLengthError),

@@ -201,7 +201,7 @@ class Engine:
         entries = [(r.sequence, r.tokens[self.cache.length(r.sequence):]) for r in batch if r.sequence is not None]
         try:
             logits = self.network.forward(build_step(self.cache, entries))
-            chosen = sample(logits, [r.sampling for r in batch])
+            chosen = self._agreed(sample(logits, [r.sampling for r in batch]), logits.device)
         except BaseException:
             for request in batch:  # their cache contents are unknown now: they end here, the others go on
                 self.abort(request.id)
@@ -209,6 +209,16 @@ class Engine:
         outputs = [self._advance(r, token, logits[i] if self.keep_logits else None)
                    for i, (r, token) in enumerate(zip(batch, chosen, strict=True))]
         return sorted(outputs, key=lambda o: o.request_id)
+
+    def _agreed(self, chosen: list[int], device: torch.device) -> list[int]:
+        """Rank 0's tokens, on every rank of a tensor-parallel model: the ranks' logits can differ in the last bits
+        (measured selection may bind another backend on another rank), and a near tie would then split them into
+        different sequences whose collectives no longer pair up."""
+        communicator = self.network.communicator
+        if communicator.world_size == 1:
+            return chosen
+        tokens = communicator.broadcast(torch.tensor(chosen, dtype=torch.int64, device=device), src=0)
+        return [int(t) for t in tokens.tolist()]
 
     def _advance(self, request: _Request, token: int, logits: torch.Tensor | None) -> RequestOutput:
         if token in request.stops:
