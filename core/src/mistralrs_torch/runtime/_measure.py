@@ -2,12 +2,13 @@
 
 Under ``selection="measured"`` (or MISTRALRS_SELECTION=measured) the first call
 of a signature, with its token count rounded up to a power of two (so decode
-steps do not tune again), times each supporting backend on that very call:
-one warm-up, then up to ``repeats`` runs, the median kept; a candidate is
-dropped as soon as one of its runs is slower than the best median so far by
-``margin``. Each candidate's output is checked once against the op's float64
-reference with the verification tolerances; a wrong one is never bound. With a
-single supporting backend nothing is timed.
+steps do not tune again), checks each supporting backend once on that very
+call against the op's float64 reference with the verification tolerances (a
+wrong one is never bound; the check is also its warm-up), then times it in up
+to ``repeats`` rounds and keeps the median; a candidate is dropped as soon as
+its median is slower than the best by ``margin`` (after one round already when
+its run is long enough to be timed reliably in one go and slower by
+``margin`` squared). With a single supporting backend nothing is timed.
 
 Choices persist in a tuning cache file keyed by what makes a timing valid: the
 device, torch's version, every plugin's version and the thread count. A file
@@ -33,6 +34,9 @@ from mistralrs_torch.ops import CallSpec, OpSpec, PreparedWeight, QuantizedWeigh
 SELECTIONS = ("priority", "measured")
 TUNING_SCHEMA = "mistralrs.tuning/1"
 
+
+#: A single run at least this long (seconds) is not moved by ``margin`` squared by timer or scheduling noise.
+RELIABLE_RUN = 0.005
 
 #: A prepared weight is timed on DECODE_PER_PREFILL one-token calls plus one call of PREFILL_ROWS tokens: the
 #: shape of a chat turn (a prompt of 64 tokens, 64 new tokens) scaled down by four to keep tuning cheap.
@@ -274,20 +278,26 @@ class Tuner:
         return candidates[names.index(winner)]
 
     def _time(self, actions: dict[str, Callable[[], Any]], dropped: dict[str, str]) -> dict[str, float]:
-        """Median seconds of each action after a warm-up, timed in rounds (one run of each per round, so a burst
-        of load on a shared machine hits every candidate alike); from the second round on, a candidate whose
-        median exceeds ``margin`` x the best median is dropped (into ``dropped``) and timed no more."""
-        for action in actions.values():
-            action()
+        """Median seconds of each (already warm) action, timed in rounds (one run of each per round, so a burst of
+        load on a shared machine hits every candidate alike). A candidate whose median exceeds ``margin`` x the
+        best median is dropped (into ``dropped``) and timed no more: from the second round on, or after the
+        first when its run took at least RELIABLE_RUN and ``margin`` squared x the best (a slow kernel on a
+        prompt's rows then costs one timed run, not a round of them)."""
         samples: dict[str, list[float]] = {name: [] for name in actions}
         for round_ in range(self.repeats):
             for name in list(samples):
                 began = time.perf_counter()
                 actions[name]()
                 samples[name].append(time.perf_counter() - began)
-            if round_ >= 1 and len(samples) > 1:
-                best = min(statistics.median(times) for times in samples.values())
-                for name in [n for n, times in samples.items() if statistics.median(times) > best * self.margin]:
-                    dropped[name] = f"slower than the best by more than {self.margin}x"
-                    del samples[name]
+            if len(samples) < 2:
+                continue
+            best = min(statistics.median(times) for times in samples.values())
+            for name in [n for n, times in samples.items() if self._slow(statistics.median(times), best, round_)]:
+                dropped[name] = f"slower than the best by more than {self.margin}x"
+                del samples[name]
         return {name: statistics.median(times) for name, times in samples.items()}
+
+    def _slow(self, median: float, best: float, round_: int) -> bool:
+        if round_ == 0:
+            return median >= RELIABLE_RUN and median > best * self.margin ** 2
+        return median > best * self.margin
