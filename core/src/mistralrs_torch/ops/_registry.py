@@ -17,7 +17,7 @@ from mistralrs_torch.ops import _signatures as sig
 from mistralrs_torch.ops._contract import CallSpec
 
 if TYPE_CHECKING:
-    import numpy as np
+    from numpy.typing import NDArray
 
     from mistralrs_torch.testing._cases import OpCase
 
@@ -59,8 +59,8 @@ class OpSpec:
     #: The backend method that prepares a weight once at load ("" when the op takes weights as they are).
     prepare: str = ""
 
-    def load_reference(self) -> Callable[..., np.ndarray | tuple[np.ndarray, ...]]:
-        reference: Callable[..., np.ndarray | tuple[np.ndarray, ...]] = _load(self.reference)
+    def load_reference(self) -> Callable[..., NDArray[Any] | tuple[NDArray[Any], ...]]:
+        reference: Callable[..., NDArray[Any] | tuple[NDArray[Any], ...]] = _load(self.reference)
         return reference
 
     def load_cases(self) -> Callable[[], Iterator[OpCase]]:
