@@ -180,6 +180,16 @@ def test_a_candidate_much_slower_than_the_best_is_dropped_early(speedy, tmp_path
     assert runtime.tuner.measurements[-1].dropped["slow-matmul"].startswith("slower than the best")
 
 
+def test_once_the_rounds_spend_the_budget_two_rounds_are_enough(speedy, tmp_path: Path) -> None:
+    runtime = speedy(tmp_path)
+    runtime.tuner.repeats, runtime.tuner.budget = 50, 0.0
+    before = speedy.module().CALLS["fast"]
+    _linear(runtime, 4)
+    assert speedy.module().CALLS["fast"] - before == 3  # its check (the warm-up), then two timed rounds
+    (choice,) = runtime.tuner.measurements
+    assert choice.winner in ("fast-matmul", "cpu-matmul") and "liar-matmul" in choice.dropped
+
+
 def test_quantized_weights_are_prepared_by_the_fastest_correct_backend(tmp_path: Path) -> None:
     runtime = Runtime.create(environ={}, selection="measured", tuning_cache=tmp_path / "tuning.json")
     gen = torch.Generator().manual_seed(0)

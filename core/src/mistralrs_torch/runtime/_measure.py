@@ -5,7 +5,8 @@ of a signature, with its token count rounded up to a power of two (so decode
 steps do not tune again), checks each supporting backend once on that very
 call against the op's float64 reference with the verification tolerances (a
 wrong one is never bound; the check is also its warm-up), then times it in up
-to ``repeats`` rounds and keeps the median; a candidate is dropped as soon as
+to ``repeats`` rounds (fewer, but at least two, once the rounds have taken
+``budget`` seconds) and keeps the median; a candidate is dropped as soon as
 its median is slower than the best by ``margin`` (after one round already when
 its run is long enough to be timed reliably in one go and slower by
 ``margin`` squared). With a single supporting backend nothing is timed.
@@ -160,8 +161,8 @@ def _synchronized(action: Callable[[], Any], device: str) -> Callable[[], Any]:
 class Tuner:
     """Times candidates for a signature and remembers the winners (in memory and in its cache)."""
 
-    def __init__(self, cache: TuningCache, *, repeats: int = 5, margin: float = 1.5) -> None:
-        self.cache, self.repeats, self.margin = cache, repeats, margin
+    def __init__(self, cache: TuningCache, *, repeats: int = 5, margin: float = 1.5, budget: float = 0.1) -> None:
+        self.cache, self.repeats, self.margin, self.budget = cache, repeats, margin, budget
         #: One per signature (key), in the order first met: the weights of many layers share a signature.
         self.measurements: list[Measurement] = []
         self._met: set[str] = set()
@@ -282,9 +283,13 @@ class Tuner:
         load on a shared machine hits every candidate alike). A candidate whose median exceeds ``margin`` x the
         best median is dropped (into ``dropped``) and timed no more: from the second round on, or after the
         first when its run took at least RELIABLE_RUN and ``margin`` squared x the best (a slow kernel on a
-        prompt's rows then costs one timed run, not a round of them)."""
+        prompt's rows then costs one timed run, not a round of them). Once the rounds have taken ``budget``
+        seconds, two rounds are enough: runs that long are timed well by two samples each."""
         samples: dict[str, list[float]] = {name: [] for name in actions}
+        started = time.perf_counter()
         for round_ in range(self.repeats):
+            if round_ >= 2 and time.perf_counter() - started >= self.budget:
+                break
             for name in list(samples):
                 began = time.perf_counter()
                 actions[name]()
