@@ -40,14 +40,19 @@ def _peak_gflops() -> tuple[float, str]:
     return cores * ghz * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
-def _gflops(function: Callable[[], torch.Tensor], flops: float, rounds: int) -> float:
+def _seconds(function: Callable[[], torch.Tensor], rounds: int) -> float:
+    """Median seconds of ``function`` over ``rounds`` runs after one warm-up."""
     function()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return flops / statistics.median(times) / 1e9
+    return statistics.median(times)
+
+
+def _gflops(function: Callable[[], torch.Tensor], flops: float, rounds: int) -> float:
+    return flops / _seconds(function, rounds) / 1e9
 
 
 def _bound(backend: MKLMatmul, op: str, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
@@ -113,8 +118,7 @@ def _bf16_by_rows(mkl: MKLMatmul, rows: list[int], rounds: int) -> None:
         w = torch.randn(out_features, in_features, dtype=torch.bfloat16)
         for m in rows:
             x = torch.randn(m, in_features, dtype=torch.bfloat16)
-            flops = 2.0 * m * out_features * in_features
-            ms = [flops / _gflops(f, flops, rounds) / 1e6 for f in (
+            ms = [_seconds(f, rounds) * 1e3 for f in (
                 lambda x=x, w=w: bound(x, w), lambda x=x, w=w: torch.nn.functional.linear(x, w),
                 lambda x=x, w=w: torch.nn.functional.linear(x.float(), w.float()).bfloat16())]
             print(f"{out_features:>5d}x{in_features:<4d} {m:5d} {ms[0]:10.3f} {ms[1]:9.3f} {ms[2]:9.3f} "

@@ -294,8 +294,8 @@ class Tuner:
                 began = time.perf_counter()
                 actions[name]()
                 samples[name].append(time.perf_counter() - began)
-            if len(samples) < 2:
-                continue
+            if len(samples) < 2:  # a lone survivor has its sample; timing it further decides nothing
+                break
             best = min(statistics.median(times) for times in samples.values())
             for name in [n for n, times in samples.items() if self._slow(statistics.median(times), best, round_)]:
                 dropped[name] = f"slower than the best by more than {self.margin}x"
