@@ -20,6 +20,7 @@ the call.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -178,10 +179,12 @@ class Tuner:
         def run(kernel: Callable[..., Any]) -> Callable[[], Any]:
             return _synchronized(lambda: kernel(*args, **kwargs), call.device)
 
-        def check(kernel: Callable[..., Any]) -> str:
-            from mistralrs_torch.testing._verify import verify_call
+        from mistralrs_torch.testing._verify import reference_output, verify_call
 
-            return verify_call(spec, kernel, args, kwargs, call.dtype)
+        expected = functools.cache(lambda: reference_output(spec, args, kwargs))  # the same for every candidate
+
+        def check(kernel: Callable[..., Any]) -> str:
+            return verify_call(spec, kernel, args, kwargs, call.dtype, expected())
 
         return self._tune(spec, call, self._key(spec, call), candidates, run, check)
 
@@ -228,12 +231,14 @@ class Tuner:
 
             return _synchronized(generation, call.device)
 
-        def check(kernel: Callable[..., Any]) -> str:
-            from mistralrs_torch.testing._verify import verify_call
+        from mistralrs_torch.testing._verify import reference_output, verify_call
 
+        expected = functools.cache(lambda: [reference_output(spec, (x, weight), {}) for x in timing_inputs()])
+
+        def check(kernel: Callable[..., Any]) -> str:
             weight_for_kernel = payload(kernel)
-            return "; ".join(problem for x in timing_inputs() if (problem := verify_call(
-                spec, lambda x=x: kernel(x, weight_for_kernel), (), {}, call.dtype, reference_args=(x, weight))))
+            return "; ".join(problem for x, reference in zip(timing_inputs(), expected(), strict=True) if (
+                problem := verify_call(spec, lambda x=x: kernel(x, weight_for_kernel), (), {}, call.dtype, reference)))
 
         backend, kernel = self._tune(spec, call, self._key(spec, call), pairs, run, check)
         return backend, payload(kernel).payload

@@ -155,16 +155,18 @@ def _synchronize(device: str) -> None:
         torch.mps.synchronize()
 
 
-def verify_call(spec: OpSpec, kernel: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], dtype: str,
-                *, reference_args: Sequence[Any] | None = None) -> str:
-    """Run ``kernel`` on a real call and judge it against the op's reference: "" when within tolerance, else why.
+def reference_output(spec: OpSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """The op's float64 reference on a call's arguments: computed once, it judges every candidate of that call."""
+    return spec.load_reference()(*(_as_numpy(a) for a in args), **{k: _as_numpy(v) for k, v in kwargs.items()})
 
-    In-place ops write into copies of their outputs, so the caller's tensors are untouched. ``reference_args``
-    replace ``args`` for the reference (a prepared weight's QuantizedWeight, say).
+
+def verify_call(spec: OpSpec, kernel: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], dtype: str,
+                expected: Any) -> str:
+    """Run ``kernel`` on a real call and judge it against ``expected`` (``reference_output`` of the call): "" when
+    within tolerance, else why.
+
+    In-place ops write into copies of their outputs, so the caller's tensors are untouched.
     """
-    reference_args = list(args if reference_args is None else reference_args)
-    expected = spec.load_reference()(*(_as_numpy(a) for a in reference_args),
-                                     **{k: _as_numpy(v) for k, v in kwargs.items()})
     if spec.writes:
         copies = [a.clone() if i in spec.writes else a for i, a in enumerate(args)]
         kernel(*copies, **kwargs)
