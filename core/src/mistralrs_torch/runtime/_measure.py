@@ -3,13 +3,14 @@
 Under ``selection="measured"`` (or MISTRALRS_SELECTION=measured) the first call
 of a signature, with its token count rounded up to a power of two (so decode
 steps do not tune again), checks each supporting backend once on that very
-call against the op's float64 reference with the verification tolerances (a
-wrong one is never bound; the check is also its warm-up), then times it in up
-to ``repeats`` rounds (fewer, but at least two, once the rounds have taken
-``budget`` seconds) and keeps the median; a candidate is dropped as soon as
-its median is slower than the best by ``margin`` (after one round already when
-its run is long enough to be timed reliably in one go and slower by
-``margin`` squared). With a single supporting backend nothing is timed.
+call against the op's float64 reference (computed once for all of them) with
+the verification tolerances: a wrong one is never bound. The check is also
+the warm-up, and its run a first sample: a run long enough to be timed
+reliably in one go (RELIABLE_RUN) and slower than the best check by ``margin``
+squared drops its candidate at once. The rest are timed in up to ``repeats``
+rounds (one only, once a round has taken ``budget`` seconds) and keep their
+median; a candidate is dropped as soon as its median is slower than the best
+by ``margin``. With a single supporting backend nothing is timed.
 
 Choices persist in a tuning cache file keyed by what makes a timing valid: the
 device, torch's version, every plugin's version and the thread count. A file
@@ -145,6 +146,17 @@ class TuningCache:
             self.path = None
 
 
+def _stopwatch(kernel: Callable[..., Any], device: str, laps: list[float]) -> Callable[..., Any]:
+    """``kernel``, appending the seconds of each call (device work included) to ``laps``."""
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        result = _synchronized(lambda: kernel(*args, **kwargs), device)()
+        laps.append(time.perf_counter() - began)
+        return result
+
+    return timed
+
+
 def _synchronized(action: Callable[[], Any], device: str) -> Callable[[], Any]:
     """``action`` that waits for the device to finish, so its time is the kernel's, not its launch's."""
     if device == "cpu":
@@ -183,8 +195,10 @@ class Tuner:
 
         expected = functools.cache(lambda: reference_output(spec, args, kwargs))  # the same for every candidate
 
-        def check(kernel: Callable[..., Any]) -> str:
-            return verify_call(spec, kernel, args, kwargs, call.dtype, expected())
+        def check(kernel: Callable[..., Any]) -> tuple[str, float | None]:
+            laps: list[float] = []
+            problem = verify_call(spec, _stopwatch(kernel, call.device, laps), args, kwargs, call.dtype, expected())
+            return problem, laps[0]  # the check ran the very work that is timed: its run is a first (cold) sample
 
         return self._tune(spec, call, self._key(spec, call), candidates, run, check)
 
@@ -235,10 +249,12 @@ class Tuner:
 
         expected = functools.cache(lambda: [reference_output(spec, (x, weight), {}) for x in timing_inputs()])
 
-        def check(kernel: Callable[..., Any]) -> str:
+        def check(kernel: Callable[..., Any]) -> tuple[str, float | None]:
             weight_for_kernel = payload(kernel)
+            # Two calls, not the timed generation in miniature: no sample to judge speed by.
             return "; ".join(problem for x, reference in zip(timing_inputs(), expected(), strict=True) if (
-                problem := verify_call(spec, lambda x=x: kernel(x, weight_for_kernel), (), {}, call.dtype, reference)))
+                problem := verify_call(spec, lambda x=x: kernel(x, weight_for_kernel), (), {}, call.dtype,
+                                       reference))), None
 
         backend, kernel = self._tune(spec, call, self._key(spec, call), pairs, run, check)
         return backend, payload(kernel).payload
@@ -249,7 +265,7 @@ class Tuner:
 
     def _tune(self, spec: OpSpec, call: CallSpec, key: str, candidates: Sequence[tuple[Any, Callable[..., Any]]],
               run: Callable[[Callable[..., Any]], Callable[[], Any]],
-              check: Callable[[Callable[..., Any]], str]) -> tuple[Any, Callable[..., Any]]:
+              check: Callable[[Callable[..., Any]], tuple[str, float | None]]) -> tuple[Any, Callable[..., Any]]:
         known = self.cache.get(key)
         names = [b.name for b, _ in candidates]
         if known is not None and known["winner"] in names:
@@ -263,10 +279,15 @@ class Tuner:
         start = time.perf_counter()
         times: dict[str, float] = {}
         dropped: dict[str, str] = {}
+        checked: dict[str, float] = {}
         for backend, kernel in candidates:
-            problem = check(kernel)
+            problem, seconds = check(kernel)
             if problem:
                 dropped[backend.name] = f"wrong result: {problem}"
+            elif seconds is not None:
+                checked[backend.name] = seconds
+        for name in [n for n, seconds in checked.items() if self._slow(seconds, min(checked.values()), 0)]:
+            dropped[name] = f"slower than the best by more than {self.margin ** 2:g}x in its check"
         live = {backend.name: run(kernel) for backend, kernel in candidates if backend.name not in dropped}
         times.update(self._time(live, dropped))
         if not times:
@@ -289,11 +310,11 @@ class Tuner:
         best median is dropped (into ``dropped``) and timed no more: from the second round on, or after the
         first when its run took at least RELIABLE_RUN and ``margin`` squared x the best (a slow kernel on a
         prompt's rows then costs one timed run, not a round of them). Once the rounds have taken ``budget``
-        seconds, two rounds are enough: runs that long are timed well by two samples each."""
+        seconds, no further round starts: runs that long are timed well by one warm sample each."""
         samples: dict[str, list[float]] = {name: [] for name in actions}
         started = time.perf_counter()
         for round_ in range(self.repeats):
-            if round_ >= 2 and time.perf_counter() - started >= self.budget:
+            if round_ >= 1 and time.perf_counter() - started >= self.budget:
                 break
             for name in list(samples):
                 began = time.perf_counter()
