@@ -192,6 +192,42 @@ def test_once_a_round_spends_the_budget_no_further_round_starts(speedy, tmp_path
     assert choice.winner in ("fast-matmul", "cpu-matmul") and "liar-matmul" in choice.dropped
 
 
+_TWIN = '''
+import torch.nn.functional as F
+from mistralrs_torch import FeatureManifest, Support, hookimpl
+
+FEATURE = FeatureManifest(name="twin", summary="torch's own linear", distribution="twin-dist", provides=("matmul",))
+
+
+class Backend:
+    feature, name, dispatch_priority = "twin", "twin-matmul", 10
+    linear = staticmethod(F.linear)
+
+    def supports(self, call):
+        return Support(call.device == "cpu", "cpu only")
+
+
+@hookimpl
+def mistralrs_features():
+    return (FEATURE,)
+
+
+@hookimpl
+def mistralrs_matmul_backends(active):
+    return (Backend(),) if "twin" in active else ()
+'''
+
+
+def test_backends_binding_the_same_kernel_are_one_candidate(fake_plugin, tmp_path: Path) -> None:
+    manager = PluginManager(entry_points=[fake_plugin(_TWIN, name="twin")], environ={})
+    runtime = Runtime.create(manager=manager, environ={}, selection="measured", tuning_cache=tmp_path / "t.json")
+    _linear(runtime, 2)
+    (choice,) = runtime.tuner.measurements
+    # cpu-matmul binds torch's F.linear too: timing it beside twin-matmul would time one kernel twice.
+    assert choice.winner == "twin-matmul" and list(choice.times) == ["twin-matmul"]
+    assert choice.dropped == {"cpu-matmul": "binds the same kernel as twin-matmul"}
+
+
 def test_quantized_weights_are_prepared_by_the_fastest_correct_backend(tmp_path: Path) -> None:
     runtime = Runtime.create(environ={}, selection="measured", tuning_cache=tmp_path / "tuning.json")
     gen = torch.Generator().manual_seed(0)

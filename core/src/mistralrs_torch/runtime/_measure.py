@@ -10,7 +10,9 @@ reliably in one go (RELIABLE_RUN) and slower than the best check by ``margin``
 squared drops its candidate at once. The rest are timed in up to ``repeats``
 rounds (one only, once a round has taken ``budget`` seconds) and keep their
 median; a candidate is dropped as soon as its median is slower than the best
-by ``margin``. With a single supporting backend nothing is timed.
+by ``margin``. Backends that bind the very same kernel are one candidate (the
+first by priority stands for the others). With a single supporting backend
+nothing is timed.
 
 Choices persist in a tuning cache file keyed by what makes a timing valid: the
 device, torch's version, every plugin's version and the thread count. A file
@@ -280,7 +282,15 @@ class Tuner:
         times: dict[str, float] = {}
         dropped: dict[str, str] = {}
         checked: dict[str, float] = {}
+        distinct: list[tuple[Any, Callable[..., Any]]] = []
         for backend, kernel in candidates:
+            twin = next((b.name for b, k in distinct if k == kernel), None)
+            if twin is not None:
+                # mkl-matmul and cpu-matmul both bind torch's F.linear in float32: timing one kernel twice measures
+                # only noise, so the first (by priority) stands for both.
+                dropped[backend.name] = f"binds the same kernel as {twin}"
+                continue
+            distinct.append((backend, kernel))
             problem, seconds = check(kernel)
             if problem:
                 dropped[backend.name] = f"wrong result: {problem}"
@@ -288,7 +298,7 @@ class Tuner:
                 checked[backend.name] = seconds
         for name in [n for n, seconds in checked.items() if self._slow(seconds, min(checked.values()), 0)]:
             dropped[name] = f"slower than the best by more than {self.margin ** 2:g}x in its check"
-        live = {backend.name: run(kernel) for backend, kernel in candidates if backend.name not in dropped}
+        live = {backend.name: run(kernel) for backend, kernel in distinct if backend.name not in dropped}
         times.update(self._time(live, dropped))
         if not times:
             raise_all = "; ".join(f"{name}: {why}" for name, why in dropped.items())
