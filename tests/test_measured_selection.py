@@ -223,8 +223,9 @@ def test_backends_binding_the_same_kernel_are_one_candidate(fake_plugin, tmp_pat
     runtime = Runtime.create(manager=manager, environ={}, selection="measured", tuning_cache=tmp_path / "t.json")
     _linear(runtime, 2)
     (choice,) = runtime.tuner.measurements
-    # cpu-matmul binds torch's F.linear too: timing it beside twin-matmul would time one kernel twice.
-    assert choice.winner == "twin-matmul" and list(choice.times) == ["twin-matmul"]
+    # cpu-matmul binds torch's F.linear too: timing it beside twin-matmul would time one kernel twice; with one
+    # kernel left there is nothing to time, as with one supporting backend.
+    assert choice.winner == "twin-matmul" and choice.times == {}
     assert choice.dropped == {"cpu-matmul": "binds the same kernel as twin-matmul"}
 
 

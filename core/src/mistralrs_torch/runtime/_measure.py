@@ -11,8 +11,8 @@ squared drops its candidate at once. The rest are timed in up to ``repeats``
 rounds (one only, once a round has taken ``budget`` seconds) and keep their
 median; a candidate is dropped as soon as its median is slower than the best
 by ``margin``. Backends that bind the very same kernel are one candidate (the
-first by priority stands for the others). With a single supporting backend
-nothing is timed.
+first by priority stands for the others). With a single supporting backend,
+or a single kernel, nothing is checked or timed.
 
 Choices persist in a tuning cache file keyed by what makes a timing valid: the
 device, torch's version, every plugin's version and the thread count. A file
@@ -279,18 +279,32 @@ class Tuner:
                                                  dict(known.get("dropped", {})), known["winner"], 0.0, "cache"))
             return chosen
         start = time.perf_counter()
-        times: dict[str, float] = {}
         dropped: dict[str, str] = {}
-        checked: dict[str, float] = {}
         distinct: list[tuple[Any, Callable[..., Any]]] = []
         for backend, kernel in candidates:
             twin = next((b.name for b, k in distinct if k == kernel), None)
-            if twin is not None:
+            if twin is None:
+                distinct.append((backend, kernel))
+            else:
                 # mkl-matmul and cpu-matmul both bind torch's F.linear in float32: timing one kernel twice measures
                 # only noise, so the first (by priority) stands for both.
                 dropped[backend.name] = f"binds the same kernel as {twin}"
-                continue
-            distinct.append((backend, kernel))
+        # One kernel left: nothing to choose, as with one supporting backend.
+        times = self._measure(spec, call, distinct, run, check, dropped) if len(distinct) > 1 else {}
+        winner = min(times, key=lambda name: times[name]) if times else distinct[0][0].name
+        measurement = Measurement(spec.name, call, times, dropped, winner, time.perf_counter() - start, "measured")
+        self.measurements.append(measurement)
+        self._met.add(key)
+        self.cache.put(key, measurement)
+        return candidates[names.index(winner)]
+
+    def _measure(self, spec: OpSpec, call: CallSpec, candidates: Sequence[tuple[Any, Callable[..., Any]]],
+                 run: Callable[[Callable[..., Any]], Callable[[], Any]],
+                 check: Callable[[Callable[..., Any]], tuple[str, float | None]],
+                 dropped: dict[str, str]) -> dict[str, float]:
+        """Median seconds of each correct candidate that was not dropped as slow (reasons into ``dropped``)."""
+        checked: dict[str, float] = {}
+        for backend, kernel in candidates:
             problem, seconds = check(kernel)
             if problem:
                 dropped[backend.name] = f"wrong result: {problem}"
@@ -298,21 +312,14 @@ class Tuner:
                 checked[backend.name] = seconds
         for name in [n for n, seconds in checked.items() if self._slow(seconds, min(checked.values()), 0)]:
             dropped[name] = f"slower than the best by more than {self.margin ** 2:g}x in its check"
-        live = {backend.name: run(kernel) for backend, kernel in distinct if backend.name not in dropped}
-        times.update(self._time(live, dropped))
+        times = self._time({b.name: run(k) for b, k in candidates if b.name not in dropped}, dropped)
         if not times:
-            raise_all = "; ".join(f"{name}: {why}" for name, why in dropped.items())
             from mistralrs_torch._errors import UnsupportedCallError
 
             raise UnsupportedCallError(f"{spec.name} [{call.describe()}]: no backend computed it within tolerance "
-                                       f"({raise_all}): disable the failing plugins (MISTRALRS_DISABLE_PLUGINS) "
-                                       "and report them")
-        winner = min(times, key=lambda name: times[name])
-        measurement = Measurement(spec.name, call, times, dropped, winner, time.perf_counter() - start, "measured")
-        self.measurements.append(measurement)
-        self._met.add(key)
-        self.cache.put(key, measurement)
-        return candidates[names.index(winner)]
+                                       f"({'; '.join(f'{name}: {why}' for name, why in dropped.items())}): disable "
+                                       "the failing plugins (MISTRALRS_DISABLE_PLUGINS) and report them")
+        return times
 
     def _time(self, actions: dict[str, Callable[[], Any]], dropped: dict[str, str]) -> dict[str, float]:
         """Median seconds of each (already warm) action, timed in rounds (one run of each per round, so a burst of
