@@ -193,11 +193,16 @@ class Tuner:
         def run(kernel: Callable[..., Any]) -> Callable[[], Any]:
             return _synchronized(lambda: kernel(*args, **kwargs), call.device)
 
-        from mistralrs_torch.testing._verify import reference_output, verify_call
+        # testing's verifier is imported only when a check runs: a warm cache runs none.
+        @functools.cache
+        def expected() -> Any:  # the same for every candidate
+            from mistralrs_torch.testing._verify import reference_output
 
-        expected = functools.cache(lambda: reference_output(spec, args, kwargs))  # the same for every candidate
+            return reference_output(spec, args, kwargs)
 
         def check(kernel: Callable[..., Any]) -> tuple[str, float | None]:
+            from mistralrs_torch.testing._verify import verify_call
+
             laps: list[float] = []
             problem = verify_call(spec, _stopwatch(kernel, call.device, laps), args, kwargs, call.dtype, expected())
             return problem, laps[0]  # the check ran the very work that is timed: its run is a first (cold) sample
@@ -247,11 +252,15 @@ class Tuner:
 
             return _synchronized(generation, call.device)
 
-        from mistralrs_torch.testing._verify import reference_output, verify_call
+        @functools.cache
+        def expected() -> list[Any]:
+            from mistralrs_torch.testing._verify import reference_output
 
-        expected = functools.cache(lambda: [reference_output(spec, (x, weight), {}) for x in timing_inputs()])
+            return [reference_output(spec, (x, weight), {}) for x in timing_inputs()]
 
         def check(kernel: Callable[..., Any]) -> tuple[str, float | None]:
+            from mistralrs_torch.testing._verify import verify_call
+
             weight_for_kernel = payload(kernel)
             # Two calls, not the timed generation in miniature: no sample to judge speed by.
             return "; ".join(problem for x, reference in zip(timing_inputs(), expected(), strict=True) if (
@@ -290,7 +299,7 @@ class Tuner:
                 # only noise, so the first (by priority) stands for both.
                 dropped[backend.name] = f"binds the same kernel as {twin}"
         # One kernel left: nothing to choose, as with one supporting backend.
-        times = self._measure(spec, call, distinct, run, check, dropped) if len(distinct) > 1 else {}
+        times = self._check_and_time(spec, call, distinct, run, check, dropped) if len(distinct) > 1 else {}
         winner = min(times, key=lambda name: times[name]) if times else distinct[0][0].name
         measurement = Measurement(spec.name, call, times, dropped, winner, time.perf_counter() - start, "measured")
         self.measurements.append(measurement)
@@ -298,7 +307,7 @@ class Tuner:
         self.cache.put(key, measurement)
         return candidates[names.index(winner)]
 
-    def _measure(self, spec: OpSpec, call: CallSpec, candidates: Sequence[tuple[Any, Callable[..., Any]]],
+    def _check_and_time(self, spec: OpSpec, call: CallSpec, candidates: Sequence[tuple[Any, Callable[..., Any]]],
                  run: Callable[[Callable[..., Any]], Callable[[], Any]],
                  check: Callable[[Callable[..., Any]], tuple[str, float | None]],
                  dropped: dict[str, str]) -> dict[str, float]:
