@@ -16,7 +16,7 @@ from mistralrs_torch.cli import cli
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory, tiny: Any, tiny_llama: Any) -> Path:
-    # 4-bit weights with bfloat16 activations: both cpu-int4pack and cpu-matmul take them, so there is a choice.
+    # 4-bit weights with bfloat16 activations: cpu-blockq, cpu-int4pack and cpu-matmul take them: a choice.
     folder = tmp_path_factory.mktemp("tune")
     return tiny.write_gguf(folder / "tiny.gguf", tiny_llama, lambda name, array: gguf.GGMLQuantizationType.Q4_1)
 
@@ -36,7 +36,8 @@ def test_tune_times_the_contested_signatures_once_and_a_second_tune_reads_them(m
     choices = data["choices"]
     assert choices and all(c["source"] == "measured" for c in choices)
     assert {c["op"] for c in choices} == {"quantized_linear"}
-    assert all(c["winner"] in {"cpu-int4pack", "cpu-matmul"} and c["winner"] in c["times"] for c in choices)
+    contenders = {"cpu-blockq", "cpu-int4pack", "cpu-matmul"}
+    assert all(c["winner"] in contenders and c["winner"] in c["times"] for c in choices)
     # One entry per signature, although every layer's projection of that shape asked.
     assert len({c["call"] for c in choices}) == len(choices)
     saved = json.loads(cache.read_text(encoding="utf-8"))

@@ -19,6 +19,9 @@ CORE_ENV_VARS = {
                            "dispatch priority) or 'measured' (the fastest correct one, timed once per signature)",
     "MISTRALRS_TUNING_CACHE": "the file measured selection keeps its choices in (default: "
                               "~/.cache/mistralrs-torch/tuning.json, or under XDG_CACHE_HOME)",
+    "MISTRALRS_KERNEL_CACHE": "the folder the CPU kernels compiled at first use are kept in (default: "
+                              "~/.cache/mistralrs-torch/kernels, or under XDG_CACHE_HOME); the compiler is $CC, "
+                              "else cc, gcc or clang",
     "MISTRALRS_TRACEBACK": "1 shows a broken plugin's own traceback (as --traceback does)",
     "MISTRALRS_DEBUG": "1 lets torch's own native messages (C++ warnings and stacks) reach the terminal while ranks "
                        "start, instead of a log file that a start-up error names",

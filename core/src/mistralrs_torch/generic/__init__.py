@@ -10,6 +10,7 @@ from mistralrs_torch.generic._attention import (
     write_kv_cache,
 )
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
+from mistralrs_torch.generic._blockq import CpuBlockQuantMatmul
 from mistralrs_torch.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
 from mistralrs_torch.generic._int4 import TorchInt4Matmul
 from mistralrs_torch.generic._layers import GenericLayers, TorchLayers, rms_norm, rotary_embedding
@@ -18,6 +19,7 @@ from mistralrs_torch.generic._sdpa import sdpa_kernel_refusal
 
 __all__ = [
     "TORCH_DTYPES",
+    "CpuBlockQuantMatmul",
     "GenericAttention",
     "GenericLayers",
     "GenericMatmul",

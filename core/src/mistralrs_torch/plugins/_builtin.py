@@ -40,10 +40,10 @@ def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBacke
 
 @hookimpl
 def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ...]:
-    from mistralrs_torch.generic import GenericMatmul, TorchInt4Matmul
+    from mistralrs_torch.generic import CpuBlockQuantMatmul, GenericMatmul, TorchInt4Matmul
 
     # An op a backend leaves out is None, which a Protocol's method cannot say: contract_problem checks it.
-    return (TorchInt4Matmul(), GenericMatmul())  # type: ignore[return-value]
+    return (CpuBlockQuantMatmul(), TorchInt4Matmul(), GenericMatmul())  # type: ignore[return-value]
 
 
 @hookimpl
