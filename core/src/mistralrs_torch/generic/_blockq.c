@@ -2,9 +2,9 @@
 
    A weight row is blocks of 32 codes, 4-bit (two per byte: byte i holds code i in its low nibble and code
    16 + i in its high nibble, as GGUF's Q4 blocks) or 8-bit (signed), with a float32 scale d and offset m per
-   block: w = d * code + m. Activations are quantized per block of 32 to int16 (scale amax / 32767, so the
-   rounding error is about 2e-5 of the block's largest value), and each block's dot product is exact integer
-   arithmetic: x . w = sum_b dx_b d_b (qx_b . code_b) + m_b sum(x_b).
+   block: w = d * code + m, so x . w = sum_b d_b (x_b . code_b) + m_b sum(x_b).
+   Activations are multiplied in float32 against the codes converted to float, and each block's sum is scaled
+   once: as exact as a dense float32 layer. Half-precision activations are widened to float32 first.
 
    Compiled at first use for the CPU it runs on (-march=native): AVX2 where the CPU has it, plain C elsewhere.
    The OpenMP threads are torch's (the runtime loads torch's libgomp first). */
@@ -63,22 +63,6 @@ static void store_y(void *y, int dtype, int64_t i, float v) {
     else ((float *)y)[i] = v;
 }
 
-/* Rows of x (M, K) -> per block: int16 codes, scale, sum of the block's values. */
-static void quantize_rows(const void *x, int dtype, int64_t M, int64_t K, int16_t *qx, float *dx, float *sx) {
-    const int64_t blocks = K / BLOCK;
-    for (int64_t r = 0; r < M; r++) {
-        for (int64_t b = 0; b < blocks; b++) {
-            float v[BLOCK], amax = 0.f, sum = 0.f;
-            for (int i = 0; i < BLOCK; i++) v[i] = load_x(x, dtype, r * K + b * BLOCK + i);
-            for (int i = 0; i < BLOCK; i++) { amax = fmaxf(amax, fabsf(v[i])); sum += v[i]; }
-            const float d = amax / 32767.f, inv = d > 0.f ? 1.f / d : 0.f;
-            for (int i = 0; i < BLOCK; i++) qx[r * K + b * BLOCK + i] = (int16_t)lrintf(v[i] * inv);
-            dx[r * blocks + b] = d;
-            sx[r * blocks + b] = sum;
-        }
-    }
-}
-
 #ifdef BLOCKQ_AVX2
 static inline float hsum(__m256 a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -86,48 +70,56 @@ static inline float hsum(__m256 a) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-/* res[j] = sum_b d_b dx[j,b] (code_b . qx[j,b]) for R (a constant once inlined) rows of qx. */
+/* res[j] = sum_b d_b (code_b . x[j,b]) in float32 for R (a constant once inlined) rows of x. */
 static inline __attribute__((always_inline)) void dot_rows(const uint8_t *w, int bits, const float *d, int64_t K,
-                                                           const int16_t *qx, const float *dx, int R, float *res) {
+                                                               const float *x, int R, float *res) {
     const int64_t blocks = K / BLOCK;
     __m256 acc[TILE];
     for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
-        __m256i lo, hi; /* codes 0..15 and 16..31 as int16 */
+        __m256 c[4]; /* codes 0..7, 8..15, 16..23, 24..31 as floats */
         if (bits == 4) {
             const __m128i raw = _mm_loadu_si128((const __m128i *)(w + b * 16)), nibble = _mm_set1_epi8(0x0f);
-            lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, nibble));
-            hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), nibble));
+            const __m128i lo = _mm_and_si128(raw, nibble), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
+            c[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            c[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            c[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            c[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
         } else {
-            lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + b * 32)));
-            hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + b * 32 + 16)));
+            const __m128i first = _mm_loadu_si128((const __m128i *)(w + b * 32));
+            const __m128i second = _mm_loadu_si128((const __m128i *)(w + b * 32 + 16));
+            c[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(first));
+            c[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(first, 8)));
+            c[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(second));
+            c[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(second, 8)));
         }
         const __m256 scale = _mm256_broadcast_ss(d + b);
         for (int j = 0; j < R; j++) {
-            const int16_t *v = qx + j * K + b * BLOCK;
-            const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)v)),
-                                               _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(v + 16))));
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(scale, _mm256_broadcast_ss(dx + j * blocks + b)),
-                                     _mm256_cvtepi32_ps(p), acc[j]);
+            const float *v = x + j * K + b * BLOCK;
+            __m256 t = _mm256_mul_ps(c[0], _mm256_loadu_ps(v));
+            t = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(v + 8), t);
+            t = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(v + 16), t);
+            t = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(v + 24), t);
+            acc[j] = _mm256_fmadd_ps(scale, t, acc[j]);
         }
     }
     for (int j = 0; j < R; j++) res[j] = hsum(acc[j]);
 }
 #else
-static void dot_rows(const uint8_t *w, int bits, const float *d, int64_t K, const int16_t *qx, const float *dx,
-                     int R, float *res) {
+static void dot_rows(const uint8_t *w, int bits, const float *d, int64_t K, const float *x, int R, float *res) {
     const int64_t blocks = K / BLOCK;
     for (int j = 0; j < R; j++) {
         float a = 0.f;
         for (int64_t b = 0; b < blocks; b++) {
-            const int16_t *v = qx + j * K + b * BLOCK;
-            int32_t s = 0;
+            const float *v = x + j * K + b * BLOCK;
+            float s = 0.f;
             if (bits == 4) {
-                for (int i = 0; i < 16; i++) s += (w[b * 16 + i] & 15) * v[i] + (w[b * 16 + i] >> 4) * v[i + 16];
+                for (int i = 0; i < 16; i++)
+                    s += (float)(w[b * 16 + i] & 15) * v[i] + (float)(w[b * 16 + i] >> 4) * v[i + 16];
             } else {
-                for (int i = 0; i < BLOCK; i++) s += (int8_t)w[b * BLOCK + i] * v[i];
+                for (int i = 0; i < BLOCK; i++) s += (float)(int8_t)w[b * BLOCK + i] * v[i];
             }
-            a += d[b] * dx[j * blocks + b] * (float)s;
+            a += d[b] * s;
         }
         res[j] = a;
     }
@@ -135,23 +127,20 @@ static void dot_rows(const uint8_t *w, int bits, const float *d, int64_t K, cons
 #endif
 
 static inline __attribute__((always_inline)) void linear(const uint8_t *w, const int bits, const float *d,
-        const float *m, int64_t N, int64_t K, const int16_t *qx, const float *dx, const float *sx, int64_t M,
-        void *y, int dtype) {
+        const float *m, int64_t N, int64_t K, const float *x, const float *sx, int64_t M, void *y, int dtype) {
     const int64_t blocks = K / BLOCK, row_bytes = K * bits / 8;
     #pragma omp parallel for schedule(static) if (N * K * M >= (1 << 18))
     for (int64_t n = 0; n < N; n++) {
         for (int64_t r0 = 0; r0 < M; r0 += TILE) {
             const int rows = M - r0 < TILE ? (int)(M - r0) : TILE;
-            const int16_t *q = qx + r0 * K;
-            const float *s = dx + r0 * blocks;
             const uint8_t *wn = w + n * row_bytes;
-            const float *dn = d + n * blocks, *mn = m + n * blocks;
+            const float *dn = d + n * blocks, *mn = m + n * blocks, *v = x + r0 * K;
             float res[TILE];
             switch (rows) { /* constant tile heights keep the accumulators in registers */
-                case 1: dot_rows(wn, bits, dn, K, q, s, 1, res); break;
-                case 2: dot_rows(wn, bits, dn, K, q, s, 2, res); break;
-                case 3: dot_rows(wn, bits, dn, K, q, s, 3, res); break;
-                default: dot_rows(wn, bits, dn, K, q, s, TILE, res); break;
+                case 1: dot_rows(wn, bits, dn, K, v, 1, res); break;
+                case 2: dot_rows(wn, bits, dn, K, v, 2, res); break;
+                case 3: dot_rows(wn, bits, dn, K, v, 3, res); break;
+                default: dot_rows(wn, bits, dn, K, v, TILE, res); break;
             }
             for (int j = 0; j < rows; j++) {
                 float offset = 0.f;
@@ -162,18 +151,24 @@ static inline __attribute__((always_inline)) void linear(const uint8_t *w, const
     }
 }
 
-/* y (M, N) = x (M, K) @ W.T for a block-quantized W (N, K); x and y of one dtype. Returns 0, or -1 when the
-   scratch for the quantized activations cannot be allocated. */
+/* y (M, N) = x (M, K) @ W.T for a block-quantized W (N, K); x and y of one dtype (0 float32, 1 bfloat16,
+   2 float16). Returns 0, or -1 when the scratch for the widened activations and block sums cannot be allocated. */
 int blockq_linear(const uint8_t *w, int bits, const float *d, const float *m, int64_t N, int64_t K,
                   const void *x, int64_t M, void *y, int dtype) {
     const int64_t blocks = K / BLOCK;
-    int16_t *qx = malloc((size_t)(M * K) * sizeof(int16_t));
-    float *dx = malloc((size_t)(M * blocks) * sizeof(float)), *sx = malloc((size_t)(M * blocks) * sizeof(float));
-    if (!qx || !dx || !sx) { free(qx); free(dx); free(sx); return -1; }
-    quantize_rows(x, dtype, M, K, qx, dx, sx);
-    if (bits == 4) linear(w, 4, d, m, N, K, qx, dx, sx, M, y, dtype);
-    else linear(w, 8, d, m, N, K, qx, dx, sx, M, y, dtype);
-    free(qx); free(dx); free(sx);
+    float *wide = dtype == 0 ? NULL : malloc((size_t)(M * K) * sizeof(float));
+    float *sx = malloc((size_t)(M * blocks) * sizeof(float));
+    if (!sx || (dtype != 0 && !wide)) { free(wide); free(sx); return -1; }
+    if (wide) for (int64_t i = 0; i < M * K; i++) wide[i] = load_x(x, dtype, i);
+    const float *xf = wide ? wide : (const float *)x;
+    for (int64_t i = 0; i < M * blocks; i++) {
+        float sum = 0.f;
+        for (int k = 0; k < BLOCK; k++) sum += xf[i * BLOCK + k];
+        sx[i] = sum;
+    }
+    if (bits == 4) linear(w, 4, d, m, N, K, xf, sx, M, y, dtype);
+    else linear(w, 8, d, m, N, K, xf, sx, M, y, dtype);
+    free(wide); free(sx);
     return 0;
 }
 
@@ -196,4 +191,13 @@ void blockq_dequantize(const uint8_t *w, int bits, const float *d, const float *
             }
         }
     }
+}
+
+/* 1 when this build has the AVX2 dot products, 0 for the plain C one (several times slower than torch's). */
+int blockq_vectorized(void) {
+#ifdef BLOCKQ_AVX2
+    return 1;
+#else
+    return 0;
+#endif
 }

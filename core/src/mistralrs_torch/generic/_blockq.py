@@ -1,18 +1,19 @@
 """Block-quantized linear on the CPU through this package's C kernel (_blockq.c), compiled at first use.
 
 The weight stays as GGUF stores it, 4 or 8 bits a weight with a float32 scale
-and offset per 32, and each call quantizes the activations to int16 per block
-of 32 and takes integer dot products (AVX2 where the CPU has it). Measured on
-this project's CI-class CPU (1 thread, one token, bfloat16): a 1536 x 576 4-bit
-weight 0.13 ms against 0.16 ms in torch's int4pack kernel, and the 49152 x 576
-8-bit lm_head of SmolLM2 3.1 ms against 7.7 ms dense (benchmarks/generate.py
-shows the whole model). Calls of many rows (prefill) dequantize the weight into
-float32 and take torch's matrix product, which beats per-row dot products there.
+and offset per 32, and each call multiplies the activations in float32 against
+the codes converted to float, block by block (AVX2), as exact as a dense float32
+layer; half-precision activations are widened first and the result narrowed.
+Measured on this project's CI-class CPU (1 thread, one token): a 1536 x 576
+4-bit weight in about the time of torch's int4pack kernel (bfloat16 only) and
+the 49152 x 576 8-bit lm_head of SmolLM2 3 to 4 times faster than dense
+(benchmarks/generate.py shows the whole model). Calls of many rows (prefill)
+dequantize the weight into float32 and take torch's matrix product instead.
 
-The int16 activations are exact to about 2e-5 of each block's largest value:
-well inside the bfloat16 and float16 tolerances, not float32's, so float32
-calls are refused (cpu-matmul takes them). A machine without a C compiler gets
-a refusal naming what to install, and cpu-int4pack or cpu-matmul take the call.
+It refuses, with the reason, where it would be slow or cannot run: a CPU
+without AVX2 and FMA (the plain C build is several times slower than torch's
+kernels) and a machine without a C compiler (the reason names what to install);
+cpu-int4pack or cpu-matmul then take the call.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.blockq_linear.restype = flag
     library.blockq_dequantize.argtypes = [pointer, flag, pointer, pointer, size, size, pointer]
     library.blockq_dequantize.restype = None
+    library.blockq_vectorized.argtypes = []
+    library.blockq_vectorized.restype = flag
     return library
 
 
@@ -49,24 +52,28 @@ class CpuBlockQuantMatmul(TorchBackend):
     int8_linear = None
 
     def __init__(self) -> None:
-        super().__init__("cpu-blockq", "cpu", -850, "cpu", ("bfloat16", "float16"))
+        super().__init__("cpu-blockq", "cpu", -850, "cpu", ("float32", "bfloat16", "float16"))
         self._library: ctypes.CDLL | None = None
         self._unavailable = ""
 
     def _kernel(self) -> ctypes.CDLL | None:
         if self._library is None and not self._unavailable:
             try:
-                self._library = _bind(load_kernel("_blockq.c"))
+                library = _bind(load_kernel("_blockq.c"))
             except NativeBuildError as exc:
                 self._unavailable = str(exc)
+            else:
+                if library.blockq_vectorized():
+                    self._library = library
+                else:
+                    self._unavailable = ("this CPU has no AVX2 and FMA: the kernel's plain C build is several times "
+                                         "slower than torch's kernels, which take the call")
         return self._library
 
     def supports(self, call: CallSpec) -> Support:
         general = super().supports(call)
         if not general.ok:
-            return Support(False, general.reason + " (activations are quantized to int16 per block of 32, exact "
-                                                   "to about 2e-5: inside the half-precision tolerances, not "
-                                                   "float32's; cpu-matmul takes float32)")
+            return Support(False, general.reason + " (the kernel computes in float32; cpu-matmul takes float64)")
         if call.bits not in (4, 8):
             return Support(False, f"the block kernel takes 4- or 8-bit weights, not {call.bits}-bit")
         if call.group_size % BLOCK or call.in_features % BLOCK:
@@ -113,7 +120,7 @@ class CpuBlockQuantMatmul(TorchBackend):
             if library.blockq_linear(codes.data_ptr(), bits, scales.data_ptr(), offsets.data_ptr(), out_features,
                                      in_features, rows.data_ptr(), rows.shape[0], out.data_ptr(),
                                      _DTYPE_CODES[x.dtype]):
-                raise MemoryError(f"cpu-blockq could not allocate {rows.numel() * 2} bytes for the quantized "
-                                  "activations: free memory or run fewer sequences at once")
+                raise MemoryError(f"cpu-blockq could not allocate {rows.numel() * 4} bytes for the activations "
+                                  "widened to float32: free memory or run fewer sequences at once")
         out = out.reshape(*x.shape[:-1], out_features)
         return out if bias is None else out + bias
