@@ -70,6 +70,27 @@ static inline float hsum(__m256 a) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
+/* The 32 codes of block b as floats: c[0] codes 0..7, c[1] 8..15, c[2] 16..23, c[3] 24..31. */
+static inline __attribute__((always_inline)) void block_codes(const uint8_t *w, int bits, int64_t b, __m256 c[4]) {
+    __m128i first, second; /* 4-bit: the low and high nibbles; 8-bit: the two halves */
+    if (bits == 4) {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + b * 16)), nibble = _mm_set1_epi8(0x0f);
+        first = _mm_and_si128(raw, nibble);
+        second = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
+        c[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(first));
+        c[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(first, 8)));
+        c[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(second));
+        c[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(second, 8)));
+    } else {
+        first = _mm_loadu_si128((const __m128i *)(w + b * 32));
+        second = _mm_loadu_si128((const __m128i *)(w + b * 32 + 16));
+        c[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(first));
+        c[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(first, 8)));
+        c[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(second));
+        c[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(second, 8)));
+    }
+}
+
 /* res[j] = sum_b d_b (code_b . x[j,b]) in float32 for R (a constant once inlined) rows of x. */
 static inline __attribute__((always_inline)) void dot_rows(const uint8_t *w, int bits, const float *d, int64_t K,
                                                                const float *x, int R, float *res) {
@@ -77,22 +98,8 @@ static inline __attribute__((always_inline)) void dot_rows(const uint8_t *w, int
     __m256 acc[TILE];
     for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
-        __m256 c[4]; /* codes 0..7, 8..15, 16..23, 24..31 as floats */
-        if (bits == 4) {
-            const __m128i raw = _mm_loadu_si128((const __m128i *)(w + b * 16)), nibble = _mm_set1_epi8(0x0f);
-            const __m128i lo = _mm_and_si128(raw, nibble), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
-            c[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-            c[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-            c[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-            c[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-        } else {
-            const __m128i first = _mm_loadu_si128((const __m128i *)(w + b * 32));
-            const __m128i second = _mm_loadu_si128((const __m128i *)(w + b * 32 + 16));
-            c[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(first));
-            c[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(first, 8)));
-            c[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(second));
-            c[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(second, 8)));
-        }
+        __m256 c[4];
+        block_codes(w, bits, b, c);
         const __m256 scale = _mm256_broadcast_ss(d + b);
         for (int j = 0; j < R; j++) {
             const float *v = x + j * K + b * BLOCK;
@@ -178,17 +185,21 @@ void blockq_dequantize(const uint8_t *w, int bits, const float *d, const float *
     const int64_t blocks = K / BLOCK, row_bytes = K * bits / 8;
     #pragma omp parallel for schedule(static) if (N * K >= (1 << 20))
     for (int64_t n = 0; n < N; n++) {
+        const uint8_t *wn = w + n * row_bytes;
         for (int64_t b = 0; b < blocks; b++) {
             const float s = d[n * blocks + b], o = m[n * blocks + b];
             float *dst = out + n * K + b * BLOCK;
-            if (bits == 4) {
-                const uint8_t *q = w + n * row_bytes + b * 16;
-                for (int i = 0; i < 16; i++) dst[i] = s * (float)(q[i] & 15) + o;
-                for (int i = 0; i < 16; i++) dst[i + 16] = s * (float)(q[i] >> 4) + o;
-            } else {
-                const int8_t *q = (const int8_t *)(w + n * row_bytes + b * BLOCK);
-                for (int i = 0; i < BLOCK; i++) dst[i] = s * (float)q[i] + o;
+#ifdef BLOCKQ_AVX2
+            __m256 c[4];
+            block_codes(wn, bits, b, c);
+            const __m256 scale = _mm256_set1_ps(s), offset = _mm256_set1_ps(o);
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(dst + 8 * i, _mm256_fmadd_ps(scale, c[i], offset));
+#else
+            for (int i = 0; i < BLOCK; i++) {
+                const int code = bits == 4 ? (wn[b * 16 + i % 16] >> (i < 16 ? 0 : 4)) & 15 : (int8_t)wn[b * BLOCK + i];
+                dst[i] = s * (float)code + o;
             }
+#endif
         }
     }
 }
