@@ -84,7 +84,7 @@ class CpuBlockQuantMatmul(TorchBackend):
         return Support(True)
 
     def prepare_quantized(self, weight: QuantizedWeight, call: CallSpec,
-                          device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                          device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int, int]:
         out_features, in_features = weight.shape
         repeat = weight.group_size // BLOCK
         scales = weight.scales.float().repeat_interleave(repeat, dim=1)
@@ -100,27 +100,27 @@ class CpuBlockQuantMatmul(TorchBackend):
         else:  # signed codes: scale * code + offset = scale * (code - 128) + (offset + 128 * scale)
             packed = (codes - 128).to(torch.int8).view(torch.uint8)
             offsets = offsets + 128 * scales
-        return (packed.contiguous().to(device), scales.contiguous().to(device), offsets.contiguous().to(device),
-                weight.bits)
+        codes_, scales_, offsets_ = (t.contiguous().to(device) for t in (packed, scales, offsets))
+        # The payload keeps the tensors alive; their addresses, taken once, save the hot path three calls.
+        return codes_, scales_, offsets_, weight.bits, codes_.data_ptr(), scales_.data_ptr(), offsets_.data_ptr()
 
     def quantized_linear(self, x: torch.Tensor, weight: PreparedWeight,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
-        codes, scales, offsets, bits = weight.payload
+        *_, bits, codes, scales, offsets = weight.payload
         library = self._library
         assert library is not None, "supports() loaded the kernel before the call was bound"
         out_features, in_features = weight.shape
-        rows = x.reshape(-1, in_features).contiguous()
+        rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, in_features).contiguous()
         if rows.shape[0] >= DEQUANTIZE_ROWS:
             dense = torch.empty(out_features, in_features)
-            library.blockq_dequantize(codes.data_ptr(), bits, scales.data_ptr(), offsets.data_ptr(), out_features,
-                                      in_features, dense.data_ptr())
+            library.blockq_dequantize(codes, bits, scales, offsets, out_features, in_features, dense.data_ptr())
             out = F.linear(rows.float(), dense).to(x.dtype)
         else:
             out = torch.empty(rows.shape[0], out_features, dtype=x.dtype)
-            if library.blockq_linear(codes.data_ptr(), bits, scales.data_ptr(), offsets.data_ptr(), out_features,
-                                     in_features, rows.data_ptr(), rows.shape[0], out.data_ptr(),
-                                     _DTYPE_CODES[x.dtype]):
+            if library.blockq_linear(codes, bits, scales, offsets, out_features, in_features, rows.data_ptr(),
+                                     rows.shape[0], out.data_ptr(), _DTYPE_CODES[x.dtype]):
                 raise MemoryError(f"cpu-blockq could not allocate {rows.numel() * 4} bytes for the activations "
                                   "widened to float32: free memory or run fewer sequences at once")
-        out = out.reshape(*x.shape[:-1], out_features)
+        if x.dim() != 2:
+            out = out.reshape(*x.shape[:-1], out_features)
         return out if bias is None else out + bias
