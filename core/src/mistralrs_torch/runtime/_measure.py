@@ -43,10 +43,12 @@ TUNING_SCHEMA = "mistralrs.tuning/1"
 #: A single run at least this long (seconds) is not moved by ``margin`` squared by timer or scheduling noise.
 RELIABLE_RUN = 0.005
 
-#: A prepared weight is timed on DECODE_PER_PREFILL one-token calls plus one call of PREFILL_ROWS tokens: the
-#: shape of a chat turn (a prompt of 64 tokens, 64 new tokens) scaled down by four to keep tuning cheap.
+#: A prepared weight is timed on DECODE_PER_PREFILL one-token calls plus one call of PREFILL_ROWS tokens: a chat
+#: turn (a prompt of 64 tokens, 64 new tokens) with its decoding scaled down by four to keep tuning cheap. The
+#: prompt keeps its full 64 rows: kernels change strategy with the row count (cpu-blockq dequantizes into a
+#: matrix product from 16 rows), and a scaled-down prompt hid cpu-blockq's 2x lead on 64+ rows from the tuner.
 DECODE_PER_PREFILL = 16
-PREFILL_ROWS = 16
+PREFILL_ROWS = 64
 
 
 class TuningWarning(UserWarning):
