@@ -49,6 +49,15 @@ RELIABLE_RUN = 0.005
 #: matrix product from 16 rows), and a scaled-down prompt hid cpu-blockq's 2x lead on 64+ rows from the tuner.
 DECODE_PER_PREFILL = 16
 PREFILL_ROWS = 64
+#: ... but no prompt call does more multiply-adds than this (64 rows of a 4M-weight layer): an lm_head-sized
+#: weight gets fewer rows, as in generation, where it sees only each sequence's last token; 64 rows of
+#: SmolLM2's 28M-weight lm_head took 3.9 s to tune (the float64 reference and the dense candidate).
+PREFILL_MACS = PREFILL_ROWS << 22
+
+
+def prompt_rows(out_features: int, in_features: int) -> int:
+    """The rows of the prompt call a prepared weight of this shape is timed on."""
+    return max(1, min(PREFILL_ROWS, PREFILL_MACS // max(1, out_features * in_features)))
 
 
 class TuningWarning(UserWarning):
@@ -216,7 +225,7 @@ class Tuner:
         """The fastest correct backend to prepare ``weight`` with, and its payload.
 
         A prepared weight keeps one layout for prefill and decode alike, so each candidate is timed on the work of a
-        generation in miniature: ``DECODE_PER_PREFILL`` one-token calls and one call of ``PREFILL_ROWS`` tokens
+        generation in miniature: ``DECODE_PER_PREFILL`` one-token calls and one call of :func:`prompt_rows` tokens
         (kernels that win at one token can lose badly on a prompt's rows, and the other way round).
         """
         inputs: list[Any] = []
@@ -229,7 +238,7 @@ class Tuner:
 
                 generator = torch.Generator().manual_seed(0)
                 inputs.extend(torch.randn(rows, weight.shape[1], generator=generator).to(
-                    device=device, dtype=getattr(torch, call.dtype)) for rows in (1, PREFILL_ROWS))
+                    device=device, dtype=getattr(torch, call.dtype)) for rows in (1, prompt_rows(*weight.shape)))
             return inputs
 
         prepared: dict[str, PreparedWeight] = {}
