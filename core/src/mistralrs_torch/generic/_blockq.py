@@ -4,11 +4,9 @@ The weight stays as GGUF stores it, 4 or 8 bits a weight with a float32 scale
 and offset per 32, and each call multiplies the activations in float32 against
 the codes converted to float, block by block (AVX2), as exact as a dense float32
 layer; half-precision activations are widened first and the result narrowed.
-Measured on this project's CI-class CPU (1 thread, one token): a 1536 x 576
-4-bit weight in about the time of torch's int4pack kernel (bfloat16 only) and
-the 49152 x 576 8-bit lm_head of SmolLM2 3 to 4 times faster than dense
-(benchmarks/generate.py shows the whole model). Calls of many rows (prefill)
-dequantize the weight into float32 and take torch's matrix product instead.
+Calls of many rows (prefill) dequantize the weight into float32 and take
+torch's matrix product instead. benchmarks/generate.py measures the whole model
+and benchmarks/selection.py each signature against the other backends.
 
 It refuses, with the reason, where it would be slow or cannot run: a CPU
 without AVX2 and FMA (the plain C build is several times slower than torch's
