@@ -8,6 +8,7 @@ products below DEQUANTIZE_ROWS rows, a dequantized matrix product above).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from mistralrs_torch.generic import CpuBlockQuantMatmul, _native
-from mistralrs_torch.generic._blockq import DEQUANTIZE_ROWS
+from mistralrs_torch.generic._blockq import DEQUANTIZE_ROWS, _bind
 from mistralrs_torch.generic._native import NativeBuildError, load_kernel
 from mistralrs_torch.ops import CallSpec, PreparedWeight, QuantizedWeight
 
@@ -123,3 +124,28 @@ def test_the_kernel_is_built_once_into_the_cache_and_loaded_from_it(tmp_path: Pa
     _native._load.cache_clear()  # as a new process: the library on disk is loaded, not rebuilt
     assert load_kernel("_blockq.c", environ) is not library
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the kernel without -march=native")
+def test_a_build_without_avx2_is_refused_for_speed_and_still_computes_the_contract(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A compiler that drops -march=native builds the plain C path, as on a CPU without AVX2.
+    wrapper = tmp_path / "cc-generic"
+    wrapper.write_text('#!/bin/sh\nfor a do shift; case "$a" in -march=*) ;; *) set -- "$@" "$a";; esac; done\n'
+                       'exec gcc "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("MISTRALRS_KERNEL_CACHE", str(tmp_path / "kernels"))
+    gen = torch.Generator().manual_seed(7)
+    weight = QuantizedWeight(torch.randint(0, 16, (24, 64), generator=gen, dtype=torch.uint8),
+                             torch.rand(24, 2, generator=gen) * 0.02, -torch.rand(24, 2, generator=gen) * 0.1, 4, 32)
+    backend = CpuBlockQuantMatmul()
+    call, support = _call(backend, weight, torch.float32)
+    assert not support.ok and "this CPU has no AVX2 and FMA" in support.reason
+    backend._library = _bind(load_kernel("_blockq.c"))  # the refused plain build, run directly
+    prepared = PreparedWeight(backend.name, backend.prepare_quantized(weight, call, "cpu"), call, weight.shape)
+    for rows in (1, DEQUANTIZE_ROWS + 1):
+        x = torch.randn(rows, 64, generator=gen)
+        ref = _reference(x, weight, None)
+        diff = backend.quantized_linear(x, prepared).double().numpy() - ref
+        assert np.abs(diff).max() / np.abs(ref).max() < TOL[torch.float32][0]

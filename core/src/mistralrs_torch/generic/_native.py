@@ -64,7 +64,8 @@ def _cpu_identity() -> str:
 @functools.cache
 def _load(source: Path, compiler: str, cache: Path) -> ctypes.CDLL:
     text = source.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, errors="replace",
+                             timeout=30).stdout
     key = hashlib.sha256(b"\0".join([text, compiler.encode(), version.encode(), _cpu_identity().encode()]))
     target = cache / f"{source.stem.lstrip('_')}-{key.hexdigest()[:16]}.so"
     if not target.exists():
@@ -74,7 +75,7 @@ def _load(source: Path, compiler: str, cache: Path) -> ctypes.CDLL:
             handle, partial = tempfile.mkstemp(suffix=".so", dir=cache)
             os.close(handle)
             built = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(source), "-o", partial],
-                                   capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
+                                   capture_output=True, text=True, errors="replace", timeout=_COMPILE_TIMEOUT_S)
             if built.returncode == 0:
                 os.replace(partial, target)
                 break
