@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
 #: Variables the core reads, with what they do (doctor judges unknown MISTRALRS_* names against these
 #: and the ones manifests declare).
 CORE_ENV_VARS = {
@@ -29,3 +33,9 @@ CORE_ENV_VARS = {
                                "'0:16;1:16' (layers per accelerator ordinal, in order); replaces the automatic map; "
                                "refused where the collective backend gives each process one device",
 }
+
+
+def cache_home(environ: Mapping[str, str]) -> Path:
+    """The folder the core's caches live under: $XDG_CACHE_HOME/mistralrs-torch, else ~/.cache/mistralrs-torch."""
+    base = environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mistralrs-torch"

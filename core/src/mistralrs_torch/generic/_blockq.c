@@ -113,19 +113,18 @@ static inline __attribute__((always_inline)) void dot_rows(const uint8_t *w, int
     for (int j = 0; j < R; j++) res[j] = hsum(acc[j]);
 }
 #else
+/* Code i of block b (the plain C path's block_codes). */
+static int code_at(const uint8_t *w, int bits, int64_t b, int i) {
+    return bits == 4 ? (w[b * 16 + i % 16] >> (i < 16 ? 0 : 4)) & 15 : (int8_t)w[b * BLOCK + i];
+}
+
 static void dot_rows(const uint8_t *w, int bits, const float *d, int64_t K, const float *x, int R, float *res) {
     const int64_t blocks = K / BLOCK;
     for (int j = 0; j < R; j++) {
         float a = 0.f;
         for (int64_t b = 0; b < blocks; b++) {
-            const float *v = x + j * K + b * BLOCK;
             float s = 0.f;
-            if (bits == 4) {
-                for (int i = 0; i < 16; i++)
-                    s += (float)(w[b * 16 + i] & 15) * v[i] + (float)(w[b * 16 + i] >> 4) * v[i + 16];
-            } else {
-                for (int i = 0; i < BLOCK; i++) s += (float)(int8_t)w[b * BLOCK + i] * v[i];
-            }
+            for (int i = 0; i < BLOCK; i++) s += (float)code_at(w, bits, b, i) * x[j * K + b * BLOCK + i];
             a += d[b] * s;
         }
         res[j] = a;
@@ -195,10 +194,7 @@ void blockq_dequantize(const uint8_t *w, int bits, const float *d, const float *
             const __m256 scale = _mm256_set1_ps(s), offset = _mm256_set1_ps(o);
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(dst + 8 * i, _mm256_fmadd_ps(scale, c[i], offset));
 #else
-            for (int i = 0; i < BLOCK; i++) {
-                const int code = bits == 4 ? (wn[b * 16 + i % 16] >> (i < 16 ? 0 : 4)) & 15 : (int8_t)wn[b * BLOCK + i];
-                dst[i] = s * (float)code + o;
-            }
+            for (int i = 0; i < BLOCK; i++) dst[i] = s * (float)code_at(wn, bits, b, i) + o;
 #endif
         }
     }

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mistralrs_torch._errors import MistralrsError
+from mistralrs_torch._settings import cache_home
 
 #: Flag sets tried in order: OpenMP threads where the compiler has them, plain C where -march=native is unknown.
 _FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-march=native"), ("-O3",))
@@ -38,8 +39,7 @@ def kernel_cache_dir(environ: Mapping[str, str]) -> Path:
     """MISTRALRS_KERNEL_CACHE, else $XDG_CACHE_HOME/mistralrs-torch/kernels, else ~/.cache/..."""
     if environ.get("MISTRALRS_KERNEL_CACHE", "").strip():
         return Path(environ["MISTRALRS_KERNEL_CACHE"]).expanduser()
-    base = environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mistralrs-torch" / "kernels"
+    return cache_home(environ) / "kernels"
 
 
 def _compiler(environ: Mapping[str, str]) -> str:

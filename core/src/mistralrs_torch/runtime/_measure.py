@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import statistics
 import time
 import warnings
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mistralrs_torch._settings import cache_home
 from mistralrs_torch.ops import CallSpec, OpSpec, PreparedWeight, QuantizedWeight
 
 SELECTIONS = ("priority", "measured")
@@ -73,8 +73,7 @@ def default_cache_path(environ: Mapping[str, str]) -> Path:
     """MISTRALRS_TUNING_CACHE, else $XDG_CACHE_HOME/mistralrs-torch/tuning.json, else ~/.cache/..."""
     if environ.get("MISTRALRS_TUNING_CACHE", "").strip():
         return Path(environ["MISTRALRS_TUNING_CACHE"]).expanduser()
-    base = environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mistralrs-torch" / "tuning.json"
+    return cache_home(environ) / "tuning.json"
 
 
 @dataclass(frozen=True)
@@ -319,9 +318,9 @@ class Tuner:
         return candidates[names.index(winner)]
 
     def _check_and_time(self, spec: OpSpec, call: CallSpec, candidates: Sequence[tuple[Any, Callable[..., Any]]],
-                 run: Callable[[Callable[..., Any]], Callable[[], Any]],
-                 check: Callable[[Callable[..., Any]], tuple[str, float | None]],
-                 dropped: dict[str, str]) -> dict[str, float]:
+                        run: Callable[[Callable[..., Any]], Callable[[], Any]],
+                        check: Callable[[Callable[..., Any]], tuple[str, float | None]],
+                        dropped: dict[str, str]) -> dict[str, float]:
         """Median seconds of each correct candidate that was not dropped as slow (reasons into ``dropped``)."""
         checked: dict[str, float] = {}
         for backend, kernel in candidates:
