@@ -194,7 +194,8 @@ def test_highest_priority_supporting_backend_wins(make_plugin) -> None:
     high = make_plugin("fake-high", priority=100, offset=1.0)
     _pm, resolution, runtime = build([low, high])
     assert {"fake-low", "fake-high"} <= set(resolution.active)
-    assert [b.name for b in runtime.attention_backends] == ["fake-high-backend", "fake-low-backend", "cpu-attention"]
+    assert [b.name for b in runtime.attention_backends] == ["fake-high-backend", "fake-low-backend",
+                                                           "cpu-native-attention", "cpu-attention"]
     q, k, v = qkv()
     out = runtime.attention(q, k, v, causal=True)
     torch.testing.assert_close(out, dense_attention(q, k, v, causal=True) + 1.0)
@@ -374,7 +375,7 @@ def test_backend_for_a_feature_that_is_not_its_own_active_one_is_quarantined(
     (broken,) = pm.broken
     assert broken.plugin.name == "fake_attn" and broken.stage == "hook mistralrs_attention_backends"
     assert repr(backend_feature) in broken.error
-    assert [b.name for b in runtime.attention_backends] == ["cpu-attention"]
+    assert [b.name for b in runtime.attention_backends] == ["cpu-native-attention", "cpu-attention"]
     q, k, v = qkv()
     torch.testing.assert_close(runtime.attention(q, k, v), dense_attention(q, k, v))
 
@@ -385,7 +386,8 @@ def test_hook_that_raises_or_returns_junk_is_quarantined_and_runtime_works(make_
     good = make_plugin("fake-good", priority=10, offset=3.0)
     pm, _, runtime = build([bad, good])
     assert [b.plugin.name for b in pm.broken] == ["fake_bad"]
-    assert [b.name for b in runtime.attention_backends] == ["fake-good-backend", "cpu-attention"]
+    assert [b.name for b in runtime.attention_backends] == ["fake-good-backend", "cpu-native-attention",
+                                                           "cpu-attention"]
     q, k, v = qkv()
     torch.testing.assert_close(runtime.attention(q, k, v), dense_attention(q, k, v) + 3.0)
 
@@ -470,7 +472,7 @@ def test_paged_attention_opt_in_on_cpu_works(environ, kwargs) -> None:
     q, k_cache, v_cache, table, lens = paged_inputs()
     out = runtime.paged_attention(q, k_cache, v_cache, table, lens)
     torch.testing.assert_close(out, GenericAttention().paged_attention(q, k_cache, v_cache, table, lens))
-    assert runtime.bindings[-1].chosen == "cpu-attention" and runtime.bindings[-1].op == "paged_attention"
+    assert runtime.bindings[-1].chosen == "cpu-native-attention" and runtime.bindings[-1].op == "paged_attention"
     assert runtime.bindings[-1].call.block_size == 4
 
 

@@ -344,11 +344,15 @@ def test_ignore_eos_runs_past_the_model_s_stop_token(llama: Model, monkeypatch: 
     assert (_tokens(ignored), ignored[-1].finish_reason) == (greedy, "length")
 
 
+@pytest.mark.parametrize("kernels", ["native", "generic"])
 def test_every_layer_of_a_step_shares_one_gather_plan_and_one_rotary_table(
-        llama: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+        llama: Model, kernels: str, tiny: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The step's block table, lengths and positions are the same tensors in every layer, so the backends'
-    memos compute the paged-gather plan and the rotary tables once per step, not once per layer."""
+    memos compute the paged-gather plan and the rotary tables once per step, not once per layer. The C
+    kernels (cpu-native-*) read the block table directly and need no plan; without a compiler the generic
+    backends take the calls."""
     import mistralrs_torch.generic._attention as attention
+    import mistralrs_torch.generic._cpu_ops as cpu_ops
     import mistralrs_torch.generic._layers as layers
 
     counts = {"plan": 0, "tables": 0}
@@ -361,6 +365,10 @@ def test_every_layer_of_a_step_shares_one_gather_plan_and_one_rotary_table(
 
     monkeypatch.setattr(attention, "paged_gather_plan", counted("plan", attention.paged_gather_plan))
     monkeypatch.setattr(layers, "rotary_tables", counted("tables", layers.rotary_tables))
+    monkeypatch.setattr(cpu_ops, "rotary_tables", counted("tables", cpu_ops.rotary_tables))
+    if kernels == "generic":
+        monkeypatch.setenv("CC", "/nonexistent/cc")
+        llama = load(tiny.save_folder(tiny.hf_model("llama"), tmp_path))
     assert llama.config.num_layers > 1
     engine = Engine(llama)
     for prompt in PROMPTS[:3]:
@@ -369,4 +377,8 @@ def test_every_layer_of_a_step_shares_one_gather_plan_and_one_rotary_table(
     while engine.has_unfinished:
         engine.step()
         steps += 1
-    assert (steps, counts) == (6, {"plan": 5, "tables": 6})  # 1 prefill step + 5 decode steps
+    chosen = {b.op: b.chosen for b in llama.runtime.bindings}
+    assert chosen["paged_attention"] == ("cpu-native-attention" if kernels == "native" else "cpu-attention")
+    assert chosen["rotary_embedding"] == ("cpu-native-layers" if kernels == "native" else "cpu-layers")
+    # 1 prefill step + 5 decode steps
+    assert (steps, counts) == (6, {"plan": 5 if kernels == "generic" else 0, "tables": 6})

@@ -115,6 +115,10 @@ def test_the_benchmarks_measuring_code_runs_end_to_end_on_the_cpu() -> None:
     runtime = Runtime.create(features="none", environ={})
     rows = bench.bench_attention(runtime, ((1, 16),), 1, None, device="cpu", heads=2)
     rows += bench.bench_matmul(runtime, ((8, 16, 32),), 1, None, device="cpu")
+    skipped = [r for r in rows if "skipped" in r]
+    assert [(r["backend"], r["skipped"]) for r in skipped] == [
+        ("cpu-native-attention", "cpu-native-attention does not implement attention")]
+    rows = [r for r in rows if "skipped" not in r]
     assert [(r["op"], r["backend"], r["shape"]) for r in rows] == [("attention", "cpu-attention", "b1 s16"),
                                                                    ("matmul", "cpu-matmul", "8x32 @ 32x16")]
     assert all(r["ms"] > 0 and r["tflops"] > 0 for r in rows)

@@ -12,6 +12,7 @@ from mistralrs_torch.generic._attention import (
 from mistralrs_torch.generic._base import TORCH_DTYPES, TorchBackend
 from mistralrs_torch.generic._blockq import CpuBlockQuantMatmul
 from mistralrs_torch.generic._collectives import SingleProcessCollectives, SingleProcessCommunicator
+from mistralrs_torch.generic._cpu_ops import CpuNativeAttention, CpuNativeLayers
 from mistralrs_torch.generic._int4 import TorchInt4Matmul
 from mistralrs_torch.generic._layers import GenericLayers, TorchLayers, rms_norm, rotary_embedding
 from mistralrs_torch.generic._matmul import GenericMatmul, TorchMatmul, dequantize_int8
@@ -20,6 +21,8 @@ from mistralrs_torch.generic._sdpa import sdpa_kernel_refusal
 __all__ = [
     "TORCH_DTYPES",
     "CpuBlockQuantMatmul",
+    "CpuNativeAttention",
+    "CpuNativeLayers",
     "GenericAttention",
     "GenericLayers",
     "GenericMatmul",

@@ -8,68 +8,14 @@
 
    Compiled at first use for the CPU it runs on (-march=native): AVX2 where the CPU has it, plain C elsewhere.
    The OpenMP threads are torch's (the runtime loads torch's libgomp first). */
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define BLOCKQ_AVX2 1
-#endif
+
+#include "_half.h"
 
 #define BLOCK 32
 #define TILE 4 /* activation rows per pass over a weight row */
 
-static float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-static float f16_to_f32(uint16_t h) {
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-    if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);
-    else if (exp) u = sign | ((exp + 112) << 23) | (man << 13);
-    else { float f = ldexpf((float)man, -24); memcpy(&u, &f, 4); u |= sign; }
-    float f; memcpy(&f, &u, 4); return f;
-#endif
-}
-static uint16_t f32_to_bf16(float f) {
-    uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* a NaN stays a NaN */
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                  /* round to nearest even */
-}
-static uint16_t f32_to_f16(float f) {
-#if defined(__F16C__)
-    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
-#else
-    uint32_t u; memcpy(&u, &f, 4);
-    uint32_t sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);
-    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);
-    if (a < 0x38800000u) return (uint16_t)(sign | (uint16_t)lrintf(ldexpf(fabsf(f), 24)));
-    uint32_t r = a - 0x38000000u; r = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
-    return (uint16_t)(sign | r);
-#endif
-}
-
-/* dtype: 0 float32, 1 bfloat16, 2 float16 */
-static float load_x(const void *x, int dtype, int64_t i) {
-    if (dtype == 1) return bf16_to_f32(((const uint16_t *)x)[i]);
-    if (dtype == 2) return f16_to_f32(((const uint16_t *)x)[i]);
-    return ((const float *)x)[i];
-}
-static void store_y(void *y, int dtype, int64_t i, float v) {
-    if (dtype == 1) ((uint16_t *)y)[i] = f32_to_bf16(v);
-    else if (dtype == 2) ((uint16_t *)y)[i] = f32_to_f16(v);
-    else ((float *)y)[i] = v;
-}
-
-#ifdef BLOCKQ_AVX2
-static inline float hsum(__m256 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
+#ifdef MISTRALRS_AVX2
 /* The 32 codes of block b as floats: c[0] codes 0..7, c[1] 8..15, c[2] 16..23, c[3] 24..31. */
 static inline __attribute__((always_inline)) void block_codes(const uint8_t *w, int bits, int64_t b, __m256 c[4]) {
     __m128i first, second; /* 4-bit: the low and high nibbles; 8-bit: the two halves */
@@ -188,7 +134,7 @@ void blockq_dequantize(const uint8_t *w, int bits, const float *d, const float *
         for (int64_t b = 0; b < blocks; b++) {
             const float s = d[n * blocks + b], o = m[n * blocks + b];
             float *dst = out + n * K + b * BLOCK;
-#ifdef BLOCKQ_AVX2
+#ifdef MISTRALRS_AVX2
             __m256 c[4];
             block_codes(wn, bits, b, c);
             const __m256 scale = _mm256_set1_ps(s), offset = _mm256_set1_ps(o);
@@ -202,7 +148,7 @@ void blockq_dequantize(const uint8_t *w, int bits, const float *d, const float *
 
 /* 1 when this build has the AVX2 dot products, 0 for the plain C one (several times slower than torch's). */
 int blockq_vectorized(void) {
-#ifdef BLOCKQ_AVX2
+#ifdef MISTRALRS_AVX2
     return 1;
 #else
     return 0;

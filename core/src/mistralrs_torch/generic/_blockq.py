@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mistralrs_torch.generic._base import TorchBackend
-from mistralrs_torch.generic._native import NativeBuildError, load_kernel
+from mistralrs_torch.generic._native import NativeLibrary
 from mistralrs_torch.ops import CallSpec, PreparedWeight, QuantizedWeight, Support
 
 #: The kernel's block: group sizes must be multiples of it.
@@ -51,21 +51,20 @@ class CpuBlockQuantMatmul(TorchBackend):
 
     def __init__(self) -> None:
         super().__init__("cpu-blockq", "cpu", -850, "cpu", ("float32", "bfloat16", "float16"))
+        self._native = NativeLibrary("_blockq.c", _bind)
         self._library: ctypes.CDLL | None = None
         self._unavailable = ""
 
     def _kernel(self) -> ctypes.CDLL | None:
         if self._library is None and not self._unavailable:
-            try:
-                library = _bind(load_kernel("_blockq.c"))
-            except NativeBuildError as exc:
-                self._unavailable = str(exc)
+            library = self._native.get()
+            if library is None:
+                self._unavailable = self._native.reason
+            elif library.blockq_vectorized():
+                self._library = library
             else:
-                if library.blockq_vectorized():
-                    self._library = library
-                else:
-                    self._unavailable = ("this CPU has no AVX2 and FMA: the kernel's plain C build is several times "
-                                         "slower than torch's kernels, which take the call")
+                self._unavailable = ("this CPU has no AVX2 and FMA: the kernel's plain C build is several times "
+                                     "slower than torch's kernels, which take the call")
         return self._library
 
     def supports(self, call: CallSpec) -> Support:

@@ -20,7 +20,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mistralrs_torch._errors import MistralrsError
@@ -63,7 +63,8 @@ def _cpu_identity() -> str:
 
 @functools.cache
 def _load(source: Path, compiler: str, cache: Path) -> ctypes.CDLL:
-    text = source.read_bytes()
+    # The headers beside the source are part of what is compiled, so they are part of the key.
+    text = b"\0".join(path.read_bytes() for path in (source, *sorted(source.parent.glob("*.h"))))
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, errors="replace",
                              timeout=30).stdout
     key = hashlib.sha256(b"\0".join([text, compiler.encode(), version.encode(), _cpu_identity().encode()]))
@@ -98,3 +99,21 @@ def load_kernel(source_name: str, environ: Mapping[str, str] | None = None) -> c
         raise NativeBuildError(f"building or loading the CPU kernel {source_name} failed ({exc}): check that "
                                f"MISTRALRS_KERNEL_CACHE ({kernel_cache_dir(environ)}) is writable and CC works"
                                ) from exc
+
+
+class NativeLibrary:
+    """A backend's C library, built or loaded at its first ``get()``; where it cannot be, ``get()`` is None and
+    ``reason`` says why (the backend's refusal reason). ``bind`` declares the exported functions' types."""
+
+    def __init__(self, source_name: str, bind: Callable[[ctypes.CDLL], ctypes.CDLL]) -> None:
+        self.source_name, self._bind = source_name, bind
+        self._library: ctypes.CDLL | None = None
+        self.reason = ""
+
+    def get(self) -> ctypes.CDLL | None:
+        if self._library is None and not self.reason:
+            try:
+                self._library = self._bind(load_kernel(self.source_name))
+            except NativeBuildError as exc:
+                self.reason = str(exc)
+        return self._library

@@ -33,9 +33,10 @@ def mistralrs_devices(active: frozenset[str], system: SystemSnapshot) -> tuple[D
 
 @hookimpl
 def mistralrs_attention_backends(active: frozenset[str]) -> tuple[AttentionBackend, ...]:
-    from mistralrs_torch.generic import GenericAttention
+    from mistralrs_torch.generic import CpuNativeAttention, GenericAttention
 
-    return (GenericAttention(),)
+    # cpu-native-attention leaves dense attention out (None): contract_problem checks it.
+    return (CpuNativeAttention(), GenericAttention())  # type: ignore[return-value]
 
 
 @hookimpl
@@ -48,9 +49,9 @@ def mistralrs_matmul_backends(active: frozenset[str]) -> tuple[MatmulBackend, ..
 
 @hookimpl
 def mistralrs_layer_backends(active: frozenset[str]) -> tuple[LayerBackend, ...]:
-    from mistralrs_torch.generic import GenericLayers
+    from mistralrs_torch.generic import CpuNativeLayers, GenericLayers
 
-    return (GenericLayers(),)
+    return (CpuNativeLayers(), GenericLayers())
 
 
 @hookimpl
