@@ -207,3 +207,20 @@ def tiny() -> SimpleNamespace:
     return SimpleNamespace(chat_template=CHAT_TEMPLATE, vocab=tiny_vocab(), save_tokenizer=save_tokenizer,
                            randomize=randomize, gguf_permute=gguf_permute, write_gguf=write_gguf, hf_model=hf_model,
                            save_folder=save_folder, random_llama=random_llama)
+
+
+@pytest.fixture
+def plain_c_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CC set to a gcc that drops -march=native (the plain C build, as on a CPU without AVX2), with a kernel
+    cache of its own; returns the cache folder."""
+    import shutil
+
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the kernels without -march=native")
+    wrapper = tmp_path / "cc-generic"
+    wrapper.write_text('#!/bin/sh\nfor a do shift; case "$a" in -march=*) ;; *) set -- "$@" "$a";; esac; done\n'
+                       'exec gcc "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("MISTRALRS_KERNEL_CACHE", str(tmp_path / "kernels"))
+    return tmp_path / "kernels"
