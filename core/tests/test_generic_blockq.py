@@ -133,7 +133,7 @@ def test_a_build_without_avx2_is_refused_for_speed_and_still_computes_the_contra
     backend = CpuBlockQuantMatmul()
     call, support = _call(backend, weight, torch.float32)
     assert not support.ok and "this CPU has no AVX2 and FMA" in support.reason
-    backend._library = _bind(load_kernel("_blockq.c"))  # the refused plain build, run directly
+    backend._native._library = _bind(load_kernel("_blockq.c"))  # the refused plain build, run directly
     prepared = PreparedWeight(backend.name, backend.prepare_quantized(weight, call, "cpu"), call, weight.shape)
     for rows in (1, DEQUANTIZE_ROWS + 1):
         x = torch.randn(rows, 64, generator=gen)

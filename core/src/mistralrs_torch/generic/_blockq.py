@@ -51,21 +51,9 @@ class CpuBlockQuantMatmul(TorchBackend):
 
     def __init__(self) -> None:
         super().__init__("cpu-blockq", "cpu", -850, "cpu", ("float32", "bfloat16", "float16"))
-        self._native = NativeLibrary("_blockq.c", _bind)
-        self._library: ctypes.CDLL | None = None
-        self._unavailable = ""
-
-    def _kernel(self) -> ctypes.CDLL | None:
-        if self._library is None and not self._unavailable:
-            library = self._native.get()
-            if library is None:
-                self._unavailable = self._native.reason
-            elif library.blockq_vectorized():
-                self._library = library
-            else:
-                self._unavailable = ("this CPU has no AVX2 and FMA: the kernel's plain C build is several times "
-                                     "slower than torch's kernels, which take the call")
-        return self._library
+        self._native = NativeLibrary("_blockq.c", _bind, refuse=lambda library: "" if library.blockq_vectorized() else (
+            "this CPU has no AVX2 and FMA: the kernel's plain C build is several times slower than torch's kernels, "
+            "which take the call"))
 
     def supports(self, call: CallSpec) -> Support:
         general = super().supports(call)
@@ -76,8 +64,8 @@ class CpuBlockQuantMatmul(TorchBackend):
         if call.group_size % BLOCK or call.in_features % BLOCK:
             return Support(False, f"group size {call.group_size} and in features {call.in_features} must be "
                                   f"multiples of {BLOCK} (the kernel's block)")
-        if self._kernel() is None:
-            return Support(False, self._unavailable)
+        if self._native.get() is None:
+            return Support(False, self._native.reason)
         return Support(True)
 
     def prepare_quantized(self, weight: QuantizedWeight, call: CallSpec,
@@ -104,8 +92,7 @@ class CpuBlockQuantMatmul(TorchBackend):
     def quantized_linear(self, x: torch.Tensor, weight: PreparedWeight,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
         *_, bits, codes, scales, offsets = weight.payload
-        library = self._library
-        assert library is not None, "supports() loaded the kernel before the call was bound"
+        library = self._native.loaded
         out_features, in_features = weight.shape
         rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, in_features).contiguous()
         if rows.shape[0] >= DEQUANTIZE_ROWS:

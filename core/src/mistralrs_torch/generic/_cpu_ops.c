@@ -98,8 +98,8 @@ static inline float dot(const float *q, const void *row, int dtype, int64_t D) {
 
 /* scores[t] = scale * q . row t for the keys' rows (bytes from cache), four keys at once where the head size is
    a multiple of 8: four independent FMA chains instead of one. */
-static inline __attribute__((always_inline)) void score_keys(const float *q, const char *cache, const int64_t *rows, int64_t keys, int dtype, int64_t D,
-                       float scale, float *scores) {
+static inline __attribute__((always_inline)) void score_keys(const float *q, const char *cache,
+        const int64_t *rows, int64_t keys, int dtype, int64_t D, float scale, float *scores) {
     int64_t t = 0;
 #ifdef MISTRALRS_AVX2
     if (D % 8 == 0)
@@ -107,7 +107,8 @@ static inline __attribute__((always_inline)) void score_keys(const float *q, con
             __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
             for (int64_t d = 0; d < D; d += 8) {
                 const __m256 query = _mm256_loadu_ps(q + d);
-                for (int j = 0; j < 4; j++) acc[j] = _mm256_fmadd_ps(query, load8(cache + rows[t + j], dtype, d), acc[j]);
+                for (int j = 0; j < 4; j++)
+                    acc[j] = _mm256_fmadd_ps(query, load8(cache + rows[t + j], dtype, d), acc[j]);
             }
             for (int j = 0; j < 4; j++) scores[t + j] = hsum(acc[j]) * scale;
         }
@@ -116,8 +117,8 @@ static inline __attribute__((always_inline)) void score_keys(const float *q, con
 }
 
 /* acc += sum_t weights[t] * row t, four rows a pass over acc where the head size is a multiple of 8. */
-static inline __attribute__((always_inline)) void add_values(float *acc, const float *weights, const char *cache, const int64_t *rows, int64_t keys,
-                       int dtype, int64_t D) {
+static inline __attribute__((always_inline)) void add_values(float *acc, const float *weights,
+        const char *cache, const int64_t *rows, int64_t keys, int dtype, int64_t D) {
     int64_t t = 0;
 #ifdef MISTRALRS_AVX2
     if (D % 8 == 0)
@@ -131,6 +132,22 @@ static inline __attribute__((always_inline)) void add_values(float *acc, const f
 #endif
     for (; t < keys; t++)
         for (int64_t d = 0; d < D; d++) acc[d] += weights[t] * load_x(cache + rows[t], dtype, d);
+}
+
+/* acc = softmax(scale * query . keys) . values over the rows of one KV head; scores is scratch of keys floats. */
+static inline __attribute__((always_inline)) void attend(const float *query, float *acc, float *scores,
+        const char *k_head, const char *v_head, const int64_t *rows, int64_t keys, int dtype, int64_t D,
+        float scale) {
+    float top = -INFINITY, total = 0.f;
+    score_keys(query, k_head, rows, keys, dtype, D, scale, scores);
+    for (int64_t t = 0; t < keys; t++) top = scores[t] > top ? scores[t] : top;
+    for (int64_t t = 0; t < keys; t++) {
+        scores[t] = expf(scores[t] - top);
+        total += scores[t];
+    }
+    for (int64_t d = 0; d < D; d++) acc[d] = 0.f;
+    add_values(acc, scores, v_head, rows, keys, dtype, D);
+    for (int64_t d = 0; d < D; d++) acc[d] /= total;
 }
 
 /* out (B, H, L, D) contiguous = softmax(q k^T * scale) v, q (B, H, L, D) with strides qs, against the paged
@@ -164,26 +181,16 @@ int cpu_paged_attention(const void *q, const int64_t *qs, void *out, int64_t B, 
                 const char *v_head = (const char *)v_cache + (h / group) * D * (int64_t)element;
                 float *scratch = malloc((size_t)(2 * D + keys) * sizeof(float));
                 if (!scratch) { failed = 1; continue; }
-                float *query = scratch, *acc = scratch + D, *scores = scratch + 2 * D, top = -INFINITY, total = 0.f;
-                const int64_t qb = b * qs[0] + h * qs[1] + i * qs[2];
-                for (int64_t d = 0; d < D; d++) { query[d] = load_x(q, dtype, qb + d * qs[3]); acc[d] = 0.f; }
+                float *query = scratch, *acc = scratch + D, *scores = scratch + 2 * D;
+                const int64_t qb = b * qs[0] + h * qs[1] + i * qs[2], *seq = rows + first[b];
+                for (int64_t d = 0; d < D; d++) query[d] = load_x(q, dtype, qb + d * qs[3]);
                 switch (dtype) { /* a constant dtype takes its branch out of the inner loops */
-                    case 0: score_keys(query, k_head, rows + first[b], keys, 0, D, scale, scores); break;
-                    case 1: score_keys(query, k_head, rows + first[b], keys, 1, D, scale, scores); break;
-                    default: score_keys(query, k_head, rows + first[b], keys, 2, D, scale, scores); break;
-                }
-                for (int64_t t = 0; t < keys; t++) top = scores[t] > top ? scores[t] : top;
-                for (int64_t t = 0; t < keys; t++) {
-                    scores[t] = expf(scores[t] - top);
-                    total += scores[t];
-                }
-                switch (dtype) {
-                    case 0: add_values(acc, scores, v_head, rows + first[b], keys, 0, D); break;
-                    case 1: add_values(acc, scores, v_head, rows + first[b], keys, 1, D); break;
-                    default: add_values(acc, scores, v_head, rows + first[b], keys, 2, D); break;
+                    case 0: attend(query, acc, scores, k_head, v_head, seq, keys, 0, D, scale); break;
+                    case 1: attend(query, acc, scores, k_head, v_head, seq, keys, 1, D, scale); break;
+                    default: attend(query, acc, scores, k_head, v_head, seq, keys, 2, D, scale); break;
                 }
                 const int64_t ob = ((b * H + h) * L + i) * D;
-                for (int64_t d = 0; d < D; d++) store_y(out, dtype, ob + d, acc[d] / total);
+                for (int64_t d = 0; d < D; d++) store_y(out, dtype, ob + d, acc[d]);
                 free(scratch);
             }
         }

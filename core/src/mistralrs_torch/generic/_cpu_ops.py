@@ -62,12 +62,6 @@ class _CpuOps(TorchBackend):
             return Support(False, self._native.reason)
         return Support(True)
 
-    @property
-    def _library(self) -> ctypes.CDLL:
-        library = self._native.get()
-        assert library is not None, "supports() loaded the kernels before a call was bound"
-        return library
-
 
 class CpuNativeLayers(_CpuOps):
     """rms_norm and rotary_embedding in one C call each."""
@@ -82,8 +76,8 @@ class CpuNativeLayers(_CpuOps):
             weight = weight.to(x.dtype)
         weight = weight.contiguous()
         out = torch.empty_like(rows)
-        self._library.cpu_rms_norm(rows.data_ptr(), weight.data_ptr(), out.data_ptr(), rows.numel() // x.shape[-1],
-                                   x.shape[-1], eps, _DTYPE_CODES[x.dtype])
+        self._native.loaded.cpu_rms_norm(rows.data_ptr(), weight.data_ptr(), out.data_ptr(),
+                                         rows.numel() // x.shape[-1], x.shape[-1], eps, _DTYPE_CODES[x.dtype])
         return out
 
     def rotary_embedding(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -91,10 +85,10 @@ class CpuNativeLayers(_CpuOps):
         # cpu-layers' tables, kept per step as it keeps them: every layer of a step shares its positions.
         cos, sin = self._tables.get((positions, inv_freq), q.dtype, lambda: rotary_tables(positions, inv_freq, q.dtype))
         q_out, k_out = torch.empty_like(q), torch.empty_like(k)  # x's layout: a transposed projection stays so
-        self._library.cpu_rotary(q.data_ptr(), q_out.data_ptr(), k.data_ptr(), k_out.data_ptr(),
-                                 _Strides(*q.stride(), *q_out.stride(), *k.stride(), *k_out.stride()), q.shape[0],
-                                 q.shape[1], k.shape[1], q.shape[2], q.shape[3], cos.data_ptr(), sin.data_ptr(),
-                                 _DTYPE_CODES[q.dtype])
+        self._native.loaded.cpu_rotary(q.data_ptr(), q_out.data_ptr(), k.data_ptr(), k_out.data_ptr(),
+                                       _Strides(*q.stride(), *q_out.stride(), *k.stride(), *k_out.stride()),
+                                       q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3], cos.data_ptr(),
+                                       sin.data_ptr(), _DTYPE_CODES[q.dtype])
         return q_out, k_out
 
 
@@ -112,7 +106,7 @@ class CpuNativeAttention(_CpuOps):
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
         table, lens = block_table.contiguous(), seq_lens.contiguous()
         out = torch.empty(q.shape, dtype=q.dtype)
-        if self._library.cpu_paged_attention(
+        if self._native.loaded.cpu_paged_attention(
                 q.data_ptr(), _Strides(*q.stride()), out.data_ptr(), batch, heads, q_len, head_size,
                 k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], k_cache.shape[2], table.data_ptr(),
                 table.shape[1], lens.data_ptr(), head_size ** -0.5 if scale is None else scale, _DTYPE_CODES[q.dtype]):
@@ -125,11 +119,11 @@ class CpuNativeAttention(_CpuOps):
         k, v, slots = k.contiguous(), v.contiguous(), slot_mapping.contiguous()
         for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
             if not cache.is_contiguous():
-                raise OpInputError(f"write_kv_cache: it writes in place: {name} must be contiguous (a view of a slice "
-                                 "cannot take the writes); pass the cache tensor itself")
+                raise OpInputError(f"write_kv_cache: it writes in place: {name} must be contiguous (a view of a "
+                                   "slice cannot take the writes); pass the cache tensor itself")
         slot_bytes = k.element_size() * k_cache.shape[2] * k_cache.shape[3]
-        if self._library.cpu_write_kv(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                      slots.data_ptr(), int(slots.dtype == torch.int64), k.shape[0], slot_bytes,
-                                      k_cache.shape[0] * k_cache.shape[1]):
+        if self._native.loaded.cpu_write_kv(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                            slots.data_ptr(), int(slots.dtype == torch.int64), k.shape[0], slot_bytes,
+                                            k_cache.shape[0] * k_cache.shape[1]):
             raise OpInputError(f"write_kv_cache: slot_mapping holds a slot outside the cache's 0.."
-                             f"{k_cache.shape[0] * k_cache.shape[1] - 1} (-1 skips a token); nothing was written")
+                               f"{k_cache.shape[0] * k_cache.shape[1] - 1} (-1 skips a token); nothing was written")

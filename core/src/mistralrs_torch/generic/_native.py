@@ -102,18 +102,30 @@ def load_kernel(source_name: str, environ: Mapping[str, str] | None = None) -> c
 
 
 class NativeLibrary:
-    """A backend's C library, built or loaded at its first ``get()``; where it cannot be, ``get()`` is None and
-    ``reason`` says why (the backend's refusal reason). ``bind`` declares the exported functions' types."""
+    """A backend's C library, built or loaded at its first ``get()``; where it cannot be, or ``refuse`` (given the
+    loaded library) names a reason not to use it, ``get()`` is None and ``reason`` says why (the backend's
+    refusal reason). ``bind`` declares the exported functions' types."""
 
-    def __init__(self, source_name: str, bind: Callable[[ctypes.CDLL], ctypes.CDLL]) -> None:
-        self.source_name, self._bind = source_name, bind
+    def __init__(self, source_name: str, bind: Callable[[ctypes.CDLL], ctypes.CDLL],
+                 refuse: Callable[[ctypes.CDLL], str] = lambda library: "") -> None:
+        self.source_name, self._bind, self._refuse = source_name, bind, refuse
         self._library: ctypes.CDLL | None = None
         self.reason = ""
 
     def get(self) -> ctypes.CDLL | None:
         if self._library is None and not self.reason:
             try:
-                self._library = self._bind(load_kernel(self.source_name))
+                library = self._bind(load_kernel(self.source_name))
             except NativeBuildError as exc:
                 self.reason = str(exc)
+            else:
+                self.reason = self._refuse(library)
+                self._library = None if self.reason else library
         return self._library
+
+    @property
+    def loaded(self) -> ctypes.CDLL:
+        """The library on an op's hot path, after ``get()`` accepted it (supports() runs before any call binds)."""
+        library = self._library
+        assert library is not None, "supports() loaded the kernel before a call was bound"
+        return library
